@@ -1,0 +1,102 @@
+"""What sitecustomize (autoinstr-run) and the .pth hook (AUTOINSTR_ENABLED=true) call at start-up.
+
+It reads the configuration once, turns the API on, registers the lazy integration hooks, and installs the
+fork and exit handlers. It imports no instrumented library and starts no thread: the flush thread starts
+with the first finished span. Loading twice does nothing the second time. Nothing it does may raise into
+the interpreter's start-up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, Optional
+
+    from autoinstr.export.pipeline import Pipeline
+
+_loaded = False
+_pipeline: Optional[Pipeline] = None
+
+
+def load() -> bool:
+    """Load the agent into this process; returns True if it is (now or already) loaded."""
+    global _loaded
+    if _loaded:
+        return True
+    _loaded = True
+    try:
+        _load()
+        return True
+    except Exception as exc:  # the app must start even if the agent cannot
+        from autoinstr import _log
+
+        _log.warn("the agent could not load (%s: %s); the app runs without it" % (type(exc).__name__, exc))
+        return False
+
+
+def _load() -> None:
+    global _pipeline
+    import autoinstr
+    from autoinstr import _log, config, integrations
+    from autoinstr.export.base import create_exporters
+    from autoinstr.export.pipeline import Pipeline
+    from autoinstr.trace.span import Limits, Sampling, Sink, Span, _Ids, current_span_var
+
+    cfg = config.get()
+    _log.set_debug(cfg.debug)
+    Sampling.configure(cfg.sample_rate, cfg.rate_limit)
+    Limits.max_attributes = cfg.max_attributes
+    Limits.max_attribute_length = cfg.max_attribute_length
+    # exporters are built on the flush thread, at first use: sqlite3, sockets and the like stay unloaded
+    _pipeline = Pipeline(lambda: create_exporters(cfg), cfg.service_name, cfg.flush_interval,
+                         cfg.max_queue_spans, cfg.max_batch_spans, cfg.shutdown_timeout, cfg.max_attributes,
+                         cfg.max_attribute_length)
+    Sink.submit = _pipeline.submit
+
+    def after_fork_in_child() -> None:
+        _Ids.reseed()
+        Sink.unsampled = 0
+        if _pipeline is not None:
+            _pipeline.after_fork_in_child()
+
+    os.register_at_fork(after_in_child=after_fork_in_child)
+    atexit.register(_at_exit)
+    integrations.install(cfg.disabled_integrations)
+    autoinstr.span = Span
+    autoinstr._enabled = True
+    _log.debug("agent loaded in pid %d: service=%s exporters=%s" % (os.getpid(), cfg.service_name,
+                                                                       ",".join(cfg.exporters)))
+    del current_span_var
+
+
+def _at_exit() -> None:
+    if _pipeline is None:
+        return
+    try:
+        _pipeline.shutdown()
+        from autoinstr import _log, config
+
+        if config.get().debug:
+            _log.debug("exit stats: %s" % stats())
+    except Exception:
+        pass
+
+
+def stats() -> Dict[str, Any]:
+    from autoinstr.trace.span import Sink
+
+    if _pipeline is None:
+        return {"enabled": False, "spans_created": 0, "spans_sampled": 0, "spans_unsampled": 0,
+                "spans_exported": 0, "spans_dropped": {}, "export_errors": 0}
+    out: Dict[str, Any] = {"enabled": True}
+    out.update(_pipeline.stats())
+    out["spans_unsampled"] = Sink.unsampled
+    out["spans_created"] = out["spans_sampled"] + Sink.unsampled
+    return out
+
+
+def flush(timeout: float = 5.0) -> bool:
+    return _pipeline.flush(timeout) if _pipeline is not None else True

@@ -1,0 +1,231 @@
+"""Settings read once from AUTOINSTR_* variables (OTEL_* names as fallbacks), validated.
+
+A bad value never stops the app: it gets one warning line naming the variable, the value seen and the
+value used instead. Parsing is deliberately plain (no dataclasses, no typing at runtime) because it runs
+at interpreter start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from autoinstr._log import warn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at interpreter start-up; annotations are strings here
+    from typing import Callable, Dict, List, Mapping, Optional, Tuple
+
+EXPORTERS = ("local", "collector", "otlp", "zipkin", "jsonl", "console", "none")
+PROPAGATORS = ("tracecontext", "baggage", "b3", "b3multi")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def default_store_path(env: Optional[Mapping[str, str]] = None) -> str:
+    """$XDG_DATA_HOME/autoinstr/spans.db, else ~/.local/share/autoinstr/spans.db."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "autoinstr", "spans.db")
+
+
+def default_service_name(argv: Optional[List[str]] = None) -> str:
+    """The script or module name the process runs: `python app.py` -> app, `python -m pkg.mod` -> pkg.mod."""
+    argv = sys.argv if argv is None else argv
+    first = argv[0] if argv else ""
+    if first in ("", "-c"):
+        return "python"
+    if first == "-m" and len(argv) > 1:
+        return argv[1]
+    name = os.path.basename(first)
+    if name == "__main__.py":  # `python -m pkg` shows the package folder's __main__.py
+        name = os.path.basename(os.path.dirname(first)) or name
+    for suffix in (".py", ".pyw", ".pyz"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name or "python"
+
+
+class Config:
+    """The effective configuration; every field is parsed and validated once, in __init__."""
+
+    __slots__ = (
+        "enabled", "service_name", "exporters", "store_path", "jsonl_path", "collector_url", "otlp_endpoint",
+        "zipkin_url", "statsd", "sample_rate", "rate_limit", "propagators", "disabled_integrations",
+        "flush_interval", "max_queue_spans", "shutdown_timeout", "debug", "max_batch_spans",
+        "max_attributes", "max_attribute_length", "store_retention_hours", "store_max_mb", "sources", "warnings",
+        "_emit", "_env",
+    )
+
+    def __init__(self, env: Optional[Mapping[str, str]] = None, emit_warnings: bool = True) -> None:
+        self.sources: Dict[str, str] = {}
+        self.warnings: List[str] = []
+        e = os.environ if env is None else env
+        self._emit = emit_warnings
+        self._env = e
+        self.enabled = self._bool("AUTOINSTR_ENABLED", False)
+        self.debug = self._bool("AUTOINSTR_DEBUG", False)
+        self.service_name = self._str(("AUTOINSTR_SERVICE_NAME", "OTEL_SERVICE_NAME"), "") or default_service_name()
+        self.exporters = self._choices(("AUTOINSTR_EXPORTER", "OTEL_TRACES_EXPORTER"), EXPORTERS, ("local",),
+                                       aliases={"otlp_proto_http": "otlp"})
+        self.store_path = self._str(("AUTOINSTR_STORE",), "") or default_store_path(e)
+        self.jsonl_path = self._str(("AUTOINSTR_JSONL_PATH",), "autoinstr-spans.jsonl")
+        self.collector_url = self._url(("AUTOINSTR_COLLECTOR_URL",), "http://127.0.0.1:4990")
+        self.otlp_endpoint = self._url(("AUTOINSTR_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"), "http://127.0.0.1:4318")
+        self.zipkin_url = self._url(("AUTOINSTR_ZIPKIN_URL",), "http://127.0.0.1:9411/api/v2/spans")
+        self.statsd = self._hostport(("AUTOINSTR_STATSD",))
+        self.sample_rate = self._float(("AUTOINSTR_SAMPLE_RATE", "OTEL_TRACES_SAMPLER_ARG"), 1.0, 0.0, 1.0)
+        self.rate_limit = self._float(("AUTOINSTR_RATE_LIMIT",), 0.0, 0.0, 1e9)
+        self.propagators = self._choices(("AUTOINSTR_PROPAGATORS", "OTEL_PROPAGATORS"), PROPAGATORS,
+                                         ("tracecontext", "baggage"), allow_none=True)
+        self.disabled_integrations = frozenset(
+            x.strip().lower() for x in self._str(("AUTOINSTR_DISABLED_INTEGRATIONS",), "").split(",") if x.strip())
+        self.flush_interval = self._float(("AUTOINSTR_FLUSH_INTERVAL",), 1.0, 0.01, 3600.0)
+        self.max_queue_spans = int(self._float(("AUTOINSTR_MAX_QUEUE_SPANS",), 10000, 1, 10_000_000, integer=True))
+        self.max_batch_spans = int(self._float(("AUTOINSTR_MAX_BATCH_SPANS",), 1000, 1, 1_000_000, integer=True))
+        self.shutdown_timeout = self._float(("AUTOINSTR_SHUTDOWN_TIMEOUT",), 2.0, 0.0, 600.0)
+        self.max_attributes = int(self._float(("AUTOINSTR_MAX_ATTRIBUTES",), 128, 1, 100_000, integer=True))
+        self.max_attribute_length = int(self._float(("AUTOINSTR_MAX_ATTRIBUTE_LENGTH",), 4096, 16, 10_000_000,
+                                                    integer=True))
+        self.store_retention_hours = self._float(("AUTOINSTR_STORE_RETENTION_HOURS",), 168.0, 0.0, 1e6)
+        self.store_max_mb = self._float(("AUTOINSTR_STORE_MAX_MB",), 512.0, 0.0, 1e9)
+        self._env = {}  # only needed while parsing
+
+    # ---------------------------------------------------------------------------------------- parsers
+
+    def _raw(self, names: Tuple[str, ...]) -> Tuple[Optional[str], Optional[str]]:
+        for name in names:
+            value = self._env.get(name)
+            if value is not None and value.strip() != "":
+                self.sources[names[0]] = name
+                return name, value.strip()
+        return None, None
+
+    def _warn(self, name: str, value: str, why: str, used: object) -> None:
+        line = "%s=%r %s; using %r instead" % (name, value, why, used)
+        self.warnings.append(line)
+        if self._emit:
+            warn(line)
+
+    def _str(self, names: Tuple[str, ...], default: str) -> str:
+        return self._raw(names)[1] or default
+
+    def _bool(self, name: str, default: bool) -> bool:
+        _, value = self._raw((name,))
+        if value is None:
+            return default
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        self._warn(name, value, "is not a boolean (true/false)", default)
+        return default
+
+    def _float(self, names: Tuple[str, ...], default: float, low: float, high: float, integer: bool = False) -> float:
+        name, value = self._raw(names)
+        if value is None or name is None:
+            return default
+        try:
+            number = float(value)
+            if number != number or (integer and number != int(number)):
+                raise ValueError
+        except ValueError:
+            self._warn(name, value, "is not %s" % ("an integer" if integer else "a number"), default)
+            return default
+        if not low <= number <= high:
+            used = min(max(number, low), high)
+            used = int(used) if integer else used
+            self._warn(name, value, "is outside %s..%s" % (low, high), used)
+            return used
+        return number
+
+    def _url(self, names: Tuple[str, ...], default: str) -> str:
+        name, value = self._raw(names)
+        if value is None or name is None:
+            return default
+        if not value.lower().startswith(("http://", "https://")):
+            self._warn(name, value, "is not an http(s) URL", default)
+            return default
+        return value.rstrip("/") if value.count("/") <= 3 else value
+
+    def _hostport(self, names: Tuple[str, ...]) -> Optional[Tuple[str, int]]:
+        name, value = self._raw(names)
+        if value is None or name is None:
+            return None
+        host, _, port = value.rpartition(":")
+        host = host.strip("[]")
+        if host and port.isdigit() and 0 < int(port) < 65536:
+            return host, int(port)
+        self._warn(name, value, "is not host:port", "(statsd disabled)")
+        return None
+
+    def _choices(self, names: Tuple[str, ...], allowed: Tuple[str, ...], default: Tuple[str, ...],
+                 allow_none: bool = False, aliases: Optional[Dict[str, str]] = None) -> Tuple[str, ...]:
+        name, value = self._raw(names)
+        if value is None or name is None:
+            return default
+        picked: List[str] = []
+        bad: List[str] = []
+        for item in (x.strip().lower() for x in value.split(",")):
+            item = (aliases or {}).get(item, item)
+            if not item:
+                continue
+            if item in allowed or (allow_none and item == "none"):
+                if item not in picked:
+                    picked.append(item)
+            else:
+                bad.append(item)
+        if "none" in picked:
+            picked = ["none"]
+        if bad:
+            used = tuple(picked) or default
+            self._warn(name, value, "names unknown value(s) %s (known: %s)" % (",".join(bad), ",".join(allowed)),
+                       ",".join(used))
+            return used
+        return tuple(picked) or default
+
+    # --------------------------------------------------------------------------------------- display
+
+    def items(self) -> List[Tuple[str, object]]:
+        """(variable, effective value) pairs for `autoinstr-run --info`."""
+        statsd = "%s:%d" % self.statsd if self.statsd else ""
+        return [
+            ("AUTOINSTR_SERVICE_NAME", self.service_name),
+            ("AUTOINSTR_EXPORTER", ",".join(self.exporters)),
+            ("AUTOINSTR_STORE", self.store_path),
+            ("AUTOINSTR_JSONL_PATH", self.jsonl_path),
+            ("AUTOINSTR_COLLECTOR_URL", self.collector_url),
+            ("AUTOINSTR_OTLP_ENDPOINT", self.otlp_endpoint),
+            ("AUTOINSTR_ZIPKIN_URL", self.zipkin_url),
+            ("AUTOINSTR_STATSD", statsd or "(disabled)"),
+            ("AUTOINSTR_SAMPLE_RATE", self.sample_rate),
+            ("AUTOINSTR_RATE_LIMIT", self.rate_limit or "0 (no limit)"),
+            ("AUTOINSTR_PROPAGATORS", ",".join(self.propagators)),
+            ("AUTOINSTR_DISABLED_INTEGRATIONS", ",".join(sorted(self.disabled_integrations)) or "(none)"),
+            ("AUTOINSTR_FLUSH_INTERVAL", self.flush_interval),
+            ("AUTOINSTR_MAX_QUEUE_SPANS", self.max_queue_spans),
+            ("AUTOINSTR_MAX_BATCH_SPANS", self.max_batch_spans),
+            ("AUTOINSTR_SHUTDOWN_TIMEOUT", self.shutdown_timeout),
+            ("AUTOINSTR_MAX_ATTRIBUTES", self.max_attributes),
+            ("AUTOINSTR_MAX_ATTRIBUTE_LENGTH", self.max_attribute_length),
+            ("AUTOINSTR_STORE_RETENTION_HOURS", self.store_retention_hours),
+            ("AUTOINSTR_STORE_MAX_MB", self.store_max_mb),
+            ("AUTOINSTR_DEBUG", self.debug),
+        ]
+
+
+_current: Optional[Config] = None
+
+
+def get() -> Config:
+    """The process's configuration, parsed on first use (warnings printed then, once)."""
+    global _current
+    if _current is None:
+        _current = Config()
+    return _current
+
+
+def reset(env: Optional[Mapping[str, str]] = None) -> Config:
+    """Re-read the configuration (tests, and `autoinstr-run --info`)."""
+    global _current
+    _current = Config(env)
+    return _current

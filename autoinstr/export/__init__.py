@@ -1,0 +1,1 @@
+"""Export: the pipeline (buffer + flush thread) and one module per exporter."""

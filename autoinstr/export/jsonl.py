@@ -1,0 +1,51 @@
+"""`jsonl`: the span record, one JSON object per line, appended to AUTOINSTR_JSONL_PATH.
+
+Several processes (gunicorn workers, forked children) may append to the same file: each batch is one
+write under an exclusive flock on a file opened with O_APPEND, so lines never interleave.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+
+from autoinstr.export.base import Exporter
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Tuple
+
+    from autoinstr.config import Config
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+class JsonlExporter(Exporter):
+    name = "jsonl"
+
+    def __init__(self, config: Config) -> None:
+        self.path = os.path.abspath(config.jsonl_path)
+
+    def export(self, records: List[Dict[str, Any]]) -> None:
+        if not records:
+            return
+        data = ("\n".join(_dumps(r) for r in records) + "\n").encode("utf-8", "backslashreplace")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        finally:
+            os.close(fd)  # also releases the lock
+
+    def destination(self) -> str:
+        return self.path
+
+    def probe(self) -> Tuple[bool, str]:
+        folder = os.path.dirname(self.path) or "."
+        if os.access(folder, os.W_OK):
+            return True, "writable"
+        return False, "folder %s is not writable" % folder

@@ -1,0 +1,313 @@
+"""The export pipeline: a bounded buffer of finished local traces and one flush thread.
+
+The request thread only appends (one lock, no I/O, never blocks on export); when the buffer is full the
+new spans are dropped and counted. The flush thread, started on first use, wakes every flush interval or
+when a batch is full, converts spans to records and hands them to each exporter, retrying failures with a
+bounded backoff before dropping (counted). It never runs more than about a quarter of the time on early
+(batch-full) wake-ups, so a span flood costs the app bounded CPU: beyond that, spans are dropped.
+
+Fork: the child starts with an empty buffer and no thread (os.register_at_fork); spans it inherited open
+from the parent are skipped at conversion (the parent exports them). Exit: a final flush with a hard
+deadline (AUTOINSTR_SHUTDOWN_TIMEOUT) runs before the interpreter joins its threads; an exporter that
+hangs cannot hold the process past it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from autoinstr import _log
+from autoinstr.export.records import records_of
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional
+
+    from autoinstr.export.base import Exporter
+    from autoinstr.trace.span import Span
+
+MAX_RETRIES = 3  # then the batch is dropped for that exporter (counted)
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 30.0
+EARLY_FLUSH_DUTY = 0.25  # share of wall time early flushes may use; the rest waits for the interval
+
+
+class _ExporterSlot:
+    """One exporter with its own retry queue and counters, so one failing exporter delays no data of
+    another and a retried batch is re-sent only where it failed."""
+
+    def __init__(self, exporter: Exporter, max_pending_spans: int) -> None:
+        self.exporter = exporter
+        self.name = exporter.name
+        self.pending: List[List[Any]] = []  # [records, attempts, not_before]
+        self.pending_spans = 0
+        self.max_pending = max_pending_spans
+        self.exported = 0
+        self.errors = 0
+        self.dropped = 0
+        self.last_error = ""
+        self.disabled = False
+
+    def add(self, records: List[Dict[str, Any]]) -> None:
+        self.pending.append([records, 0, 0.0])
+        self.pending_spans += len(records)
+        while self.pending_spans > self.max_pending and len(self.pending) > 1:
+            old = self.pending.pop(0)
+            self.pending_spans -= len(old[0])
+            self.dropped += len(old[0])
+
+    def send(self, now: float, final: bool = False) -> None:
+        while self.pending and not self.disabled:
+            item = self.pending[0]
+            records, attempts, not_before = item
+            if not final and now < not_before:
+                return
+            try:
+                self.exporter.export(records)
+            except Exception as exc:
+                self.errors += 1
+                self.last_error = "%s: %s" % (type(exc).__name__, exc)
+                item[1] = attempts = attempts + 1
+                if attempts > MAX_RETRIES or final:
+                    self.pending.pop(0)
+                    self.pending_spans -= len(records)
+                    self.dropped += len(records)
+                    _log.warn_once("export-fail-" + self.name, "exporter %s failed (%s); dropping a batch of %d "
+                                   "span(s) after %d attempt(s); later failures are counted in autoinstr.stats()"
+                                   % (self.name, self.last_error, len(records), attempts))
+                    if final:
+                        continue
+                else:
+                    item[2] = now + min(BACKOFF_MAX, BACKOFF_BASE * (2 ** (attempts - 1)))
+                    _log.debug("exporter %s failed (%s), retry %d in %.1fs" % (
+                        self.name, self.last_error, attempts, item[2] - now))
+                return
+            self.pending.pop(0)
+            self.pending_spans -= len(records)
+            self.exported += len(records)
+
+    def stats(self) -> Dict[str, Any]:
+        return {"exported": self.exported, "errors": self.errors, "dropped": self.dropped,
+                "pending": self.pending_spans, "last_error": self.last_error}
+
+
+class Pipeline:
+    def __init__(self, exporter_factory: Callable[[], List[Exporter]], service: str, flush_interval: float = 1.0,
+                 max_queue_spans: int = 10000, max_batch_spans: int = 1000, shutdown_timeout: float = 2.0,
+                 max_attributes: int = 128, max_attribute_length: int = 4096) -> None:
+        self.service = service
+        self.flush_interval = flush_interval
+        self.max_queue = max_queue_spans
+        self.batch = min(max_batch_spans, max_queue_spans)
+        self.shutdown_timeout = shutdown_timeout
+        self.max_attributes = max_attributes
+        self.max_attribute_length = max_attribute_length
+        self._exporter_factory = exporter_factory
+        self._slots: Optional[List[_ExporterSlot]] = None  # built on the flush thread, at first use
+        self.submitted = 0
+        self.dropped_queue_full = 0
+        self.dropped_conversion = 0
+        self.dropped_shutdown = 0
+        self.flushes = 0
+        self._init_process_state()
+
+    def _init_process_state(self) -> None:
+        """Everything that must be fresh in a forked child."""
+        self._lock = threading.Lock()
+        self._buffer: List[List[Span]] = []
+        self._queued = 0
+        self._wake = threading.Event()
+        self._wake_pending = False
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._flush_requests = 0
+        self._flushed = threading.Condition(threading.Lock())
+        self._flush_generation = 0
+        self._not_before_ns = 0
+        self._early_allowed_at = 0.0
+
+    @property
+    def slots(self) -> List[_ExporterSlot]:
+        if self._slots is None:
+            self._slots = [_ExporterSlot(e, self.max_queue) for e in self._exporter_factory()]
+        return self._slots
+
+    # ----------------------------------------------------------------------- request thread side
+
+    def submit(self, spans: List[Span]) -> None:
+        """Queue a finished local trace (or a piece of one). Never blocks on export; never raises."""
+        n = len(spans)
+        lock = self._lock
+        lock.acquire()
+        queued = self._queued + n
+        if queued > self.max_queue or self._stopping:
+            self.dropped_queue_full += n
+            lock.release()
+            return
+        self._buffer.append(spans)
+        self._queued = queued
+        self.submitted += n
+        lock.release()
+        if self._thread is None:
+            self._start_thread()
+        elif queued >= self.batch and not self._wake_pending:
+            self._wake_pending = True
+            self._wake.set()
+
+    # ------------------------------------------------------------------------- the flush thread
+
+    def _start_thread(self) -> bool:
+        with self._lock:
+            if self._thread is not None:
+                return self._thread.is_alive()
+            t = threading.Thread(target=self._run, name="autoinstr-flush", daemon=True)
+            self._thread = t
+        try:
+            t.start()
+            return True
+        except RuntimeError:  # interpreter shutting down
+            return False
+
+    def _take(self) -> List[List[Span]]:
+        with self._lock:
+            batches, self._buffer, self._queued = self._buffer, [], 0
+            self._wake_pending = False
+        return batches
+
+    def _run(self) -> None:
+        from autoinstr.integrations import suppress_instrumentation
+
+        suppress_instrumentation()  # the agent's own I/O (sockets, SQLite) is never traced
+        next_flush = time.monotonic() + self.flush_interval
+        try:
+            while not self._stopping:
+                woke_early = self._wake.wait(max(0.0, next_flush - time.monotonic()))
+                now = time.monotonic()
+                if woke_early and not self._stopping and not self._flush_requests and now < next_flush \
+                        and now < self._early_allowed_at:
+                    # batch-full wake-ups are rationed (EARLY_FLUSH_DUTY): a span flood costs bounded CPU
+                    self._wake.wait(min(self._early_allowed_at, next_flush) - now)
+                self._wake.clear()
+                if self._stopping:
+                    break
+                requested = self._flush_requests
+                started = time.monotonic()
+                self.flush_once()
+                spent = time.monotonic() - started
+                self._early_allowed_at = time.monotonic() + spent * (1 - EARLY_FLUSH_DUTY) / EARLY_FLUSH_DUTY
+                if requested:
+                    with self._flushed:
+                        self._flush_requests -= requested
+                        self._flush_generation += 1
+                        self._flushed.notify_all()
+                if time.monotonic() >= next_flush or not woke_early:
+                    next_flush = time.monotonic() + self.flush_interval
+            self._final_flush()
+        finally:
+            self._stopped.set()
+
+    def _final_flush(self) -> None:
+        self.flush_once(final=True)
+        for slot in self.slots:
+            try:
+                slot.exporter.shutdown()
+            except Exception:
+                pass
+
+    def flush_once(self, final: bool = False) -> None:
+        """Export what is queued now, and retry what is due (everything, once, when final)."""
+        batches = self._take()
+        try:
+            errors: List[str] = []
+            records = records_of(batches, self.service, self.max_attributes, self.max_attribute_length,
+                                 self._not_before_ns, errors)
+            if errors:
+                self.dropped_conversion += len(errors)
+                _log.warn_once("record-conversion", "could not convert a span for export (%s); it is dropped "
+                               "and counted" % errors[0])
+            self.flushes += 1
+            now = time.monotonic()
+            for slot in self.slots:
+                if records:
+                    slot.add(records)
+                slot.send(now, final)
+        except Exception as exc:  # the flush thread must survive anything
+            _log.warn_once("flush-error", "flush failed: %s: %s" % (type(exc).__name__, exc))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Export what is finished now, waiting at most `timeout` s; True if it was done in time."""
+        if self._thread is None:
+            with self._lock:
+                if not self._buffer:
+                    return True
+            if not self._start_thread():
+                return False
+        with self._flushed:
+            target = self._flush_generation + 1
+            self._flush_requests += 1
+            self._wake.set()
+            end = time.monotonic() + timeout
+            while self._flush_generation < target:
+                left = end - time.monotonic()
+                if left <= 0 or self._stopped.is_set():
+                    return self._flush_generation >= target
+                self._flushed.wait(min(left, 0.1))
+        return True
+
+    # --------------------------------------------------------------------------------- exit
+
+    def shutdown(self, timeout: Optional[float] = None) -> bool:
+        """At exit: the flush thread exports everything and stops; we wait at most `timeout` seconds
+        (default AUTOINSTR_SHUTDOWN_TIMEOUT), a hard deadline. True if it finished in time."""
+        deadline = self.shutdown_timeout if timeout is None else timeout
+        with self._lock:
+            pending = bool(self._buffer)
+        if self._thread is None and not pending:
+            return True
+        self._stopping = True
+        self._wake.set()
+        if self._thread is None and not self._start_thread():
+            return False
+        if self._stopped.wait(deadline):
+            return True
+        with self._lock:
+            self.dropped_shutdown += self._queued
+        _log.warn("exit flush did not finish within AUTOINSTR_SHUTDOWN_TIMEOUT=%ss; the process exits anyway "
+                  "(exporter %s)" % (deadline, ", ".join(s.name for s in (self._slots or []) if s.pending) or "busy"))
+        return False
+
+    def after_fork_in_child(self) -> None:
+        self._init_process_state()
+        self._not_before_ns = time.perf_counter_ns()
+        self.submitted = self.dropped_queue_full = self.dropped_conversion = self.dropped_shutdown = 0
+        self.flushes = 0
+        for slot in self._slots or []:
+            slot.pending, slot.pending_spans = [], 0
+            slot.exported = slot.errors = slot.dropped = 0
+            try:
+                slot.exporter.after_fork()
+            except Exception as exc:
+                _log.warn_once("fork-" + slot.name, "exporter %s could not reset after fork: %s" % (slot.name, exc))
+
+    # -------------------------------------------------------------------------------- health
+
+    def stats(self) -> Dict[str, Any]:
+        slots = self._slots or []
+        return {
+            "spans_sampled": self.submitted + self.dropped_queue_full,
+            "spans_queued": self._queued,
+            "spans_exported": min((s.exported for s in slots), default=0),
+            "spans_dropped": {
+                "queue_full": self.dropped_queue_full,
+                "export_failed": sum(s.dropped for s in slots),
+                "conversion": self.dropped_conversion,
+                "shutdown": self.dropped_shutdown,
+            },
+            "export_errors": sum(s.errors for s in slots),
+            "flushes": self.flushes,
+            "exporters": {s.name: s.stats() for s in slots},
+            "pid": os.getpid(),
+        }

@@ -1,0 +1,130 @@
+"""Finished spans -> the span record of DESIGN.md, on the flush thread.
+
+This is where the request thread's cheap raw data (int ids, monotonic clocks, any attribute values)
+becomes the documented record: hex ids, wall-clock nanoseconds, bounded JSON-safe attributes.
+"""
+
+from __future__ import annotations
+
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional
+
+    from autoinstr.trace.span import Span
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+MAX_KEY_LENGTH = 256
+MAX_NAME_LENGTH = 1024
+MAX_LIST_ITEMS = 128
+
+
+def wall_offset_ns() -> int:
+    """Add to a perf_counter_ns reading to get wall-clock ns. Read afresh at each flush, so a clock
+    step moves later spans, not the whole process's history."""
+    return time.time_ns() - time.perf_counter_ns()
+
+
+def _text(value: Any, limit: int) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    elif not isinstance(value, str):
+        try:
+            value = str(value)
+        except Exception:
+            try:
+                value = object.__repr__(value)
+            except Exception:
+                value = "<unprintable>"
+    else:
+        # lone surrogates cannot be encoded as UTF-8 by any exporter
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value if len(value) <= limit else value[:limit]
+
+
+def clean_value(value: Any, limit: int) -> Any:
+    """A JSON-, msgpack- and OTLP-safe attribute value: str, bool, int64, finite float, or a list of them."""
+    cls = value.__class__
+    if cls is str:
+        return value if len(value) <= limit and value.isascii() else _text(value, limit)
+    if cls is bool:
+        return value
+    if cls is int:
+        return value if _INT64_MIN <= value <= _INT64_MAX else str(value)
+    if cls is float:
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+    if isinstance(value, (list, tuple)):
+        return [clean_value(v, limit) if isinstance(v, (str, bool, int, float)) else _text(v, limit)
+                for v in list(value)[:MAX_LIST_ITEMS]]
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return clean_value(int(value), limit)
+    if isinstance(value, float):
+        return clean_value(float(value), limit)
+    return _text(value, limit)
+
+
+def clean_attributes(attrs: Dict[Any, Any], max_count: int, limit: int) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    try:
+        items = list(attrs.items())
+    except Exception:
+        return out
+    for key, value in items[:max_count]:
+        key = key if key.__class__ is str and len(key) <= MAX_KEY_LENGTH else _text(key, MAX_KEY_LENGTH)
+        if value is None:
+            continue
+        try:
+            out[key] = clean_value(value, limit)
+        except Exception:
+            out[key] = "<unserializable>"
+    return out
+
+
+def to_record(span: Span, service: str, offset: int, max_attributes: int, max_length: int) -> Dict[str, Any]:
+    root = span.root
+    parent_id = span.parent_id
+    end = span.end_ns or span.start_ns
+    events: List[Dict[str, Any]] = []
+    if span.events:
+        for ev in span.events:
+            events.append({"name": _text(ev.get("name", ""), MAX_NAME_LENGTH),
+                           "time_ns": int(ev.get("time_mono_ns", span.start_ns)) + offset,
+                           "attributes": clean_attributes(ev.get("attributes") or {}, max_attributes, max_length)})
+    name = span.name
+    return {
+        "trace_id": "%032x" % root._trace_id,
+        "span_id": "%016x" % span.span_id,
+        "parent_id": "%016x" % parent_id if parent_id else None,
+        "name": name if name.__class__ is str and 0 < len(name) <= MAX_NAME_LENGTH else (_text(name, MAX_NAME_LENGTH) or "unnamed"),
+        "kind": span.kind if span.kind in ("server", "client", "producer", "consumer") else "internal",
+        "service": service,
+        "start_ns": span.start_ns + offset,
+        "duration_ns": max(0, end - span.start_ns),
+        "status": "error" if span.status == "error" else "ok",
+        "attributes": clean_attributes(span.attributes, max_attributes, max_length),
+        "events": events,
+    }
+
+
+def records_of(batches: List[List[Span]], service: str, max_attributes: int, max_length: int,
+               not_before_ns: int = 0, errors: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+    """Convert queued local traces; spans started before `not_before_ns` (inherited over fork from the
+    parent process, which exports them itself) are skipped, as is any span that cannot be converted."""
+    offset = wall_offset_ns()
+    out = []
+    for spans in batches:
+        for span in spans:
+            if span.start_ns < not_before_ns:
+                continue
+            try:
+                out.append(to_record(span, service, offset, max_attributes, max_length))
+            except Exception as exc:
+                if errors is not None:
+                    errors.append("%s: %s" % (type(exc).__name__, exc))
+    return out

@@ -1,0 +1,56 @@
+"""`autoinstr-run --info`: the effective configuration, the integrations and the exporters."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, List
+
+
+def print_info(env: Dict[str, str], command: List[str]) -> int:
+    from autoinstr import __version__, integrations
+    from autoinstr.config import Config
+    from autoinstr.export.base import EXPORTERS, create_exporters
+
+    out = sys.stdout
+    cfg = Config(env)
+    out.write("autoinstr %s (Python %s, %s)\n" % (__version__, sys.version.split()[0], sys.executable))
+    out.write("start-up hook: %s (%s)\n" % (env.get("PYTHONPATH", "").split(os.pathsep)[0],
+                                            "present" if os.path.isfile(os.path.join(
+                                                env.get("PYTHONPATH", "").split(os.pathsep)[0],
+                                                "sitecustomize.py")) else "MISSING"))
+    if command:
+        out.write("command: %s\n" % " ".join(command))
+    out.write("\nconfiguration:\n")
+    for name, value in cfg.items():
+        source = cfg.sources.get(name)
+        note = "" if source is None else ("  (from %s)" % source if source != name else "  (set)")
+        out.write("  %-33s %s%s\n" % (name, value, note))
+    for line in cfg.warnings:
+        out.write("  warning: %s\n" % line)
+
+    out.write("\nintegrations:\n")
+    disabled = cfg.disabled_integrations
+    for row in integrations.status():
+        state = "disabled (AUTOINSTR_DISABLED_INTEGRATIONS)" if row["name"] in disabled else "enabled"
+        out.write("  %-12s %-16s %-10s on import of %s\n" % (row["name"], row["version"], state,
+                                                            ", ".join(row["triggers"])))
+
+    out.write("\nexporters:\n")
+    for exporter in create_exporters(cfg):
+        try:
+            ok, detail = exporter.probe()
+        except Exception as exc:
+            ok, detail = False, "%s: %s" % (type(exc).__name__, exc)
+        out.write("  %-10s %s  [%s: %s]\n" % (exporter.name, exporter.destination(),
+                                             "reachable" if ok else "NOT reachable", detail))
+    missing = [n for n in cfg.exporters if n not in EXPORTERS and n != "none"]
+    for name in missing:
+        out.write("  %-10s not available in this version\n" % name)
+    statsd = "%s:%d" % cfg.statsd if cfg.statsd else "disabled"
+    out.write("  %-10s %s\n" % ("statsd", statsd))
+    out.flush()
+    return 0

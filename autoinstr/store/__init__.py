@@ -1,0 +1,219 @@
+"""The SQLite span store: written by the local exporter (and later the collector), read by `autoinstr spans`,
+`autoinstr report` and the UI.
+
+Several processes (gunicorn workers) write at once: WAL journal, a busy timeout, one short IMMEDIATE
+transaction per batch, and `INSERT OR IGNORE` on (trace_id, span_id) so a retried batch is stored once.
+The schema carries a version; a store written by a newer autoinstr is refused rather than damaged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS spans (
+    id INTEGER PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_id TEXT,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    service TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    duration_ns INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    events TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS spans_ids ON spans (trace_id, span_id);
+CREATE INDEX IF NOT EXISTS spans_start ON spans (start_ns);
+CREATE INDEX IF NOT EXISTS spans_operation ON spans (service, name, start_ns);
+"""
+
+COLUMNS = ("trace_id", "span_id", "parent_id", "name", "kind", "service", "start_ns", "duration_ns", "status",
+           "attributes", "events")
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+
+class StoreError(Exception):
+    """The store cannot be used (missing, newer schema, not a store)."""
+
+
+class Store:
+    def __init__(self, path: str, create: bool = True, readonly: bool = False) -> None:
+        self.path = os.path.abspath(path)
+        if not create and not os.path.exists(self.path):
+            raise StoreError("no span store at %s (set --store or AUTOINSTR_STORE)" % self.path)
+        if create:
+            folder = os.path.dirname(self.path)
+            if folder and not os.path.isdir(folder):
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                      check_same_thread=False)
+            self.db.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
+            if not readonly:
+                self._init_schema()
+            else:
+                self._check_version()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError("%s is not a usable span store: %s" % (self.path, exc))
+        self._last_retention = 0.0
+
+    def _init_schema(self) -> None:
+        mode = self.db.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
+            self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        version = self._version()
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError("%s has schema version %d, newer than this autoinstr supports (%d); upgrade autoinstr"
+                             % (self.path, version, SCHEMA_VERSION))
+        if version == SCHEMA_VERSION:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def _version(self) -> Optional[int]:
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return int(row[0]) if row else None
+
+    def _check_version(self) -> None:
+        version = self._version()
+        if version is None:
+            raise StoreError("%s is not an autoinstr span store (no schema version)" % self.path)
+        if version > SCHEMA_VERSION:
+            raise StoreError("%s has schema version %d, newer than this autoinstr supports (%d)"
+                             % (self.path, version, SCHEMA_VERSION))
+
+    def close(self) -> None:
+        try:
+            self.db.close()
+        except Exception:
+            pass
+
+    # --------------------------------------------------------------------------------- writing
+
+    def insert(self, records: Iterable[Dict[str, Any]]) -> int:
+        rows = [(r["trace_id"], r["span_id"], r["parent_id"], r["name"], r["kind"], r["service"], int(r["start_ns"]),
+                 int(r["duration_ns"]), r["status"], _dumps(r["attributes"]), _dumps(r["events"])) for r in records]
+        if not rows:
+            return 0
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = db.executemany(
+                "INSERT OR IGNORE INTO spans (trace_id, span_id, parent_id, name, kind, service, start_ns, "
+                "duration_ns, status, attributes, events) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+        except BaseException:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        return cur.rowcount
+
+    def apply_retention(self, max_age_hours: float, max_mb: float, every_s: float = 60.0) -> int:
+        """Delete spans older than max_age_hours, then the oldest until the live data fits max_mb.
+        Runs at most once per every_s per Store. 0 disables a limit."""
+        now = time.monotonic()
+        if now - self._last_retention < every_s:
+            return 0
+        self._last_retention = now
+        deleted = 0
+        if max_age_hours > 0:
+            cutoff = time.time_ns() - int(max_age_hours * 3600e9)
+            deleted += self.db.execute("DELETE FROM spans WHERE start_ns < ?", (cutoff,)).rowcount
+        if max_mb > 0:
+            for _ in range(20):  # bounded: each round removes a tenth of what is stored
+                page_size, pages, free = (self.db.execute("PRAGMA %s" % p).fetchone()[0]
+                                          for p in ("page_size", "page_count", "freelist_count"))
+                if (pages - free) * page_size <= max_mb * 1024 * 1024:
+                    break
+                count = self.db.execute("SELECT count(*) FROM spans").fetchone()[0]
+                if not count:
+                    break
+                deleted += self.db.execute(
+                    "DELETE FROM spans WHERE id IN (SELECT id FROM spans ORDER BY start_ns LIMIT ?)",
+                    (max(1, count // 10),)).rowcount
+        return deleted
+
+    # --------------------------------------------------------------------------------- reading
+
+    def spans(self, limit: Optional[int] = None, trace_id: Optional[str] = None, service: Optional[str] = None,
+              since_ns: Optional[int] = None) -> Iterator[Dict[str, Any]]:
+        where, args = [], []  # type: List[str], List[Any]
+        if trace_id:
+            where.append("trace_id = ?")
+            args.append(trace_id.lower())
+        if service:
+            where.append("service = ?")
+            args.append(service)
+        if since_ns:
+            where.append("start_ns >= ?")
+            args.append(since_ns)
+        sql = "SELECT %s FROM spans" % ", ".join(COLUMNS)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY start_ns, id"
+        if limit:
+            sql += " LIMIT %d" % int(limit)
+        for row in self.db.execute(sql, args):
+            yield row_to_record(row)
+
+    def count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM spans").fetchone()[0]
+
+    def operations(self, since_ns: Optional[int] = None) -> List[Sequence[Any]]:
+        """(service, name, kind, duration_ns, status) of every span, for the report's statistics."""
+        sql = "SELECT service, name, kind, duration_ns, status FROM spans"
+        args: List[Any] = []
+        if since_ns:
+            sql += " WHERE start_ns >= ?"
+            args.append(since_ns)
+        return self.db.execute(sql, args).fetchall()
+
+    def slowest_roots(self, limit: int, since_ns: Optional[int] = None) -> List[Dict[str, Any]]:
+        """The slowest spans that start a trace's tree here (no parent, or a parent not in the store)."""
+        sql = ("SELECT %s FROM spans s WHERE (s.parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM spans p WHERE "
+               "p.trace_id = s.trace_id AND p.span_id = s.parent_id))" % ", ".join("s." + c for c in COLUMNS))
+        args: List[Any] = []
+        if since_ns:
+            sql += " AND s.start_ns >= ?"
+            args.append(since_ns)
+        sql += " ORDER BY s.duration_ns DESC LIMIT ?"
+        args.append(limit)
+        return [row_to_record(r) for r in self.db.execute(sql, args)]
+
+
+def row_to_record(row: Sequence[Any]) -> Dict[str, Any]:
+    rec = dict(zip(COLUMNS, row))
+    for key in ("attributes", "events"):
+        try:
+            rec[key] = json.loads(rec[key])
+        except (TypeError, ValueError):
+            rec[key] = {} if key == "attributes" else []
+    return rec

@@ -1,0 +1,401 @@
+"""Spans: the hot path of the agent.
+
+Everything here runs on the application's own threads, so it does only cheap work: two clock reads,
+two random draws, a contextvar set/reset and a few slot assignments. Hex ids, wall-clock times, attribute
+limits and encoding are produced later, on the flush thread (see autoinstr.export.records).
+
+A *local trace* is the part of a trace that lives in this process. Its spans collect in one list that is
+handed to the pipeline, in one call, when the local root ends (or in pieces, for very long traces).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from contextvars import ContextVar
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Union
+
+    Parent = Union["Span", "SpanContext", None]
+
+KINDS = ("internal", "server", "client", "producer", "consumer")
+PARTIAL_FLUSH_SPANS = 500  # a local trace this long is handed over in pieces, bounding memory
+MAX_EVENTS = 128
+MAX_STACK_CHARS = 8192
+
+current_span_var: ContextVar[Optional[Span]] = ContextVar("autoinstr.current_span", default=None)
+_get_current = current_span_var.get
+_set_current = current_span_var.set
+_reset_current = current_span_var.reset
+_clock = time.perf_counter_ns
+_UNSET: Any = object()
+
+
+class _Ids:
+    """Fast random ids (Mersenne Twister seeded from os.urandom), reseeded after fork so that parent
+    and child never draw the same ids. Not for secrets: ids only need to be unique."""
+
+    rng = random.Random()
+    bits = rng.getrandbits
+
+    @classmethod
+    def reseed(cls) -> None:
+        cls.rng.seed()
+
+
+_bits = _Ids.bits
+
+
+def new_trace_id() -> int:
+    return _bits(128) or 1
+
+
+def new_span_id() -> int:
+    return _bits(64) or 1
+
+
+# -------------------------------------------------------------------------------- sampling hooks
+
+_MASK64 = (1 << 64) - 1
+
+
+class Sampling:
+    """Head sampling: a ratio decided from the trace id's low 64 bits (every service decides alike for
+    the same trace), then an optional per-process limit of new sampled traces per second."""
+
+    threshold = 1 << 64  # sampled when (trace_id & MASK64) < threshold; 1 << 64 means always
+    limiter: Optional[Callable[[], bool]] = None
+
+    @classmethod
+    def configure(cls, ratio: float, rate_limit: float = 0.0) -> None:
+        cls.threshold = 1 << 64 if ratio >= 1.0 else int(max(ratio, 0.0) * (1 << 64))
+        cls.limiter = _RateLimiter(rate_limit).allow if rate_limit > 0 else None
+
+    @classmethod
+    def decide(cls, trace_id: int) -> bool:
+        if (trace_id & _MASK64) >= cls.threshold:
+            return False
+        limiter = cls.limiter
+        return limiter() if limiter is not None else True
+
+
+class _RateLimiter:
+    """Token bucket; races between threads can only let a token or two more through, never block."""
+
+    def __init__(self, per_second: float) -> None:
+        self.rate = per_second
+        self.capacity = max(per_second, 1.0)
+        self.tokens = self.capacity
+        self.last = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+# ------------------------------------------------------------------------------ the span sink
+
+def _discard(spans: List[Span]) -> None:
+    pass
+
+
+class Sink:
+    """Where finished local traces go: the pipeline's submit, once the agent is loaded."""
+
+    submit: Callable[[List[Span]], None] = staticmethod(_discard)  # type: ignore[assignment]
+    unsampled = 0  # spans not recorded (sampling); an approximate count, kept off the sampled path
+
+
+# ---------------------------------------------------------------------------------- the model
+
+class SpanContext:
+    """A span's identity as carried between processes (extracted from headers), or as handed to
+    `autoinstr.inject`. sampled is None when the sender left the decision to us."""
+
+    __slots__ = ("trace_id", "span_id", "sampled", "tracestate", "baggage")
+
+    def __init__(self, trace_id: int, span_id: int, sampled: Optional[bool] = True, tracestate: str = "",
+                 baggage: Optional[Dict[str, str]] = None) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.sampled = sampled
+        self.tracestate = tracestate
+        self.baggage = baggage
+
+    @property
+    def trace_id_hex(self) -> str:
+        return "%032x" % self.trace_id
+
+    @property
+    def span_id_hex(self) -> str:
+        return "%016x" % self.span_id
+
+    def __repr__(self) -> str:
+        return "SpanContext(trace_id=%032x, span_id=%016x, sampled=%r)" % (self.trace_id, self.span_id, self.sampled)
+
+
+class Span:
+    """A timed operation. Use it as a context manager (`with autoinstr.span("name", key=value) as s:`),
+    or call start()/finish() when the operation does not fit one block (a WSGI response, a stream).
+
+    `kind` and `parent` are keyword-only and reserved; every other keyword becomes an attribute.
+
+    The local root (the first span of a trace in this process) also holds what its local trace shares:
+    the trace id, the sampling decision, the finished spans waiting for the root to end, the incoming
+    tracestate and baggage. Other spans reach it through `root`: no extra object per trace.
+    """
+
+    __slots__ = ("name", "attributes", "kind", "root", "span_id", "parent_id", "start_ns", "end_ns",
+                 "status", "events", "_parent", "_token",
+                 "_trace_id", "_sampled", "_finished", "_tracestate", "_baggage")
+
+    def __init__(self, name: str, *, kind: str = "internal", parent: Parent = _UNSET, **attributes: Any) -> None:
+        self.name = name
+        self.attributes = attributes
+        self.kind = kind
+        self._parent = parent
+        self.status = "ok"
+        self.events: Optional[List[Dict[str, Any]]] = None
+        self.end_ns = 0
+
+    # --------------------------------------------------------------------------- lifecycle
+    # __enter__ repeats start()'s common case inline: one method call less on the hottest path.
+
+    def __enter__(self) -> Span:
+        parent = self._parent
+        if parent is _UNSET:
+            parent = self._parent = _get_current()
+        if parent.__class__ is Span:
+            self.root = parent.root
+            self.parent_id = parent.span_id
+        else:
+            self._begin_local_trace(parent)
+        self.span_id = _bits(64) or 1
+        self._token = _set_current(self)
+        self.start_ns = _clock()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        self.end_ns = _clock()
+        try:
+            _reset_current(self._token)
+        except ValueError:  # left in another context (a generator resumed elsewhere): restore by hand
+            _set_current(self._parent if self._parent.__class__ is Span else None)
+        if exc is not None:
+            self.record_exception(exc)
+        if self.root._sampled:
+            self._on_end()
+        else:
+            Sink.unsampled += 1
+        return False
+
+    def start(self) -> Span:
+        """Link to the parent (the current span unless one was given) and start the clock; does not make
+        this span the current one (use `with`, or activate())."""
+        parent = self._parent
+        if parent is _UNSET:
+            parent = self._parent = _get_current()
+        if parent.__class__ is Span:
+            self.root = parent.root
+            self.parent_id = parent.span_id
+        else:
+            self._begin_local_trace(parent)
+        self.span_id = _bits(64) or 1
+        self.start_ns = _clock()
+        return self
+
+    def _begin_local_trace(self, ctx: Optional[SpanContext]) -> None:
+        self.root = self
+        self._finished: Optional[List[Span]] = []
+        if ctx is None or not ctx.trace_id:  # a new trace (perhaps carrying incoming baggage)
+            trace_id = self._trace_id = _bits(128) or 1
+            self.parent_id = None
+            self._tracestate = ""
+            self._baggage = ctx.baggage if ctx is not None else None
+            if (trace_id & _MASK64) >= Sampling.threshold:
+                self._sampled = False
+            else:
+                limiter = Sampling.limiter
+                self._sampled = limiter() if limiter is not None else True
+            return
+        self._trace_id = ctx.trace_id
+        self._sampled = ctx.sampled if ctx.sampled is not None else Sampling.decide(ctx.trace_id)
+        self._tracestate = ctx.tracestate
+        self._baggage = ctx.baggage
+        self.parent_id = ctx.span_id
+
+    def finish(self, end_ns: int = 0) -> None:
+        """End a span started with start() (not needed with `with`); a second call does nothing."""
+        if self.end_ns:
+            return
+        self.end_ns = end_ns or _clock()
+        if self.root._sampled:
+            self._on_end()
+        else:
+            Sink.unsampled += 1
+
+    def _on_end(self) -> None:
+        root = self.root
+        spans = root._finished
+        if root is self:
+            root._finished = None
+            if spans is None:
+                spans = [self]
+            else:
+                spans.append(self)
+            Sink.submit(spans)
+        elif spans is None:  # ended after its local root (detached work): goes on its own
+            Sink.submit([self])
+        else:
+            spans.append(self)
+            if len(spans) >= PARTIAL_FLUSH_SPANS:
+                root._finished = []
+                Sink.submit(spans)
+
+    # ------------------------------------------------------------------------- annotation
+
+    @property
+    def sampled(self) -> bool:
+        return self.root._sampled
+
+    @property
+    def trace_id(self) -> int:
+        return self.root._trace_id
+
+    @property
+    def context(self) -> SpanContext:
+        r = self.root
+        return SpanContext(r._trace_id, self.span_id, r._sampled, r._tracestate, r._baggage)
+
+    @property
+    def duration_ns(self) -> int:
+        return (self.end_ns or _clock()) - self.start_ns
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        attrs = self.attributes
+        if key in attrs or len(attrs) < Limits.max_attributes:
+            attrs[key] = value
+
+    def set_attributes(self, attributes: Dict[str, Any]) -> None:
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def set_status(self, status: str, description: Optional[str] = None) -> None:
+        self.status = "error" if status == "error" else "ok"
+        if description is not None and status == "error":
+            self.set_attribute("exception.message", description)
+
+    def add_event(self, name: str, attributes: Optional[Dict[str, Any]] = None, time_ns: int = 0) -> None:
+        events = self.events
+        if events is None:
+            events = self.events = []
+        if len(events) < MAX_EVENTS:
+            events.append({"name": name, "time_mono_ns": time_ns or _clock(), "attributes": dict(attributes or {})})
+
+    def record_exception(self, exc: BaseException, escaped: bool = True) -> None:
+        """Status error, error.type and exception.message attributes, and an `exception` event with the stack."""
+        try:
+            if isinstance(exc, SystemExit) and exc.code in (None, 0):
+                return
+            if isinstance(exc, GeneratorExit):
+                return
+            etype = type(exc)
+            qualname = etype.__qualname__
+            module = etype.__module__
+            type_name = qualname if module in ("builtins", "__main__", None) else "%s.%s" % (module, qualname)
+            try:
+                message = str(exc)
+            except Exception:
+                message = "<unprintable %s>" % qualname
+            self.status = "error"
+            attrs = self.attributes
+            attrs["error.type"] = type_name
+            attrs["exception.message"] = message
+            self.add_event("exception", {
+                "exception.type": type_name,
+                "exception.message": message,
+                "exception.stacktrace": _format_stack(exc),
+                "exception.escaped": escaped,
+            })
+        except Exception:  # never let the agent's bookkeeping replace the app's exception
+            pass
+
+    def __repr__(self) -> str:
+        return "Span(%r, kind=%s, span_id=%016x)" % (self.name, self.kind, getattr(self, "span_id", 0))
+
+
+def _format_stack(exc: BaseException) -> str:
+    import traceback  # only on errors: keeps start-up light
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return text if len(text) <= MAX_STACK_CHARS else text[: MAX_STACK_CHARS // 4] + "\n...\n" + text[-MAX_STACK_CHARS * 3 // 4:]
+
+
+class Limits:
+    max_attributes = 128
+    max_attribute_length = 4096
+
+
+def current_span() -> Optional[Span]:
+    """The span active in this thread or task, or None."""
+    return _get_current()
+
+
+# --------------------------------------------------------------------- the agent-less stand-in
+
+class NoopSpan:
+    """What `autoinstr.span` is while the agent is not loaded: the same interface, nearly free."""
+
+    __slots__ = ()
+    name = ""
+    kind = "internal"
+    status = "ok"
+    sampled = False
+    trace_id = 0
+    span_id = 0
+    attributes: Dict[str, Any] = {}
+
+    def __init__(self, name: str = "", *, kind: str = "internal", parent: Any = None, **attributes: Any) -> None:
+        pass
+
+    def __enter__(self) -> NoopSpan:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        return False
+
+    def start(self) -> NoopSpan:
+        return self
+
+    def finish(self, end_ns: int = 0) -> None:
+        pass
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        pass
+
+    def set_attributes(self, attributes: Dict[str, Any]) -> None:
+        pass
+
+    def set_status(self, status: str, description: Optional[str] = None) -> None:
+        pass
+
+    def add_event(self, name: str, attributes: Optional[Dict[str, Any]] = None, time_ns: int = 0) -> None:
+        pass
+
+    def record_exception(self, exc: BaseException, escaped: bool = True) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "NoopSpan()"
+
+
+if sys.version_info < (3, 9):  # pragma: no cover
+    raise ImportError("autoinstr needs Python 3.9 or newer")

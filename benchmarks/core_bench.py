@@ -1,0 +1,1194 @@
+#!/usr/bin/env python3
+"""Core speed benchmark: span cost and start-up of autoinstr against a pure-Python floor, ddtrace and OpenTelemetry.
+
+    python benchmarks/core_bench.py [--out benchmarks/results/core.md] [--quick]
+
+Not a test: it asserts nothing. It writes a markdown report and a JSON file beside it, and prints for each target
+whether it is met. Every measurement runs in its own subprocess under its own launcher and virtual environment:
+
+- venvs are cached in benchmarks/.venvs/ (autoinstr, ddtrace, otel); autoinstr is reinstalled from a clean copy of
+  the repository on every run (--force-reinstall --no-deps) so the newest agent code is measured;
+- span cost: rounds alternate floor, ours (sampled, jsonl), ours (sampled, local store), ours (unsampled), ddtrace,
+  otel, floor, ...; each round is one process that warms up, times M spans and prints one `RESULT {...}` line;
+- ddtrace and OTel export to a loopback HTTP sink in this process that answers 200 `{}` and counts requests, bytes
+  and decoded spans, so "export included" is checked, not assumed; ours is checked through its jsonl file / store;
+- start-up: `python -c pass` plain and under each launcher, alternated, with peak RSS from os.wait4.
+
+Only the standard library is used here; the peers' packages live only in their venvs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import hashlib
+import http.server
+import json
+import os
+import platform
+import re
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+VENVS = HERE / ".venvs"
+DEFAULT_OUT = HERE / "results" / "core.md"
+
+# The interpreter outside any venv: the venvs are built from it and the "bare python" start-up row runs it, so every
+# row uses the same binary.
+BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+HEAVY_MODULES = ("flask", "requests", "sqlite3", "psycopg2", "sqlparse")
+EXTRA_HEAVY = ("urllib3", "django")  # not in the brief's list, recorded because the acceptance check looks at them
+RUN_TIMEOUT = 600.0
+
+# Peers get the same loopback sink and everything but tracing switched off, so we compare tracers, not products.
+DD_SETTINGS = {
+    "DD_SERVICE": "bench",
+    "DD_PROFILING_ENABLED": "false",
+    "DD_APPSEC_ENABLED": "false",
+    "DD_IAST_ENABLED": "false",
+    "DD_APPSEC_SCA_ENABLED": "false",
+    "DD_REMOTE_CONFIGURATION_ENABLED": "false",
+    "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
+    "DD_RUNTIME_METRICS_ENABLED": "false",
+    "DD_DATA_STREAMS_ENABLED": "false",
+    "DD_CRASHTRACKING_ENABLED": "false",
+    "DD_DYNAMIC_INSTRUMENTATION_ENABLED": "false",
+    "DD_EXCEPTION_REPLAY_ENABLED": "false",
+    "DD_SYMBOL_DATABASE_UPLOAD_ENABLED": "false",
+    "DD_LLMOBS_ENABLED": "false",
+    "DD_TRACE_STATS_COMPUTATION_ENABLED": "false",
+    "DD_TRACE_HEALTH_METRICS_ENABLED": "false",
+    "DD_TRACE_STARTUP_LOGS": "false",
+    "DD_TRACE_DEBUG": "false",
+}
+OTEL_SETTINGS = {
+    "OTEL_SERVICE_NAME": "bench",
+    "OTEL_TRACES_EXPORTER": "otlp",
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    "OTEL_METRICS_EXPORTER": "none",
+    "OTEL_LOGS_EXPORTER": "none",
+}
+AUTOINSTR_SETTINGS = {"AUTOINSTR_SERVICE_NAME": "bench"}
+
+# Inherited variables that would change what a child does; every child starts from a clean environment.
+_STRIP_PREFIXES = ("AUTOINSTR_", "DD_", "OTEL_")
+_STRIP_NAMES = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "VIRTUAL_ENV",
+    "PYTHONPROFILEIMPORTTIME",
+    "PYTHONTRACEMALLOC",
+)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def tail(text: str, limit: int = 1500) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def one_line(err: str, limit: int = 240) -> str:
+    """A table cell for an error: the last line naming an exception (pip and tracebacks end there), else the last."""
+    lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
+    named = [ln for ln in lines if re.search(r"\w(Error|Exception|Errno)\b", ln)]
+    pick = (named or lines or [""])[-1]
+    return pick.replace("|", "/")[:limit]
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(_STRIP_PREFIXES) and k not in _STRIP_NAMES}
+
+
+# ------------------------------------------------------------------------------------------------------------ venvs
+
+
+@dataclass
+class Venv:
+    name: str
+    requirements: list[str]
+    dists: list[str]  # distributions whose versions go into the results
+    versions: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def path(self) -> Path:
+        return VENVS / self.name
+
+    @property
+    def python(self) -> str:
+        return str(self.path / "bin" / "python")
+
+    def exe(self, name: str) -> str:
+        return str(self.path / "bin" / name)
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        # Launchers exec `python` from PATH, so the venv's bin must come first.
+        env = clean_env()
+        env["PATH"] = str(self.path / "bin") + os.pathsep + env.get("PATH", "")
+        env["VIRTUAL_ENV"] = str(self.path)
+        env.update(extra or {})
+        return env
+
+
+def pip(venv: Venv, *args: str) -> None:
+    cmd = [venv.python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        noise = "is ignored: it is neither a file nor a directory"  # local mirror warnings of this machine's pip
+        err = "\n".join(ln for ln in (r.stdout + r.stderr).splitlines() if noise not in ln)
+        raise RuntimeError(f"pip install {' '.join(args)} failed (exit {r.returncode}): {tail(err, 4000)}")
+
+
+def create_venv(venv: Venv, marker: str) -> bool:
+    """Make sure venv exists for this marker (its requirements); True when it was (re)built."""
+    stamp = venv.path / ".bench-marker"
+    if Path(venv.python).exists() and stamp.exists() and stamp.read_text() == marker:
+        return False
+    log(f"[venv] building {venv.path} ...")
+    shutil.rmtree(venv.path, ignore_errors=True)
+    subprocess.run([BASE_PYTHON, "-m", "venv", str(venv.path)], check=True, capture_output=True)
+    return True
+
+
+def mark(venv: Venv, marker: str) -> None:
+    (venv.path / ".bench-marker").write_text(marker)
+
+
+def setup_peer(venv: Venv) -> None:
+    marker = json.dumps(venv.requirements)
+    if create_venv(venv, marker):
+        pip(venv, *venv.requirements)
+        mark(venv, marker)
+
+
+def _copy_ignore(src: str, names: list[str]) -> set[str]:
+    # A clean copy: no VCS, venvs, caches or stale build output that could leak into the wheel or slow the copy.
+    skip = {".git", ".venv", ".venvs", "__pycache__", ".pytest_cache", ".ruff_cache", "build", "dist", "results"}
+    return {n for n in names if n in skip or n.endswith(".egg-info")}
+
+
+def setup_autoinstr(venv: Venv, workdir: Path) -> None:
+    """Install the repository non-editable; reinstall without deps on every run so the newest code is measured.
+
+    pip builds from a copy so that no build artefact is ever written into the repository the agent lives in."""
+    src = workdir / "autoinstr-src"
+    shutil.copytree(REPO, src, ignore=_copy_ignore)
+    pyproject = (REPO / "pyproject.toml").read_bytes() if (REPO / "pyproject.toml").exists() else b""
+    marker = "autoinstr deps " + hashlib.sha256(pyproject).hexdigest()  # dependencies change only with pyproject
+    if create_venv(venv, marker):
+        pip(venv, str(src))
+        mark(venv, marker)
+    else:
+        pip(venv, "--force-reinstall", "--no-deps", str(src))
+
+
+def read_versions(venv: Venv) -> None:
+    code = textwrap.dedent(
+        """
+        import importlib.metadata as md, json, sys
+        out = {"python": sys.version.split()[0]}
+        for d in sys.argv[1:]:
+            try:
+                out[d] = md.version(d)
+            except md.PackageNotFoundError:
+                out[d] = "not installed"
+        print(json.dumps(out))
+        """
+    )
+    r = subprocess.run([venv.python, "-c", code, *venv.dists], capture_output=True, text=True, env=venv.env())
+    venv.versions = json.loads(r.stdout) if r.returncode == 0 else {"error": tail(r.stderr, 300)}
+
+
+# ------------------------------------------------------------------------------------------------------------- sink
+
+
+def _mp_head(b: bytes, i: int) -> tuple[str, int, int]:
+    """One msgpack header at i: ('a', items) array, ('m', pairs) map or ('s', payload bytes) scalar; next offset."""
+    t = b[i]
+    i += 1
+    if t <= 0x7F or t >= 0xE0 or t in (0xC0, 0xC2, 0xC3):
+        return "s", 0, i
+    if 0x80 <= t <= 0x8F:
+        return "m", t & 0x0F, i
+    if 0x90 <= t <= 0x9F:
+        return "a", t & 0x0F, i
+    if 0xA0 <= t <= 0xBF:
+        return "s", t & 0x1F, i
+    fixed = {0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+    fixed.update({0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17})  # fixext: type byte + data
+    if t in fixed:
+        return "s", fixed[t], i
+    width = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4, 0xC7: 1, 0xC8: 2, 0xC9: 4, 0xDC: 2, 0xDD: 4}
+    width.update({0xDE: 2, 0xDF: 4})
+    if t not in width:
+        raise ValueError(f"bad msgpack byte 0x{t:02x}")
+    w = width[t]
+    n = int.from_bytes(b[i : i + w], "big")
+    i += w
+    if t in (0xDC, 0xDD):
+        return "a", n, i
+    if t in (0xDE, 0xDF):
+        return "m", n, i
+    return "s", n + (1 if t in (0xC7, 0xC8, 0xC9) else 0), i  # ext carries a type byte
+
+
+def _mp_skip(b: bytes, i: int) -> int:
+    todo = 1
+    while todo:
+        kind, n, i = _mp_head(b, i)
+        todo -= 1
+        if kind == "s":
+            i += n
+        else:
+            todo += n if kind == "a" else 2 * n
+    return i
+
+
+def count_dd_spans(body: bytes, path: str) -> int:
+    """Spans in a Datadog agent payload: v0.4 is [[span, ...], ...], v0.5 is [strings, [[span, ...], ...]]."""
+    i = 0
+    if "/v0.5/" in path:
+        kind, n, i = _mp_head(body, i)
+        if kind != "a" or n != 2:
+            raise ValueError("v0.5 payload is not a 2-array")
+        i = _mp_skip(body, i)  # string table
+    kind, traces, i = _mp_head(body, i)
+    if kind != "a":
+        raise ValueError("trace list is not an array")
+    spans = 0
+    for _ in range(traces):
+        kind, n, i = _mp_head(body, i)
+        spans += n
+        for _ in range(n):
+            i = _mp_skip(body, i)
+    return spans
+
+
+def _varint(b: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        c = b[i]
+        i += 1
+        value |= (c & 0x7F) << shift
+        if c < 0x80:
+            return value, i
+        shift += 7
+
+
+def _pb_fields(b: bytes, i: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, start, end) of each length-delimited field in b[i:end]; other wire types are skipped."""
+    while i < end:
+        key, i = _varint(b, i)
+        wire = key & 7
+        if wire == 0:
+            _, i = _varint(b, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            n, i = _varint(b, i)
+            yield key >> 3, i, i + n
+            i += n
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+
+
+def count_otlp_spans(body: bytes) -> int:
+    """ExportTraceServiceRequest.resource_spans(1).scope_spans(2).spans(2)."""
+    n = 0
+    for f1, s1, e1 in _pb_fields(body, 0, len(body)):
+        if f1 != 1:
+            continue
+        for f2, s2, e2 in _pb_fields(body, s1, e1):
+            if f2 != 2:
+                continue
+            n += sum(1 for f3, _, _ in _pb_fields(body, s2, e2) if f3 == 2)
+    return n
+
+
+@dataclass
+class SinkTake:
+    requests: Counter = field(default_factory=Counter)  # "METHOD path" -> count
+    bytes: int = 0
+    spans: int = 0
+    decode_errors: list[str] = field(default_factory=list)
+
+
+class Sink:
+    """Loopback HTTP server that accepts anything and answers 200 `{}`, like a trace agent / collector that keeps up.
+
+    Bodies are only stored while a child runs and decoded afterwards (take()), so that counting spans does not
+    compete for CPU with the process being measured."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._requests: Counter = Counter()
+        self._bodies: list[tuple[str, str, bytes]] = []
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as both peers' HTTP clients expect
+
+            def _read_body(self) -> bytes:
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    parts = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return b"".join(parts)
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _answer(self) -> None:
+                body = self._read_body()
+                with sink._lock:
+                    sink._requests["{} {}".format(self.command, self.path.split("?")[0])] += 1
+                    if body:
+                        sink._bodies.append((self.path, self.headers.get("Content-Encoding") or "", body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_POST = do_PUT = do_GET = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._server.serve_forever, name="sink-" + name, daemon=True).start()
+
+    def take(self) -> SinkTake:
+        with self._lock:
+            requests, bodies = self._requests, self._bodies
+            self._requests, self._bodies = Counter(), []
+        out = SinkTake(requests=requests)
+        for path, encoding, body in bodies:
+            out.bytes += len(body)
+            try:
+                if encoding == "gzip":
+                    body = gzip.decompress(body)
+                elif encoding == "deflate":
+                    body = zlib.decompress(body)
+                if path.split("?")[0].endswith("/traces") and "/v0." in path:
+                    out.spans += count_dd_spans(body, path)
+                elif path.split("?")[0].endswith("/v1/traces"):
+                    out.spans += count_otlp_spans(body)
+            except (ValueError, IndexError, OSError, zlib.error) as e:
+                out.decode_errors.append(f"{path}: {e}")
+        return out
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+# ------------------------------------------------------------------------------------------------- span scripts
+
+# Shared by every variant so that only the span body differs: warm up, time one loop, report, exit.
+PROLOGUE = """
+import json, os, sys, time
+N = int(os.environ["BENCH_SPANS"])
+WARMUP = int(os.environ["BENCH_WARMUP"])
+VARIANT = os.environ["BENCH_VARIANT"]
+pc = time.perf_counter_ns
+"""
+
+EPILOGUE = """
+loop(WARMUP)
+total_ns = loop(N)
+out = {"variant": VARIANT, "spans": N, "warmup": WARMUP, "ns_per_span": total_ns / N, "loop_ns": total_ns}
+out.update(extra())
+out["end_mono_ns"] = time.monotonic_ns()  # the parent measures the exit drain (final flush + shutdown) from here
+print("RESULT " + json.dumps(out, default=repr), flush=True)
+"""
+
+# The floor: what any span must do at least (two clocks, a small object, a contextvar set and reset).
+FLOOR_BODY = """
+import contextvars
+cv = contextvars.ContextVar("floor", default=None)
+
+class FloorSpan:
+    __slots__ = ("name", "start", "end")
+
+    def __init__(self, name, start):
+        self.name, self.start, self.end = name, start, 0
+
+def loop(n):
+    t0 = pc()
+    for _ in range(n):
+        s = FloorSpan("x", pc())
+        tok = cv.set(s)
+        s.end = pc()
+        cv.reset(tok)
+    return pc() - t0
+
+def extra():
+    return {}
+"""
+
+OURS_BODY = """
+agent_modules_at_start = sorted(m for m in sys.modules if m.split(".")[0] == "autoinstr")
+import autoinstr
+
+def loop(n):
+    span = autoinstr.span
+    t0 = pc()
+    for _ in range(n):
+        with span("x"):
+            pass
+    return pc() - t0
+
+def extra():
+    try:
+        stats = autoinstr.stats()
+    except Exception as e:
+        stats = {"error": repr(e)}
+    return {"stats": stats, "agent_modules_at_start": len(agent_modules_at_start)}
+"""
+
+DDTRACE_BODY = """
+try:
+    from ddtrace.trace import tracer  # ddtrace >= 2.x
+except ImportError:
+    from ddtrace import tracer
+
+def loop(n):
+    trace = tracer.trace
+    t0 = pc()
+    for _ in range(n):
+        with trace("x"):
+            pass
+    return pc() - t0
+
+def extra():
+    return {"tracer": type(tracer).__module__ + "." + type(tracer).__name__, "enabled": bool(tracer.enabled)}
+"""
+
+OTEL_BODY = """
+from opentelemetry import trace
+tracer = trace.get_tracer("bench")
+
+def loop(n):
+    start = tracer.start_as_current_span
+    t0 = pc()
+    for _ in range(n):
+        with start("x"):
+            pass
+    return pc() - t0
+
+def extra():
+    # Show what opentelemetry-instrument configured, so a no-op ProxyTracerProvider cannot pass for a real run.
+    provider = trace.get_tracer_provider()
+    multi = getattr(provider, "_active_span_processor", None)
+    procs = list(getattr(multi, "_span_processors", ()) or ())
+    exporters = []
+    for p in procs:
+        exp = getattr(p, "span_exporter", None) or getattr(getattr(p, "_batch_processor", None), "_exporter", None)
+        exporters.append(type(exp).__name__)
+    return {"provider": type(provider).__name__, "processors": [type(p).__name__ for p in procs],
+            "exporters": exporters}
+"""
+
+
+@dataclass
+class Variant:
+    key: str
+    label: str
+    launcher: str  # the venv's launcher command that starts `python script.py` (floor: plain python)
+    body: str
+    venv: Venv | None
+    env: dict[str, str]
+    sink: Sink | None = None
+    output: str = ""  # "jsonl" or "store": where our agent's spans land
+    expect_export: bool = True
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    error: str = ""
+
+    def command(self, script: Path) -> list[str]:
+        if self.venv is None:
+            return [BASE_PYTHON, str(script)]
+        return [self.venv.exe(self.launcher), "python", str(script)]
+
+
+def count_jsonl(path: Path) -> int:
+    if not path.exists():
+        return 0
+    n = 0
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            n += chunk.count(b"\n")
+    return n
+
+
+def count_store(path: Path) -> tuple[int, dict[str, int]]:
+    """Rows per table of the agent's SQLite store; spans = the table named like spans, else the biggest."""
+    if not path.exists():
+        return 0, {}
+    tables: dict[str, int] = {}
+    con = sqlite3.connect(str(path), timeout=5)
+    try:
+        names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for name in names:
+            tables[name] = con.execute('SELECT count(*) FROM "{}"'.format(name.replace('"', '""'))).fetchone()[0]
+    finally:
+        con.close()
+    spans = tables.get("spans", max(tables.values(), default=0))
+    return spans, tables
+
+
+def run_span_round(variant: Variant, script: Path, workdir: Path, spans: int, warmup: int) -> dict[str, Any]:
+    rundir = Path(tempfile.mkdtemp(prefix=variant.key + "-", dir=workdir))
+    env = dict(variant.env, BENCH_SPANS=str(spans), BENCH_WARMUP=str(warmup), BENCH_VARIANT=variant.key)
+    jsonl, store = rundir / "spans.jsonl", rundir / "store.db"
+    if variant.venv is not None and variant.venv.name == "autoinstr":
+        env["AUTOINSTR_STORE"] = str(store)  # also for the jsonl runs, so nothing lands in a default path
+        if variant.output == "jsonl":
+            env["AUTOINSTR_EXPORTER"] = "jsonl"
+            env["AUTOINSTR_JSONL_PATH"] = str(jsonl)
+    if variant.sink is not None:
+        variant.sink.take()  # drop anything left from an earlier process
+    try:
+        r = subprocess.run(
+            variant.command(script),
+            env=env,
+            cwd=rundir,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(rundir, ignore_errors=True)
+        raise RuntimeError(f"timed out after {RUN_TIMEOUT:.0f} s") from None
+    exit_mono = time.monotonic_ns()
+    result = next((json.loads(ln[7:]) for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if r.returncode != 0 or result is None:
+        shutil.rmtree(rundir, ignore_errors=True)
+        raise RuntimeError(f"exit {r.returncode}, no RESULT line; stderr: {tail(r.stderr)}")
+    result["drain_ms"] = (exit_mono - result.pop("end_mono_ns")) / 1e6
+    result["created"] = spans + warmup
+    result["stderr_tail"] = tail(r.stderr, 400)
+    if variant.sink is not None:
+        got = variant.sink.take()
+        result.update(
+            exported=got.spans, requests=dict(got.requests), bytes=got.bytes, decode_errors=got.decode_errors[:3]
+        )
+    elif variant.output == "jsonl":
+        result.update(exported=count_jsonl(jsonl), bytes=jsonl.stat().st_size if jsonl.exists() else 0)
+    elif variant.output == "store":
+        try:
+            n, tables = count_store(store)
+            result.update(exported=n, tables=tables)
+        except sqlite3.Error as e:
+            result.update(exported=0, store_error=str(e))
+        result["bytes"] = sum(p.stat().st_size for p in rundir.glob("store.db*"))
+    shutil.rmtree(rundir, ignore_errors=True)  # a jsonl of 100k spans is tens of MB per round
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- start-up
+
+
+@dataclass
+class StartCase:
+    key: str
+    label: str
+    cmd: list[str]
+    env: dict[str, str]
+    ms: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+    error: str = ""
+    venv: Venv | None = None
+
+
+def run_timed(case: StartCase, errfile: Path, cwd: Path) -> tuple[float, float]:
+    """Wall time in ms and peak RSS in MB of one run; os.wait4 gives this child's own rusage (and its children's)."""
+    with errfile.open("wb") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(
+            case.cmd, env=case.env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+        )
+        _, status, usage = os.wait4(p.pid, 0)
+        dt = (time.perf_counter() - t0) * 1000
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise RuntimeError(f"exit {p.returncode}: {tail(errfile.read_text(errors='replace'), 600)}")
+    return dt, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
+def heavy_imports(venv: Venv, workdir: Path) -> dict[str, Any]:
+    """Which heavy modules `import autoinstr` drags in: plain, with the .pth hook on, and under the launcher."""
+    probe = textwrap.dedent(
+        """
+        import json, sys
+        at_start = sorted(m for m in sys.modules if m.split(".")[0] == "autoinstr")
+        import autoinstr
+        names = sys.argv[1:]
+        print("RESULT " + json.dumps({"agent_modules_at_start": len(at_start),
+                                      "found": [m for m in names if m in sys.modules]}))
+        """
+    )
+    script = workdir / "heavy_probe.py"
+    script.write_text(probe)
+    base = venv.env(dict(AUTOINSTR_SETTINGS, AUTOINSTR_STORE=str(workdir / "heavy-store.db")))
+    modes = {
+        "import autoinstr": ([venv.python, str(script)], base),
+        "AUTOINSTR_ENABLED=true": ([venv.python, str(script)], dict(base, AUTOINSTR_ENABLED="true")),
+        "autoinstr-run": ([venv.exe("autoinstr-run"), "python", str(script)], base),
+    }
+    out: dict[str, Any] = {}
+    for mode, (cmd, env) in modes.items():
+        r = subprocess.run(
+            [*cmd, *HEAVY_MODULES, *EXTRA_HEAVY], env=env, cwd=workdir, capture_output=True, text=True, timeout=120
+        )
+        res = next((json.loads(ln[7:]) for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if r.returncode != 0 or res is None:
+            out[mode] = {"error": f"exit {r.returncode}: {tail(r.stderr, 400)}"}
+        else:
+            res["heavy"] = [m for m in res["found"] if m in HEAVY_MODULES]
+            res["extra"] = [m for m in res["found"] if m in EXTRA_HEAVY]
+            out[mode] = res
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+
+def best(xs: list[float]) -> float:
+    return min(xs) if xs else float("nan")
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt(x: float | None, digits: int = 0) -> str:
+    if x is None or x != x:  # None or NaN
+        return "n/a"
+    return "{:,.{}f}".format(x, digits)
+
+
+@dataclass
+class Target:
+    name: str
+    measured: str
+    limit: str
+    met: bool | None  # None: could not be measured
+
+
+def verdict(met: bool | None) -> str:
+    return {True: "MET", False: "NOT MET", None: "n/a"}[met]
+
+
+def ratio_target(
+    name: str, num: list[float], den: list[float], limit: float, strict: bool = False, inverse_label: str = ""
+) -> Target:
+    """Ratio of best-of values (less noisy than medians on a small shared machine); the median ratio is shown too."""
+    if not num or not den:
+        return Target(name, "n/a (variant failed)", inverse_label or f"<= {limit:g}x", None)
+    r_best, r_med = best(num) / best(den), med(num) / med(den)
+    met = r_best < limit if strict else r_best <= limit
+    measured = f"{r_best:.2f}x (median {r_med:.2f}x)"
+    return Target(name, measured, inverse_label or ("{} {:g}x".format("<" if strict else "<=", limit)), met)
+
+
+def export_cell(v: Variant) -> str:
+    if v.key == "floor":
+        return "-"
+    if not v.runs:
+        return "n/a"
+    created = sum(r["created"] for r in v.runs)
+    exported = sum(r.get("exported", 0) for r in v.runs)
+    return f"{fmt(exported)} / {fmt(created)} ({100.0 * exported / created if created else 0:.0f}%)"
+
+
+def export_ok(v: Variant) -> bool | None:
+    if not v.runs:
+        return None
+    if not agent_loaded(v):
+        return False
+    if not v.expect_export:
+        return all(r.get("exported", 0) == 0 for r in v.runs)
+    return all(r.get("exported", 0) > 0 and (v.sink is None or r.get("bytes", 0) > 0) for r in v.runs)
+
+
+def agent_loaded(v: Variant) -> bool:
+    """Ours only: the launcher must have loaded the agent before the script ran, else `autoinstr.span` is the free
+    no-op stand-in and its cost means nothing."""
+    return all(r.get("agent_modules_at_start", 1) > 0 for r in v.runs)
+
+
+def build_report(
+    ctx: dict[str, Any], variants: list[Variant], cases: list[StartCase], heavy: dict[str, Any], targets: list[Target]
+) -> str:
+    lines = ["# autoinstr core benchmark", ""]
+    lines += [
+        "- date: {}".format(ctx["date"]),
+        "- machine: {}, {} CPUs, Python {} ({})".format(ctx["platform"], ctx["cpus"], ctx["python"], BASE_PYTHON),
+        f"- mode: {ctx['mode']}; span cost: {ctx['rounds']} rounds x {fmt(ctx['spans'])} spans "
+        f"(+{fmt(ctx['warmup'])} warm-up spans per process), each round one process per variant, alternated in "
+        "table order",
+        f"- start-up: {ctx['startup_runs']} runs per command, alternated, after one warm-up run each",
+        "- load average at start: {}".format(ctx["loadavg"]),
+        "",
+        "## Versions",
+        "",
+        "| venv | package | version |",
+        "|---|---|---|",
+    ]
+    for name, versions in ctx["versions"].items():
+        for dist, ver in versions.items():
+            lines.append(f"| {name} | {dist} | {ver} |")
+    for name, err in ctx["venv_errors"].items():
+        lines.append(f"| {name} | (install failed) | {one_line(err)} |")
+
+    floor = next((v for v in variants if v.key == "floor"), None)
+    floor_best = best([r["ns_per_span"] for r in floor.runs]) if floor else float("nan")
+    floor_med = med([r["ns_per_span"] for r in floor.runs]) if floor else float("nan")
+    floor_drain = med([r["drain_ms"] for r in floor.runs]) if floor else float("nan")
+    lines += [
+        "",
+        "## Span cost",
+        "",
+        "ns per span of the timed loop (exporter running); `x floor` compares best with best and median with median. "
+        "*exit drain* is the time from the end of the loop to process exit (final flush + interpreter shutdown); "
+        "*incl. drain* adds the drain beyond the floor's to the loop, spread over the spans.",
+        "",
+        "| variant | launcher | best ns | median ns | best x floor | median x floor | exit drain ms (median) "
+        "| incl. drain ns (median) | spans exported |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for v in variants:
+        if not v.runs:
+            lines.append(f"| {v.label} | {v.launcher} | failed | | | | | | {one_line(v.error)} |")
+            continue
+        ns = [r["ns_per_span"] for r in v.runs]
+        incl = [(r["loop_ns"] + (r["drain_ms"] - floor_drain) * 1e6) / r["spans"] for r in v.runs]
+        lines.append(
+            "| {} | {} | {} | {} | {:.2f} | {:.2f} | {} | {} | {} |".format(
+                v.label,
+                v.launcher,
+                fmt(best(ns)),
+                fmt(med(ns)),
+                best(ns) / floor_best,
+                med(ns) / floor_med,
+                fmt(med([r["drain_ms"] for r in v.runs]), 1),
+                fmt(med(incl)),
+                export_cell(v),
+            )
+        )
+
+    lines += ["", "## Export verification", "", "| variant | exported | detail (last round) |", "|---|---|---|"]
+    for v in variants:
+        if v.key == "floor":
+            continue
+        ok = export_ok(v)
+        state = {True: "yes", False: "NO", None: "n/a"}[ok]
+        if not v.expect_export and v.runs:
+            state = f"none expected (unsampled): {export_cell(v)}"
+        detail = ""
+        if v.runs:
+            last = v.runs[-1]
+            if v.sink is not None:
+                detail = "sink {}: {} requests, {} bytes, {} spans decoded; paths {}".format(
+                    v.sink.name,
+                    sum(last.get("requests", {}).values()),
+                    fmt(last.get("bytes", 0)),
+                    fmt(last.get("exported", 0)),
+                    ", ".join(f"{k} x{n}" for k, n in sorted(last["requests"].items())),
+                )
+                if last.get("decode_errors"):
+                    detail += "; decode errors: {}".format("; ".join(last["decode_errors"]))
+            else:
+                detail = "{}: {} spans, {} bytes".format(
+                    v.output, fmt(last.get("exported", 0)), fmt(last.get("bytes", 0))
+                )
+                if "tables" in last:
+                    detail += ", tables {}".format(json.dumps(last["tables"]))
+            for key in ("stats", "provider", "processors", "exporters", "tracer", "agent_modules_at_start"):
+                if key in last:
+                    detail += f"; {key}: `{json.dumps(last[key], default=repr)}`"
+        else:
+            detail = one_line(v.error, 400)
+        lines.append("| {} | {} | {} |".format(v.label, state, detail.replace("|", "/")))
+
+    plain = next((c for c in cases if c.key == "plain"), None)
+    lines += [
+        "",
+        "## Start-up (`-c pass`)",
+        "",
+        "| command | min ms | median ms | +min vs plain | +median vs plain | peak RSS MB (median) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in cases:
+        if not c.ms:
+            lines.append(f"| {c.label} | failed | | | | {one_line(c.error)} |")
+            continue
+        dmin = best(c.ms) - best(plain.ms) if plain and plain.ms else float("nan")
+        dmed = med(c.ms) - med(plain.ms) if plain and plain.ms else float("nan")
+        lines.append(
+            f"| {c.label} | {fmt(best(c.ms), 1)} | {fmt(med(c.ms), 1)} | {fmt(dmin, 1)} | {fmt(dmed, 1)} "
+            f"| {fmt(med(c.rss_mb), 1)} |"
+        )
+
+    lines += [
+        "",
+        "## Heavy imports",
+        "",
+        "Checked: {} (required absent), plus {} (recorded only).".format(
+            ", ".join(HEAVY_MODULES), ", ".join(EXTRA_HEAVY)
+        ),
+        "",
+        "| mode | agent modules loaded at start | heavy found | others found |",
+        "|---|---:|---|---|",
+    ]
+    for mode, res in heavy.items():
+        if "error" in res:
+            lines.append(f"| {mode} | failed | {one_line(res['error'])} | |")
+        else:
+            lines.append(
+                f"| {mode} | {res['agent_modules_at_start']} | {res['heavy'] or 'none'} | {res['extra'] or 'none'} |"
+            )
+
+    lines += ["", "## Targets", "", "| target | measured | limit | verdict |", "|---|---|---|---|"]
+    for t in targets:
+        lines.append(f"| {t.name} | {t.measured} | {t.limit} | {verdict(t.met)} |")
+
+    lines += ["", "## Settings", ""]
+    for name, settings in ctx["settings"].items():
+        lines.append("- {}: `{}`".format(name, " ".join("{}={}".format(*kv) for kv in settings.items())))
+    lines += [
+        "- ours: the sink/jsonl/store paths are per round in a temp dir; AUTOINSTR_* not listed are defaults",
+        "- otel: configured by `opentelemetry-instrument` from the variables above (the distro's "
+        "TracerProvider + BatchSpanProcessor + OTLPSpanExporter over http/protobuf), not in the script",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------------- main
+
+
+def compute_targets(variants: list[Variant], cases: list[StartCase], heavy: dict[str, Any]) -> list[Target]:
+    ns = {v.key: [r["ns_per_span"] for r in v.runs] for v in variants}
+    targets = [
+        ratio_target("sampled span, jsonl export <= 5x floor", ns["ours_jsonl"], ns["floor"], 5.0),
+        ratio_target("sampled span, local store <= 5x floor", ns["ours_store"], ns["floor"], 5.0),
+        ratio_target(
+            "sampled span, jsonl export < 1/8 of ddtrace",
+            ns["ours_jsonl"],
+            ns["ddtrace"],
+            0.125,
+            strict=True,
+            inverse_label="< 0.125x",
+        ),
+        ratio_target(
+            "sampled span, local store < 1/8 of ddtrace",
+            ns["ours_store"],
+            ns["ddtrace"],
+            0.125,
+            strict=True,
+            inverse_label="< 0.125x",
+        ),
+        ratio_target("unsampled span <= 2x floor", ns["ours_unsampled"], ns["floor"], 2.0),
+    ]
+    for t, key in zip(targets, ("ours_jsonl", "ours_store", "ours_jsonl", "ours_store", "ours_unsampled")):
+        v = next(v for v in variants if v.key == key)
+        if not agent_loaded(v):
+            t.measured += "; agent NOT loaded at start, so this timed the no-op stand-in"
+            t.met = None
+    by_key = {c.key: c for c in cases}
+    plain = by_key["plain"].ms
+    for key, name, limit in (
+        ("enabled", "AUTOINSTR_ENABLED=true start-up", 10.0),
+        ("run", "autoinstr-run start-up", 30.0),
+    ):
+        ms = by_key[key].ms
+        if plain and ms:
+            d_min, d_med = best(ms) - best(plain), med(ms) - med(plain)
+            targets.append(
+                Target(
+                    name + f" <= +{limit:g} ms",
+                    f"+{d_min:.1f} ms (median +{d_med:.1f} ms)",
+                    f"<= +{limit:g} ms",
+                    d_min <= limit,
+                )
+            )
+        else:
+            targets.append(Target(name + f" <= +{limit:g} ms", "n/a (failed)", f"<= +{limit:g} ms", None))
+    found = {m for res in heavy.values() for m in res.get("heavy", [])}
+    failed = [mode for mode, res in heavy.items() if "error" in res]
+    targets.append(
+        Target(
+            "`import autoinstr` (and agent start) imports none of " + ", ".join(HEAVY_MODULES),
+            (f"found: {sorted(found)}" if found else "none found") + (f"; failed: {failed}" if failed else ""),
+            "none",
+            None if len(failed) == len(heavy) else not found,
+        )
+    )
+    for v in variants:
+        if v.key != "floor":
+            targets.append(
+                Target(
+                    f"{v.label} really exported" if v.expect_export else f"{v.label} exported nothing",
+                    export_cell(v),
+                    "> 0 per round" if v.expect_export else "0",
+                    export_ok(v),
+                )
+            )
+    return targets
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report (JSON goes beside it)")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds, smaller loops: about a minute")
+    ap.add_argument("--rounds", type=int, help="span-cost rounds (default 9, quick 3)")
+    ap.add_argument("--spans", type=int, help="timed spans per round (default 100000, quick 20000)")
+    ap.add_argument("--startup-runs", type=int, help="runs per start-up command (default 15, quick 5)")
+    args = ap.parse_args(argv)
+    rounds = args.rounds or (3 if args.quick else 9)
+    spans = args.spans or (20_000 if args.quick else 100_000)
+    warmup = max(spans // 10, 1000)
+    startup_runs = args.startup_runs or (5 if args.quick else 15)
+    t_start = time.monotonic()
+
+    VENVS.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="autoinstr-core-bench-"))
+    ours = Venv("autoinstr", [str(REPO)], ["autoinstr", "wrapt", "msgpack", "sqlparse"])
+    dd = Venv("ddtrace", ["ddtrace"], ["ddtrace"])
+    otel = Venv(
+        "otel",
+        ["opentelemetry-sdk", "opentelemetry-distro", "opentelemetry-exporter-otlp-proto-http"],
+        [
+            "opentelemetry-api",
+            "opentelemetry-sdk",
+            "opentelemetry-distro",
+            "opentelemetry-instrumentation",
+            "opentelemetry-exporter-otlp-proto-http",
+            "opentelemetry-proto",
+        ],
+    )
+    for venv in (dd, otel, ours):
+        log(f"[venv] {venv.name}")
+        try:
+            setup_autoinstr(venv, workdir) if venv is ours else setup_peer(venv)
+            read_versions(venv)
+        except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+            venv.error = str(e)
+            log(f"[venv] {venv.name} FAILED: {tail(str(e), 800)}")
+
+    dd_sink, otel_sink = Sink("ddtrace"), Sink("otel")
+    dd_env = dict(DD_SETTINGS, DD_TRACE_AGENT_URL=dd_sink.url)
+    otel_env = dict(OTEL_SETTINGS, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=otel_sink.url + "/v1/traces")
+    settings = {
+        "ddtrace": dd_env,
+        "otel": otel_env,
+        "ours (sampled, jsonl)": dict(AUTOINSTR_SETTINGS, AUTOINSTR_EXPORTER="jsonl"),
+        "ours (sampled, store)": dict(AUTOINSTR_SETTINGS),
+        "ours (unsampled)": dict(AUTOINSTR_SETTINGS, AUTOINSTR_EXPORTER="jsonl", AUTOINSTR_SAMPLE_RATE="0"),
+    }
+    log("[settings] ddtrace: {}".format(" ".join("{}={}".format(*kv) for kv in dd_env.items())))
+    log("[settings] otel: {}".format(" ".join("{}={}".format(*kv) for kv in otel_env.items())))
+
+    variants = [
+        Variant("floor", "floor (pure Python)", "python", FLOOR_BODY, None, clean_env()),
+        Variant(
+            "ours_jsonl",
+            "autoinstr sampled, jsonl",
+            "autoinstr-run",
+            OURS_BODY,
+            ours,
+            ours.env(settings["ours (sampled, jsonl)"]),
+            output="jsonl",
+        ),
+        Variant(
+            "ours_store",
+            "autoinstr sampled, local store",
+            "autoinstr-run",
+            OURS_BODY,
+            ours,
+            ours.env(settings["ours (sampled, store)"]),
+            output="store",
+        ),
+        Variant(
+            "ours_unsampled",
+            "autoinstr unsampled (rate 0)",
+            "autoinstr-run",
+            OURS_BODY,
+            ours,
+            ours.env(settings["ours (unsampled)"]),
+            output="jsonl",
+            expect_export=False,
+        ),
+        Variant("ddtrace", "ddtrace", "ddtrace-run", DDTRACE_BODY, dd, dd.env(dd_env), sink=dd_sink),
+        Variant(
+            "otel", "OpenTelemetry SDK", "opentelemetry-instrument", OTEL_BODY, otel, otel.env(otel_env), sink=otel_sink
+        ),
+    ]
+    scripts: dict[str, Path] = {}
+    for v in variants:
+        scripts[v.key] = workdir / (f"span_{v.key}.py")
+        scripts[v.key].write_text(PROLOGUE + v.body + EPILOGUE)
+        if v.venv is not None and v.venv.error:
+            v.error = f"venv {v.venv.name} not available: {v.venv.error}"
+
+    # One discarded round first (byte-compiles, warms caches) that also weeds out variants that cannot run at all.
+    log("[span] warm-up round")
+    for v in variants:
+        if v.error:
+            continue
+        try:
+            run_span_round(v, scripts[v.key], workdir, max(spans // 10, 1000), 100)
+        except RuntimeError as e:
+            v.error = str(e)
+            log(f"[span] {v.key} FAILED: {tail(str(e), 800)}")
+    for i in range(rounds):
+        for v in variants:
+            if v.error:
+                continue
+            try:
+                v.runs.append(run_span_round(v, scripts[v.key], workdir, spans, warmup))
+            except RuntimeError as e:
+                v.error = str(e)
+                log(f"[span] {v.key} FAILED in round {i + 1}: {tail(str(e), 800)}")
+        done = "  ".join(f"{v.key} {fmt(v.runs[-1]['ns_per_span']) if len(v.runs) == i + 1 else '-'}" for v in variants)
+        log(f"[span] round {i + 1}/{rounds} (ns/span): {done}")
+
+    # Start-up: the venv's own python is the baseline so the deltas are the agent's alone.
+    store_env = {"AUTOINSTR_STORE": str(workdir / "startup-store.db")}
+    cases = [
+        StartCase(
+            "bare", "python, no venv (base interpreter + its site-packages)", [BASE_PYTHON, "-c", "pass"], clean_env()
+        ),
+        StartCase(
+            "plain",
+            "python (autoinstr venv, agent off) = plain",
+            [ours.python, "-c", "pass"],
+            ours.env(dict(AUTOINSTR_SETTINGS, **store_env)),
+            venv=ours,
+        ),
+        StartCase(
+            "enabled",
+            "AUTOINSTR_ENABLED=true python",
+            [ours.python, "-c", "pass"],
+            ours.env(dict(AUTOINSTR_SETTINGS, AUTOINSTR_ENABLED="true", **store_env)),
+            venv=ours,
+        ),
+        StartCase(
+            "run",
+            "autoinstr-run python",
+            [ours.exe("autoinstr-run"), "python", "-c", "pass"],
+            ours.env(dict(AUTOINSTR_SETTINGS, **store_env)),
+            venv=ours,
+        ),
+        StartCase(
+            "ddtrace", "ddtrace-run python", [dd.exe("ddtrace-run"), "python", "-c", "pass"], dd.env(dd_env), venv=dd
+        ),
+        StartCase(
+            "otel",
+            "opentelemetry-instrument python",
+            [otel.exe("opentelemetry-instrument"), "python", "-c", "pass"],
+            otel.env(otel_env),
+            venv=otel,
+        ),
+    ]
+    errfile = workdir / "startup.stderr"
+    for c in cases:
+        if c.venv is not None and c.venv.error:
+            c.error = f"venv {c.venv.name} not available: {c.venv.error}"
+            continue
+        try:
+            run_timed(c, errfile, workdir)
+        except (RuntimeError, OSError) as e:
+            c.error = str(e)
+            log(f"[startup] {c.key} FAILED: {tail(str(e), 600)}")
+    log(f"[startup] {startup_runs} runs x {len(cases)} commands")
+    for _ in range(startup_runs):
+        for c in cases:
+            if c.error:
+                continue
+            try:
+                ms, rss = run_timed(c, errfile, workdir)
+                c.ms.append(ms)
+                c.rss_mb.append(rss)
+            except (RuntimeError, OSError) as e:
+                c.error = str(e)
+    heavy = heavy_imports(ours, workdir) if not ours.error else {"import autoinstr": {"error": ours.error}}
+    dd_sink.close()
+    otel_sink.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+    targets = compute_targets(variants, cases, heavy)
+    ctx: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "mode": "quick" if args.quick else "full",
+        "rounds": rounds,
+        "spans": spans,
+        "warmup": warmup,
+        "startup_runs": startup_runs,
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "versions": {v.name: v.versions for v in (ours, dd, otel) if v.versions},
+        "venv_errors": {v.name: v.error for v in (ours, dd, otel) if v.error},
+        "settings": settings,
+    }
+    report = build_report(ctx, variants, cases, heavy, targets)
+    out_md = args.out.resolve()
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(report)
+    raw = {
+        "context": ctx,
+        "span_cost": {
+            v.key: {"label": v.label, "launcher": v.launcher, "error": v.error, "runs": v.runs} for v in variants
+        },
+        "startup": {
+            c.key: {"label": c.label, "cmd": c.cmd, "ms": c.ms, "rss_mb": c.rss_mb, "error": c.error} for c in cases
+        },
+        "heavy_imports": heavy,
+        "targets": [t.__dict__ for t in targets],
+    }
+    out_json = out_md.with_suffix(".json")
+    out_json.write_text(json.dumps(raw, indent=1, default=repr) + "\n")
+
+    print(f"\nTargets (same run, ratios of best-of-{rounds}):")
+    for t in targets:
+        print(f"  {verdict(t.met):<8} {t.name}: {t.measured} (limit {t.limit})")
+    print(f"\nwrote {out_md} and {out_json} in {time.monotonic() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
