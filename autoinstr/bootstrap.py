@@ -55,6 +55,7 @@ def _load() -> None:
                          cfg.max_queue_spans, cfg.max_batch_spans, cfg.shutdown_timeout, cfg.max_attributes,
                          cfg.max_attribute_length)
     Sink.submit = _pipeline.submit
+    Sink.submit_one = _pipeline.submit_one
 
     def after_fork_in_child() -> None:
         _Ids.reseed()
@@ -70,6 +71,11 @@ def _load() -> None:
     _log.debug("agent loaded in pid %d: service=%s exporters=%s" % (os.getpid(), cfg.service_name,
                                                                        ",".join(cfg.exporters)))
     del current_span_var
+
+
+def exit_flush() -> None:
+    """The exit flush (hard deadline), for exits that skip atexit (multiprocessing children)."""
+    _at_exit()
 
 
 def _at_exit() -> None:

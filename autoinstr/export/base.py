@@ -16,8 +16,6 @@ Exporters are only imported when configured, so an unused one costs nothing at s
 
 from __future__ import annotations
 
-import importlib
-
 from autoinstr import _log
 
 TYPE_CHECKING = False
@@ -55,6 +53,8 @@ class Exporter:
 
 def create_exporters(config: Config) -> List[Exporter]:
     """The configured exporters; one that cannot be created is left out with one warning."""
+    import importlib
+
     out: List[Exporter] = []
     for name in config.exporters:
         if name == "none":

@@ -15,15 +15,18 @@ hangs cannot hold the process past it.
 from __future__ import annotations
 
 import os
-import threading
 import time
+from _collections import deque
+from _thread import allocate_lock  # `threading` itself is imported when the flush thread starts
 
 from autoinstr import _log
 from autoinstr.export.records import records_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional
+    from typing import Any, Callable, Deque, Dict, List, Optional
+
+    import threading
 
     from autoinstr.export.base import Exporter
     from autoinstr.trace.span import Span
@@ -115,16 +118,17 @@ class Pipeline:
 
     def _init_process_state(self) -> None:
         """Everything that must be fresh in a forked child."""
-        self._lock = threading.Lock()
-        self._buffer: List[List[Span]] = []
+        self._lock = allocate_lock()
+        self._buffer: Deque[List[Span]] = deque()
         self._queued = 0
-        self._wake = threading.Event()
         self._wake_pending = False
-        self._thread: Optional[threading.Thread] = None
+        self._thread: Optional[threading.Thread] = None  # with it: the events below, made in _start_thread
+        self._wake: threading.Event
+        self._urgent: threading.Event
+        self._stopped: threading.Event
+        self._flushed: threading.Condition
         self._stopping = False
-        self._stopped = threading.Event()
         self._flush_requests = 0
-        self._flushed = threading.Condition(threading.Lock())
         self._flush_generation = 0
         self._not_before_ns = 0
         self._early_allowed_at = 0.0
@@ -138,31 +142,50 @@ class Pipeline:
     # ----------------------------------------------------------------------- request thread side
 
     def submit(self, spans: List[Span]) -> None:
-        """Queue a finished local trace (or a piece of one). Never blocks on export; never raises."""
-        n = len(spans)
-        lock = self._lock
-        lock.acquire()
-        queued = self._queued + n
+        """Queue a finished local trace (or a piece of one). Never blocks, never raises.
+
+        No lock: deque.append is atomic, and `_queued` is a bound, not a ledger. A thread switch in the
+        middle of `+=` can make it drift by one trace; the flush thread recounts it exactly at each take.
+        Exact counts (submitted, exported) are kept by the flush thread."""
+        queued = self._queued + len(spans)
         if queued > self.max_queue or self._stopping:
-            self.dropped_queue_full += n
-            lock.release()
+            self.dropped_queue_full += len(spans)
             return
         self._buffer.append(spans)
         self._queued = queued
-        self.submitted += n
-        lock.release()
+        if queued >= self.batch or self._thread is None:
+            self._wake_up()
+
+    def submit_one(self, span: Span) -> None:
+        """submit() for a local trace of one span, queued as is (no list: the commonest case, made cheap)."""
+        queued = self._queued + 1
+        if queued > self.max_queue or self._stopping:
+            self.dropped_queue_full += 1
+            return
+        self._buffer.append(span)
+        self._queued = queued
+        if queued >= self.batch or self._thread is None:
+            self._wake_up()
+
+    def _wake_up(self) -> None:
         if self._thread is None:
             self._start_thread()
-        elif queued >= self.batch and not self._wake_pending:
+        elif self._queued >= self.batch and not self._wake_pending:
             self._wake_pending = True
             self._wake.set()
 
     # ------------------------------------------------------------------------- the flush thread
 
     def _start_thread(self) -> bool:
+        import threading
+
         with self._lock:
             if self._thread is not None:
                 return self._thread.is_alive()
+            self._wake = threading.Event()
+            self._urgent = threading.Event()
+            self._stopped = threading.Event()
+            self._flushed = threading.Condition(threading.Lock())
             t = threading.Thread(target=self._run, name="autoinstr-flush", daemon=True)
             self._thread = t
         try:
@@ -172,9 +195,26 @@ class Pipeline:
             return False
 
     def _take(self) -> List[List[Span]]:
-        with self._lock:
-            batches, self._buffer, self._queued = self._buffer, [], 0
-            self._wake_pending = False
+        buffer, popleft = self._buffer, self._buffer.popleft
+        batches = []
+        taken = 0
+        single: List[Span] = []
+        try:
+            while buffer:
+                spans = popleft()
+                if spans.__class__ is list:
+                    batches.append(spans)
+                    taken += len(spans)
+                else:
+                    single.append(spans)
+        except IndexError:
+            pass
+        if single:
+            batches.append(single)
+            taken += len(single)
+        self._wake_pending = False
+        self.submitted += taken
+        self._queued = sum(len(x) if x.__class__ is list else 1 for x in list(buffer))  # added meanwhile
         return batches
 
     def _run(self) -> None:
@@ -186,11 +226,13 @@ class Pipeline:
             while not self._stopping:
                 woke_early = self._wake.wait(max(0.0, next_flush - time.monotonic()))
                 now = time.monotonic()
-                if woke_early and not self._stopping and not self._flush_requests and now < next_flush \
-                        and now < self._early_allowed_at:
-                    # batch-full wake-ups are rationed (EARLY_FLUSH_DUTY): a span flood costs bounded CPU
-                    self._wake.wait(min(self._early_allowed_at, next_flush) - now)
+                if woke_early and not self._urgent.is_set() and now < min(next_flush, self._early_allowed_at):
+                    # batch-full wake-ups are rationed (EARLY_FLUSH_DUTY): a span flood costs bounded CPU;
+                    # only a flush request or the exit cuts this wait short
+                    self._wake.clear()
+                    self._urgent.wait(min(self._early_allowed_at, next_flush) - now)
                 self._wake.clear()
+                self._urgent.clear()
                 if self._stopping:
                     break
                 requested = self._flush_requests
@@ -220,6 +262,9 @@ class Pipeline:
     def flush_once(self, final: bool = False) -> None:
         """Export what is queued now, and retry what is due (everything, once, when final)."""
         batches = self._take()
+        if not self.slots:  # `none`: nothing to convert for
+            self.flushes += 1
+            return
         try:
             errors: List[str] = []
             records = records_of(batches, self.service, self.max_attributes, self.max_attribute_length,
@@ -240,14 +285,14 @@ class Pipeline:
     def flush(self, timeout: float = 5.0) -> bool:
         """Export what is finished now, waiting at most `timeout` s; True if it was done in time."""
         if self._thread is None:
-            with self._lock:
-                if not self._buffer:
-                    return True
+            if not self._buffer:
+                return True
             if not self._start_thread():
                 return False
         with self._flushed:
             target = self._flush_generation + 1
             self._flush_requests += 1
+            self._urgent.set()
             self._wake.set()
             end = time.monotonic() + timeout
             while self._flush_generation < target:
@@ -263,18 +308,16 @@ class Pipeline:
         """At exit: the flush thread exports everything and stops; we wait at most `timeout` seconds
         (default AUTOINSTR_SHUTDOWN_TIMEOUT), a hard deadline. True if it finished in time."""
         deadline = self.shutdown_timeout if timeout is None else timeout
-        with self._lock:
-            pending = bool(self._buffer)
-        if self._thread is None and not pending:
+        if self._thread is None and not self._buffer:
             return True
-        self._stopping = True
-        self._wake.set()
         if self._thread is None and not self._start_thread():
             return False
+        self._stopping = True
+        self._urgent.set()
+        self._wake.set()
         if self._stopped.wait(deadline):
             return True
-        with self._lock:
-            self.dropped_shutdown += self._queued
+        self.dropped_shutdown += self._queued
         _log.warn("exit flush did not finish within AUTOINSTR_SHUTDOWN_TIMEOUT=%ss; the process exits anyway "
                   "(exporter %s)" % (deadline, ", ".join(s.name for s in (self._slots or []) if s.pending) or "busy"))
         return False
@@ -297,7 +340,7 @@ class Pipeline:
     def stats(self) -> Dict[str, Any]:
         slots = self._slots or []
         return {
-            "spans_sampled": self.submitted + self.dropped_queue_full,
+            "spans_sampled": self.submitted + self._queued + self.dropped_queue_full,
             "spans_queued": self._queued,
             "spans_exported": min((s.exported for s in slots), default=0),
             "spans_dropped": {

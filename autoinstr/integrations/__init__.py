@@ -11,9 +11,8 @@ shared mechanics (WSGI, DB-API, HTTP headers) live in the _-prefixed modules bes
 
 from __future__ import annotations
 
-import importlib
 import sys
-import threading
+from _thread import RLock, get_ident  # not `threading`: it costs milliseconds at start-up
 from contextvars import ContextVar
 
 from autoinstr import _log
@@ -26,6 +25,7 @@ if TYPE_CHECKING:
 # name -> (modules whose import triggers it, patch module, distribution whose version --info shows)
 INTEGRATIONS: Dict[str, Tuple[Tuple[str, ...], str, Optional[str]]] = {
     "futures": (("concurrent.futures.thread",), "autoinstr.integrations.futures", None),
+    "multiprocessing": (("multiprocessing.process",), "autoinstr.integrations.multiprocessing", None),
 }
 
 # --------------------------------------------------------------------------- suppression
@@ -76,7 +76,7 @@ class _PostImportFinder:
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         if fullname not in self.hooks:
             return None
-        key = (threading.get_ident(), fullname)
+        key = (get_ident(), fullname)
         if key in self._busy:
             return None
         self._busy.add(key)
@@ -134,7 +134,7 @@ def when_imported(name: str, hook: Callable[[ModuleType], None]) -> None:
 
 # ---------------------------------------------------------------------------------- registry
 
-_lock = threading.RLock()
+_lock = RLock()
 _patched: Set[Tuple[str, str]] = set()
 _failed: Dict[str, str] = {}
 _disabled: Set[str] = set()
@@ -175,6 +175,8 @@ def apply(name: str, module: ModuleType) -> bool:
             return False
         _patched.add(key)  # before patching: a re-entrant import cannot patch twice
         try:
+            import importlib
+
             patcher = importlib.import_module(INTEGRATIONS[name][1])
             patcher.patch(module)
         except Exception as exc:

@@ -10,9 +10,10 @@ handed to the pipeline, in one call, when the local root ends (or in pieces, for
 
 from __future__ import annotations
 
-import random
+import os
 import sys
 import time
+from _random import Random  # the C generator alone: `random` costs a millisecond at start-up
 from contextvars import ContextVar
 
 TYPE_CHECKING = False
@@ -38,12 +39,12 @@ class _Ids:
     """Fast random ids (Mersenne Twister seeded from os.urandom), reseeded after fork so that parent
     and child never draw the same ids. Not for secrets: ids only need to be unique."""
 
-    rng = random.Random()
+    rng = Random(int.from_bytes(os.urandom(32), "big"))
     bits = rng.getrandbits
 
     @classmethod
     def reseed(cls) -> None:
-        cls.rng.seed()
+        cls.rng.seed(int.from_bytes(os.urandom(32), "big"))
 
 
 _bits = _Ids.bits
@@ -103,14 +104,16 @@ class _RateLimiter:
 
 # ------------------------------------------------------------------------------ the span sink
 
-def _discard(spans: List[Span]) -> None:
+def _discard(spans: Any) -> None:
     pass
 
 
 class Sink:
-    """Where finished local traces go: the pipeline's submit, once the agent is loaded."""
+    """Where finished local traces go: the pipeline's submit (a list of spans) and submit_one (a span
+    alone, the common case, without a list around it), once the agent is loaded."""
 
     submit: Callable[[List[Span]], None] = staticmethod(_discard)  # type: ignore[assignment]
+    submit_one: Callable[[Span], None] = staticmethod(_discard)  # type: ignore[assignment]
     unsampled = 0  # spans not recorded (sampling); an approximate count, kept off the sampled path
 
 
@@ -153,8 +156,9 @@ class Span:
     tracestate and baggage. Other spans reach it through `root`: no extra object per trace.
     """
 
+    # _status and _events stay unset until used (see the properties): every store counts on this path
     __slots__ = ("name", "attributes", "kind", "root", "span_id", "parent_id", "start_ns", "end_ns",
-                 "status", "events", "_parent", "_token",
+                 "_status", "_events", "_parent", "_token",
                  "_trace_id", "_sampled", "_finished", "_tracestate", "_baggage")
 
     def __init__(self, name: str, *, kind: str = "internal", parent: Parent = _UNSET, **attributes: Any) -> None:
@@ -162,9 +166,26 @@ class Span:
         self.attributes = attributes
         self.kind = kind
         self._parent = parent
-        self.status = "ok"
-        self.events: Optional[List[Dict[str, Any]]] = None
         self.end_ns = 0
+
+    @property
+    def status(self) -> str:
+        """"ok" or "error"."""
+        try:
+            return self._status
+        except AttributeError:
+            return "ok"
+
+    @status.setter
+    def status(self, value: str) -> None:
+        self._status = "error" if value == "error" else "ok"
+
+    @property
+    def events(self) -> Optional[List[Dict[str, Any]]]:
+        try:
+            return self._events
+        except AttributeError:
+            return None
 
     # --------------------------------------------------------------------------- lifecycle
     # __enter__ repeats start()'s common case inline: one method call less on the hottest path.
@@ -172,10 +193,20 @@ class Span:
     def __enter__(self) -> Span:
         parent = self._parent
         if parent is _UNSET:
-            parent = self._parent = _get_current()
+            parent = _get_current()
         if parent.__class__ is Span:
             self.root = parent.root
             self.parent_id = parent.span_id
+        elif parent is None:  # a new trace: this span is its local root
+            self.root = self
+            self.parent_id = None
+            self._finished = None
+            trace_id = self._trace_id = _bits(128) or 1
+            if (trace_id & _MASK64) < Sampling.threshold:
+                limiter = Sampling.limiter
+                self._sampled = limiter() if limiter is not None else True
+            else:
+                self._sampled = False
         else:
             self._begin_local_trace(parent)
         self.span_id = _bits(64) or 1
@@ -188,7 +219,8 @@ class Span:
         try:
             _reset_current(self._token)
         except ValueError:  # left in another context (a generator resumed elsewhere): restore by hand
-            _set_current(self._parent if self._parent.__class__ is Span else None)
+            previous = self._token.old_value
+            _set_current(None if previous is self._token.MISSING else previous)
         if exc is not None:
             self.record_exception(exc)
         if self.root._sampled:
@@ -199,10 +231,10 @@ class Span:
 
     def start(self) -> Span:
         """Link to the parent (the current span unless one was given) and start the clock; does not make
-        this span the current one (use `with`, or activate())."""
+        this span the current one (use `with`, or autoinstr.trace.tracer.activate)."""
         parent = self._parent
         if parent is _UNSET:
-            parent = self._parent = _get_current()
+            parent = _get_current()
         if parent.__class__ is Span:
             self.root = parent.root
             self.parent_id = parent.span_id
@@ -213,18 +245,15 @@ class Span:
         return self
 
     def _begin_local_trace(self, ctx: Optional[SpanContext]) -> None:
+        """This span starts the local part of a trace: a new one, or one continued from `ctx`."""
         self.root = self
-        self._finished: Optional[List[Span]] = []
+        self._finished: Optional[List[Span]] = None
         if ctx is None or not ctx.trace_id:  # a new trace (perhaps carrying incoming baggage)
             trace_id = self._trace_id = _bits(128) or 1
             self.parent_id = None
-            self._tracestate = ""
-            self._baggage = ctx.baggage if ctx is not None else None
-            if (trace_id & _MASK64) >= Sampling.threshold:
-                self._sampled = False
-            else:
-                limiter = Sampling.limiter
-                self._sampled = limiter() if limiter is not None else True
+            self._sampled = Sampling.decide(trace_id)
+            if ctx is not None and ctx.baggage:
+                self._baggage = ctx.baggage
             return
         self._trace_id = ctx.trace_id
         self._sampled = ctx.sampled if ctx.sampled is not None else Sampling.decide(ctx.trace_id)
@@ -243,21 +272,25 @@ class Span:
             Sink.unsampled += 1
 
     def _on_end(self) -> None:
+        # The local root hands over the whole local trace; a span ending after its root (detached work)
+        # goes alone. `end_ns` of the root tells which: no extra state per trace.
         root = self.root
         spans = root._finished
         if root is self:
-            root._finished = None
             if spans is None:
-                spans = [self]
+                Sink.submit_one(self)
             else:
+                root._finished = None
                 spans.append(self)
-            Sink.submit(spans)
-        elif spans is None:  # ended after its local root (detached work): goes on its own
-            Sink.submit([self])
+                Sink.submit(spans)
+        elif root.end_ns:
+            Sink.submit_one(self)
+        elif spans is None:
+            root._finished = [self]
         else:
             spans.append(self)
             if len(spans) >= PARTIAL_FLUSH_SPANS:
-                root._finished = []
+                root._finished = None
                 Sink.submit(spans)
 
     # ------------------------------------------------------------------------- annotation
@@ -273,7 +306,8 @@ class Span:
     @property
     def context(self) -> SpanContext:
         r = self.root
-        return SpanContext(r._trace_id, self.span_id, r._sampled, r._tracestate, r._baggage)
+        return SpanContext(r._trace_id, self.span_id, r._sampled, getattr(r, "_tracestate", ""),
+                           getattr(r, "_baggage", None))
 
     @property
     def duration_ns(self) -> int:
@@ -289,14 +323,15 @@ class Span:
             self.set_attribute(key, value)
 
     def set_status(self, status: str, description: Optional[str] = None) -> None:
-        self.status = "error" if status == "error" else "ok"
+        self._status = "error" if status == "error" else "ok"
         if description is not None and status == "error":
             self.set_attribute("exception.message", description)
 
     def add_event(self, name: str, attributes: Optional[Dict[str, Any]] = None, time_ns: int = 0) -> None:
-        events = self.events
-        if events is None:
-            events = self.events = []
+        try:
+            events = self._events
+        except AttributeError:
+            events = self._events = []
         if len(events) < MAX_EVENTS:
             events.append({"name": name, "time_mono_ns": time_ns or _clock(), "attributes": dict(attributes or {})})
 
@@ -315,7 +350,7 @@ class Span:
                 message = str(exc)
             except Exception:
                 message = "<unprintable %s>" % qualname
-            self.status = "error"
+            self._status = "error"
             attrs = self.attributes
             attrs["error.type"] = type_name
             attrs["exception.message"] = message
