@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
+
 from autoinstr._log import warn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at interpreter start-up; annotations are strings here
-    from typing import Callable, Dict, List, Mapping, Optional, Tuple
+    from typing import Dict, List, Mapping, Optional, Tuple
 
 EXPORTERS = ("local", "collector", "otlp", "zipkin", "jsonl", "console", "none")
 PROPAGATORS = ("tracecontext", "baggage", "b3", "b3multi")
@@ -29,20 +30,54 @@ def default_store_path(env: Optional[Mapping[str, str]] = None) -> str:
 
 
 def default_service_name(argv: Optional[List[str]] = None) -> str:
-    """The script or module name the process runs: `python app.py` -> app, `python -m pkg.mod` -> pkg.mod."""
-    argv = sys.argv if argv is None else argv
-    first = argv[0] if argv else ""
-    if first in ("", "-c"):
-        return "python"
-    if first == "-m" and len(argv) > 1:
-        return argv[1]
-    name = os.path.basename(first)
-    if name == "__main__.py":  # `python -m pkg` shows the package folder's __main__.py
-        name = os.path.basename(os.path.dirname(first)) or name
+    """The script or module the process runs: `python app.py` -> app, `python -m pkg.mod` -> pkg.mod,
+    `python -c ...` -> python. Read from the interpreter's own command line (sys.orig_argv), because at
+    start-up `sys.argv` of `python -m pkg.mod` does not show the module yet."""
+    if argv is None:
+        argv = list(getattr(sys, "orig_argv", None) or _proc_cmdline() or [sys.executable] + sys.argv)
+    args = argv[1:]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "-" or arg == "--":
+            return _script_name(args[i + 1]) if arg == "--" and i + 1 < len(args) else "python"
+        if arg.startswith("-") and not arg.startswith("--"):
+            flags = arg[1:]
+            for pos, flag in enumerate(flags):
+                if flag in "mc":
+                    rest = flags[pos + 1:] or (args[i + 1] if i + 1 < len(args) else "")
+                    return (rest or "python") if flag == "m" else "python"
+                if flag in "XW":  # options that take a value (joined or as the next argument)
+                    if pos == len(flags) - 1:
+                        i += 1
+                    break
+            i += 1
+            continue
+        if arg.startswith("--"):
+            i += 2 if arg == "--check-hash-based-pycs" else 1
+            continue
+        return _script_name(arg)
+    return "python"
+
+
+def _script_name(path: str) -> str:
+    name = os.path.basename(path.rstrip("/"))
+    if name in ("__main__.py", ""):  # `python pkg/` or pkg/__main__.py: the folder names it
+        name = os.path.basename(os.path.dirname(os.path.abspath(path.rstrip("/")))) or name
     for suffix in (".py", ".pyw", ".pyz"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     return name or "python"
+
+
+def _proc_cmdline() -> Optional[List[str]]:
+    """Python 3.9 has no sys.orig_argv; Linux shows the same in /proc."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            parts = f.read().split(b"\0")
+        return [p.decode("utf-8", "surrogateescape") for p in parts if p] or None
+    except OSError:
+        return None
 
 
 class Config:
@@ -126,7 +161,7 @@ class Config:
             return default
         try:
             number = float(value)
-            if number != number or (integer and number != int(number)):
+            if number != number or number in (float("inf"), float("-inf")) or (integer and number != int(number)):
                 raise ValueError
         except ValueError:
             self._warn(name, value, "is not %s" % ("an integer" if integer else "a number"), default)

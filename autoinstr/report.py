@@ -10,6 +10,9 @@ if TYPE_CHECKING:
     from typing import Any, Dict, List, Sequence, TextIO, Tuple
 
 
+MAX_WATERFALL_LINES = 200
+
+
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile of an ascending sequence (q in 0..100)."""
     if not sorted_values:
@@ -61,14 +64,17 @@ def waterfall(spans: List[Dict[str, Any]], width: int = 40) -> List[str]:
         lines.append("%9.2f ms |%-*s| %9.2f ms %s%s%s%s" % (
             (span["start_ns"] - t0) / 1e6, width, bar[:width], span["duration_ns"] / 1e6, "  " * depth,
             _one_line(span["name"]), where, mark))
-        if len(lines) < 200:
-            for kid in children.get(span["span_id"], []):
-                walk(kid, depth + 1)
+        for kid in children.get(span["span_id"], []):
+            if len(lines) >= MAX_WATERFALL_LINES:
+                return
+            walk(kid, depth + 1)
 
     for root in children.get(None, []):
+        if len(lines) >= MAX_WATERFALL_LINES:
+            break
         walk(root, 0)
-    if len(lines) >= 200:
-        lines.append("... (%d spans in all)" % len(spans))
+    if len(lines) >= MAX_WATERFALL_LINES and len(spans) > len(lines):
+        lines.append("... (%d spans in all, %d shown)" % (len(spans), len(lines)))
     return lines
 
 

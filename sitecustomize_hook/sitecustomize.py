@@ -25,7 +25,11 @@ def _run_user_sitecustomize(here: str) -> None:
     import os
     import sys
     from importlib.machinery import PathFinder
-    from importlib.util import module_from_spec
+
+    try:  # importlib.util would cost milliseconds of start-up (contextlib, collections...)
+        from importlib._bootstrap import module_from_spec
+    except ImportError:  # pragma: no cover
+        from importlib.util import module_from_spec
 
     def same(p: str) -> bool:
         try:

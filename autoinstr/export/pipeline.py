@@ -24,9 +24,8 @@ from autoinstr.export.records import records_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Deque, Dict, List, Optional
-
     import threading
+    from typing import Any, Callable, Deque, Dict, List, Optional
 
     from autoinstr.export.base import Exporter
     from autoinstr.trace.span import Span
@@ -38,31 +37,106 @@ EARLY_FLUSH_DUTY = 0.25  # share of wall time early flushes may use; the rest wa
 
 
 class _ExporterSlot:
-    """One exporter with its own retry queue and counters, so one failing exporter delays no data of
-    another and a retried batch is re-sent only where it failed."""
+    """One exporter with its own retry queue and counters, so a retried batch is re-sent only where it
+    failed. With several exporters each slot sends from a thread of its own: one that hangs or backs off
+    delays no data of another. With one (the usual case) the flush thread sends itself.
+
+    The flush thread hands records over through `inbox` (deque appends are atomic); only the sending
+    thread touches `pending`."""
 
     def __init__(self, exporter: Exporter, max_pending_spans: int) -> None:
         self.exporter = exporter
         self.name = exporter.name
+        self.inbox: Deque[List[Dict[str, Any]]] = deque()
+        self.inbox_spans = 0  # written by the flush thread, read as an approximate backlog
+        self.taken_spans = 0  # written by the sender
         self.pending: List[List[Any]] = []  # [records, attempts, not_before]
         self.pending_spans = 0
         self.max_pending = max_pending_spans
         self.exported = 0
         self.errors = 0
-        self.dropped = 0
+        self.dropped = 0  # by the sender: retries exhausted, backlog trimmed
+        self.dropped_backlog = 0  # by the flush thread: the sender is too far behind
         self.last_error = ""
-        self.disabled = False
+        self.offers = 0  # batches handed over; `done` is how many of them the sender has dealt with
+        self.done = 0
+        self.thread: Optional[threading.Thread] = None
+        self._wake: Optional[threading.Event] = None
+        self._final = False
 
-    def add(self, records: List[Dict[str, Any]]) -> None:
-        self.pending.append([records, 0, 0.0])
-        self.pending_spans += len(records)
+    # ------------------------------------------------------------------------ flush thread side
+
+    def offer(self, records: List[Dict[str, Any]]) -> None:
+        backlog = self.inbox_spans - self.taken_spans + self.pending_spans
+        if backlog + len(records) > self.max_pending * 2:
+            self.dropped_backlog += len(records)
+            return
+        self.inbox.append(records)
+        self.inbox_spans += len(records)
+        self.offers += 1
+        if self._wake is not None:
+            self._wake.set()
+
+    def start_thread(self) -> None:
+        import threading
+
+        self._wake = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="autoinstr-export-" + self.name, daemon=True)
+        self.thread.start()
+
+    def finish(self) -> None:
+        """Final send (and exporter shutdown) on the sending thread; returns once it is done."""
+        if self.thread is None:
+            self.pump(time.monotonic(), final=True)
+            self._shutdown_exporter()
+            return
+        self._final = True
+        if self._wake is not None:
+            self._wake.set()
+        self.thread.join()
+
+    # --------------------------------------------------------------------------- sender side
+
+    def _run(self) -> None:
+        from autoinstr.integrations import suppress_instrumentation
+
+        suppress_instrumentation()
+        wake = self._wake
+        assert wake is not None
+        while not self._final:
+            due = min((item[2] for item in self.pending), default=None)
+            wake.wait(None if due is None else max(0.0, due - time.monotonic()))
+            wake.clear()
+            if self._final:
+                break
+            self.pump(time.monotonic())
+        self.pump(time.monotonic(), final=True)
+        self._shutdown_exporter()
+
+    def _shutdown_exporter(self) -> None:
+        try:
+            self.exporter.shutdown()
+        except Exception:
+            pass
+
+    def pump(self, now: float, final: bool = False) -> None:
+        """Move the inbox into the retry queue (trimming the oldest beyond the bound), then send what is due."""
+        inbox = self.inbox
+        offers = self.offers
+        while inbox:
+            records = inbox.popleft()
+            self.taken_spans += len(records)
+            self.pending.append([records, 0, 0.0])
+            self.pending_spans += len(records)
         while self.pending_spans > self.max_pending and len(self.pending) > 1:
             old = self.pending.pop(0)
             self.pending_spans -= len(old[0])
             self.dropped += len(old[0])
+        self._send(now, final)
+        self.done = offers
 
-    def send(self, now: float, final: bool = False) -> None:
-        while self.pending and not self.disabled:
+    def _send(self, now: float, final: bool) -> None:
+        while self.pending:
             item = self.pending[0]
             records, attempts, not_before = item
             if not final and now < not_before:
@@ -91,9 +165,23 @@ class _ExporterSlot:
             self.pending_spans -= len(records)
             self.exported += len(records)
 
+    # ---------------------------------------------------------------------------------- other
+
+    @property
+    def unsent(self) -> int:
+        return self.inbox_spans - self.taken_spans + self.pending_spans
+
+    def reset_after_fork(self) -> None:
+        self.inbox = deque()
+        self.inbox_spans = self.taken_spans = self.pending_spans = 0
+        self.pending = []
+        self.exported = self.errors = self.dropped = self.dropped_backlog = 0
+        self.offers = self.done = 0
+        self.thread, self._wake, self._final = None, None, False
+
     def stats(self) -> Dict[str, Any]:
-        return {"exported": self.exported, "errors": self.errors, "dropped": self.dropped,
-                "pending": self.pending_spans, "last_error": self.last_error}
+        return {"exported": self.exported, "errors": self.errors, "dropped": self.dropped + self.dropped_backlog,
+                "pending": self.unsent, "last_error": self.last_error}
 
 
 class Pipeline:
@@ -254,10 +342,7 @@ class Pipeline:
     def _final_flush(self) -> None:
         self.flush_once(final=True)
         for slot in self.slots:
-            try:
-                slot.exporter.shutdown()
-            except Exception:
-                pass
+            slot.finish()
 
     def flush_once(self, final: bool = False) -> None:
         """Export what is queued now, and retry what is due (everything, once, when final)."""
@@ -275,10 +360,14 @@ class Pipeline:
                                "and counted" % errors[0])
             self.flushes += 1
             now = time.monotonic()
-            for slot in self.slots:
+            slots = self.slots
+            for slot in slots:
+                if len(slots) > 1 and slot.thread is None and not final:
+                    slot.start_thread()
                 if records:
-                    slot.add(records)
-                slot.send(now, final)
+                    slot.offer(records)
+                if slot.thread is None and not final:
+                    slot.pump(now)
         except Exception as exc:  # the flush thread must survive anything
             _log.warn_once("flush-error", "flush failed: %s: %s" % (type(exc).__name__, exc))
 
@@ -300,6 +389,12 @@ class Pipeline:
                 if left <= 0 or self._stopped.is_set():
                     return self._flush_generation >= target
                 self._flushed.wait(min(left, 0.1))
+        # exporters with threads of their own: wait until they have dealt with what was handed to them
+        waits = [(slot, slot.offers) for slot in (self._slots or []) if slot.thread is not None]
+        while any(slot.done < offers for slot, offers in waits):
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.005)
         return True
 
     # --------------------------------------------------------------------------------- exit
@@ -317,7 +412,7 @@ class Pipeline:
         self._wake.set()
         if self._stopped.wait(deadline):
             return True
-        self.dropped_shutdown += self._queued
+        self.dropped_shutdown += self._queued + sum(s.unsent for s in (self._slots or []))
         _log.warn("exit flush did not finish within AUTOINSTR_SHUTDOWN_TIMEOUT=%ss; the process exits anyway "
                   "(exporter %s)" % (deadline, ", ".join(s.name for s in (self._slots or []) if s.pending) or "busy"))
         return False
@@ -328,8 +423,7 @@ class Pipeline:
         self.submitted = self.dropped_queue_full = self.dropped_conversion = self.dropped_shutdown = 0
         self.flushes = 0
         for slot in self._slots or []:
-            slot.pending, slot.pending_spans = [], 0
-            slot.exported = slot.errors = slot.dropped = 0
+            slot.reset_after_fork()  # its sender thread, if any, starts again with the child's first flush
             try:
                 slot.exporter.after_fork()
             except Exception as exc:
@@ -345,7 +439,7 @@ class Pipeline:
             "spans_exported": min((s.exported for s in slots), default=0),
             "spans_dropped": {
                 "queue_full": self.dropped_queue_full,
-                "export_failed": sum(s.dropped for s in slots),
+                "export_failed": sum(s.dropped + s.dropped_backlog for s in slots),
                 "conversion": self.dropped_conversion,
                 "shutdown": self.dropped_shutdown,
             },

@@ -101,7 +101,8 @@ def to_record(span: Span, service: str, offset: int, max_attributes: int, max_le
         "trace_id": "%032x" % root._trace_id,
         "span_id": "%016x" % span.span_id,
         "parent_id": "%016x" % parent_id if parent_id else None,
-        "name": name if name.__class__ is str and 0 < len(name) <= MAX_NAME_LENGTH else (_text(name, MAX_NAME_LENGTH) or "unnamed"),
+        "name": name if name.__class__ is str and 0 < len(name) <= MAX_NAME_LENGTH
+        else (_text(name, MAX_NAME_LENGTH) or "unnamed"),
         "kind": span.kind if span.kind in ("server", "client", "producer", "consumer") else "internal",
         "service": service,
         "start_ns": span.start_ns + offset,

@@ -39,6 +39,6 @@ def patch(module: ModuleType) -> None:
 
 
 def unpatch(module: ModuleType) -> None:
-    submit = module.ThreadPoolExecutor.submit
+    submit = module.ThreadPoolExecutor.__dict__.get("submit")  # via the class, wrapt would bind it
     if isinstance(submit, wrapt.FunctionWrapper):
         module.ThreadPoolExecutor.submit = submit.__wrapped__

@@ -26,6 +26,6 @@ def patch(module: ModuleType) -> None:
 
 
 def unpatch(module: ModuleType) -> None:
-    method = module.BaseProcess._bootstrap
+    method = module.BaseProcess.__dict__.get("_bootstrap")  # via the class, wrapt would bind it
     if isinstance(method, wrapt.FunctionWrapper):
         module.BaseProcess._bootstrap = method.__wrapped__

@@ -45,7 +45,10 @@ def default_getter(carrier: Any, key: str) -> Optional[str]:
     except Exception:
         return None
     if isinstance(value, (list, tuple)):
-        value = ",".join(str(v) for v in value) if key.lower() in ("tracestate", "baggage") else (value[0] if value else None)
+        if key.lower() in ("tracestate", "baggage"):  # list-valued headers: members of one list
+            value = ",".join(str(v) for v in value)
+        else:
+            value = value[0] if value else None
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     return value if isinstance(value, str) else None
@@ -187,7 +190,8 @@ def parse_b3_multi(carrier: Any, getter: Getter) -> Optional[Tuple[int, int, Opt
     ids = _b3_ids(trace_hex.strip(), span_hex.strip())
     if ids is None:
         return None
-    sampled = True if (getter(carrier, "X-B3-Flags") or "").strip() == "1" else _b3_sampled(getter(carrier, "X-B3-Sampled"))
+    debug = (getter(carrier, "X-B3-Flags") or "").strip() == "1"
+    sampled = True if debug else _b3_sampled(getter(carrier, "X-B3-Sampled"))
     return ids[0], ids[1], sampled
 
 

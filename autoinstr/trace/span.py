@@ -11,7 +11,6 @@ handed to the pipeline, in one call, when the local root ends (or in pieces, for
 from __future__ import annotations
 
 import os
-import sys
 import time
 from _random import Random  # the C generator alone: `random` costs a millisecond at start-up
 from contextvars import ContextVar
@@ -222,7 +221,7 @@ class Span:
             previous = self._token.old_value
             _set_current(None if previous is self._token.MISSING else previous)
         if exc is not None:
-            self.record_exception(exc)
+            self.record_exception(exc, time_ns=self.end_ns)
         if self.root._sampled:
             self._on_end()
         else:
@@ -231,7 +230,10 @@ class Span:
 
     def start(self) -> Span:
         """Link to the parent (the current span unless one was given) and start the clock; does not make
-        this span the current one (use `with`, or autoinstr.trace.tracer.activate)."""
+        this span the current one (use `with`, or autoinstr.trace.tracer.activate). Starting twice does
+        nothing the second time."""
+        if hasattr(self, "span_id"):
+            return self
         parent = self._parent
         if parent is _UNSET:
             parent = _get_current()
@@ -335,7 +337,7 @@ class Span:
         if len(events) < MAX_EVENTS:
             events.append({"name": name, "time_mono_ns": time_ns or _clock(), "attributes": dict(attributes or {})})
 
-    def record_exception(self, exc: BaseException, escaped: bool = True) -> None:
+    def record_exception(self, exc: BaseException, escaped: bool = True, time_ns: int = 0) -> None:
         """Status error, error.type and exception.message attributes, and an `exception` event with the stack."""
         try:
             if isinstance(exc, SystemExit) and exc.code in (None, 0):
@@ -359,7 +361,7 @@ class Span:
                 "exception.message": message,
                 "exception.stacktrace": _format_stack(exc),
                 "exception.escaped": escaped,
-            })
+            }, time_ns)
         except Exception:  # never let the agent's bookkeeping replace the app's exception
             pass
 
@@ -371,7 +373,9 @@ def _format_stack(exc: BaseException) -> str:
     import traceback  # only on errors: keeps start-up light
 
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return text if len(text) <= MAX_STACK_CHARS else text[: MAX_STACK_CHARS // 4] + "\n...\n" + text[-MAX_STACK_CHARS * 3 // 4:]
+    if len(text) <= MAX_STACK_CHARS:
+        return text
+    return text[: MAX_STACK_CHARS // 4] + "\n...\n" + text[-MAX_STACK_CHARS * 3 // 4:]
 
 
 class Limits:
@@ -425,12 +429,9 @@ class NoopSpan:
     def add_event(self, name: str, attributes: Optional[Dict[str, Any]] = None, time_ns: int = 0) -> None:
         pass
 
-    def record_exception(self, exc: BaseException, escaped: bool = True) -> None:
+    def record_exception(self, exc: BaseException, escaped: bool = True, time_ns: int = 0) -> None:
         pass
 
     def __repr__(self) -> str:
         return "NoopSpan()"
 
-
-if sys.version_info < (3, 9):  # pragma: no cover
-    raise ImportError("autoinstr needs Python 3.9 or newer")

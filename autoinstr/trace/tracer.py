@@ -88,7 +88,11 @@ def _traced_gen(gen: Any, span: Any) -> Any:
             try:
                 to_send = yield item
             except GeneratorExit:
-                gen.close()
+                token = _set_current(span)  # the generator's cleanup runs inside its span
+                try:
+                    gen.close()
+                finally:
+                    _reset_current(token)
                 raise
             except BaseException as exc:  # thrown in by the caller: pass it on to the generator
                 to_throw = exc
@@ -126,7 +130,14 @@ async def _traced_async_gen(agen: Any, span: Any) -> Any:
             try:
                 to_send = yield item
             except GeneratorExit:
-                await agen.aclose()
+                token = _set_current(span)
+                try:
+                    await agen.aclose()
+                finally:
+                    try:
+                        _reset_current(token)
+                    except ValueError:
+                        pass
                 raise
             except BaseException as exc:
                 to_throw = exc

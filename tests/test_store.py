@@ -1,0 +1,210 @@
+"""The SQLite span store: schema and version, WAL, idempotent inserts, retention, queries."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from autoinstr.config import Config
+from autoinstr.export.local import LocalStoreExporter
+from autoinstr.store import SCHEMA_VERSION, Store, StoreError
+
+
+def rec(trace: int, span: int, parent=None, name="op", service="svc", start_ns=None, duration_ns=1000,
+        status="ok", attributes=None, kind="internal") -> dict:
+    return {"trace_id": f"{trace:032x}", "span_id": f"{span:016x}",
+            "parent_id": f"{parent:016x}" if parent else None, "name": name, "kind": kind, "service": service,
+            "start_ns": time.time_ns() if start_ns is None else start_ns, "duration_ns": duration_ns,
+            "status": status, "attributes": attributes or {"k": "v"}, "events": []}
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(str(tmp_path / "sub" / "spans.db"))
+    yield s
+    s.close()
+
+
+def test_schema_created_with_version_and_wal(store):
+    version = store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+    assert int(version) == SCHEMA_VERSION
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+    cols = [r[1] for r in store.db.execute("PRAGMA table_info(spans)")]
+    for c in ("trace_id", "span_id", "parent_id", "name", "kind", "service", "start_ns", "duration_ns", "status",
+              "attributes", "events"):
+        assert c in cols
+    assert store.db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+
+
+def test_reopen_existing_store(tmp_path):
+    path = str(tmp_path / "spans.db")
+    a = Store(path)
+    a.insert([rec(1, 1)])
+    a.close()
+    b = Store(path)
+    assert b.count() == 1
+    b.close()
+    c = Store(path, create=False, readonly=True)
+    assert c.count() == 1
+    c.close()
+
+
+def test_round_trip_record(store):
+    r = rec(0xABC, 0xDEF, parent=0x123, name="GET /x", kind="server", status="error",
+            attributes={"http.response.status_code": 500, "caf\u00e9": "\u20ac", "list": [1, "a"]})
+    r["events"] = [{"name": "exception", "time_ns": 5, "attributes": {"exception.type": "ValueError"}}]
+    assert store.insert([r]) == 1
+    (out,) = list(store.spans())
+    assert out == r
+
+
+def test_insert_idempotent_on_trace_and_span_id(store):
+    batch = [rec(1, 1), rec(1, 2, parent=1)]
+    assert store.insert(batch) == 2
+    assert store.insert(batch) == 0  # a retried batch is stored once
+    assert store.count() == 2
+    other_trace_same_span = rec(2, 1)
+    assert store.insert([other_trace_same_span]) == 1
+    assert store.count() == 3
+    assert store.insert([]) == 0
+
+
+def test_newer_schema_refused(tmp_path):
+    path = str(tmp_path / "spans.db")
+    Store(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store(path)
+    with pytest.raises(StoreError, match="newer"):
+        Store(path, create=False, readonly=True)
+
+
+def test_missing_store_and_not_a_store(tmp_path):
+    with pytest.raises(StoreError):
+        Store(str(tmp_path / "missing.db"), create=False)
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(StoreError):
+        Store(str(garbage))
+    plain = tmp_path / "plain.db"
+    sqlite3.connect(str(plain)).close()
+    with pytest.raises(StoreError, match="not an autoinstr"):
+        Store(str(plain), create=False, readonly=True)
+
+
+def test_retention_by_age(store):
+    now = time.time_ns()
+    hour = 3600 * 10**9
+    store.insert([rec(1, 1, start_ns=now - 3 * hour), rec(1, 2, start_ns=now - 2 * hour),
+                  rec(2, 1, start_ns=now - hour // 2), rec(3, 1, start_ns=now)])
+    deleted = store.apply_retention(1.0, 0, every_s=0)
+    assert deleted == 2
+    assert sorted(r["trace_id"][-1] for r in store.spans()) == ["2", "3"]
+
+
+def test_retention_runs_at_most_once_per_interval(store):
+    old = time.time_ns() - 10 * 3600 * 10**9
+    store.insert([rec(1, 1, start_ns=old)])
+    assert store.apply_retention(1.0, 0, every_s=60) == 1
+    store.insert([rec(1, 2, start_ns=old)])
+    assert store.apply_retention(1.0, 0, every_s=60) == 0  # too soon
+    assert store.count() == 1
+
+
+def test_retention_zero_disables_limits(store):
+    store.insert([rec(1, 1, start_ns=1)])
+    assert store.apply_retention(0, 0, every_s=0) == 0
+    assert store.count() == 1
+
+
+def test_size_limit_trims_oldest(store):
+    base = time.time_ns() - 10**9
+    pad = "x" * 2000
+    for chunk in range(10):
+        store.insert([rec(100 + chunk, i + 1, start_ns=base + chunk * 1000 + i, attributes={"pad": pad})
+                      for i in range(100)])  # ~2 MB in all
+    total = store.count()
+    deleted = store.apply_retention(0, 1.0, every_s=0)
+    assert deleted > 0
+    left = store.count()
+    assert left == total - deleted
+    page_size, pages, free = (store.db.execute(f"PRAGMA {p}").fetchone()[0]
+                              for p in ("page_size", "page_count", "freelist_count"))
+    assert (pages - free) * page_size <= 1.0 * 1024 * 1024
+    remaining = [r["start_ns"] for r in store.spans()]
+    oldest_kept = min(remaining)
+    # everything deleted was older than everything kept
+    assert oldest_kept == base + sorted(c * 1000 + i for c in range(10) for i in range(100))[deleted]
+
+
+def test_spans_filters_and_order(store):
+    now = time.time_ns()
+    store.insert([rec(1, 1, service="a", start_ns=now + 30), rec(1, 2, parent=1, service="a", start_ns=now + 10),
+                  rec(2, 1, service="b", start_ns=now + 20), rec(3, 1, service="b", start_ns=now - 10**12)])
+    assert [r["start_ns"] - now for r in store.spans(since_ns=now)] == [10, 20, 30]
+    assert {r["span_id"] for r in store.spans(trace_id=f"{1:032X}")} == {f"{1:016x}", f"{2:016x}"}
+    assert {r["trace_id"][-1] for r in store.spans(service="b")} == {"2", "3"}
+    assert len(list(store.spans(limit=2))) == 2
+    assert list(store.spans(service="nope")) == []
+    assert len(store.operations()) == 4
+    assert len(store.operations(since_ns=now)) == 3
+
+
+def test_slowest_roots(store):
+    now = time.time_ns()
+    store.insert([
+        rec(1, 1, name="fast-root", duration_ns=10, start_ns=now),
+        rec(1, 2, parent=1, name="child-of-fast", duration_ns=5_000_000, start_ns=now),
+        rec(2, 1, name="slow-root", duration_ns=900, start_ns=now),
+        rec(3, 7, parent=99, name="orphan", duration_ns=500, start_ns=now),  # its parent lives elsewhere
+        rec(4, 1, name="old-root", duration_ns=10**9, start_ns=now - 10**12),
+    ])
+    names = [r["name"] for r in store.slowest_roots(10)]
+    assert names == ["old-root", "slow-root", "orphan", "fast-root"]
+    assert [r["name"] for r in store.slowest_roots(2, since_ns=now)] == ["slow-root", "orphan"]
+
+
+def test_local_exporter_writes_store(tmp_path):
+    path = tmp_path / "local" / "spans.db"
+    exp = LocalStoreExporter(Config({"AUTOINSTR_STORE": str(path)}, emit_warnings=False))
+    assert exp.probe()[0] is True
+    assert exp.destination() == str(path)
+    exp.export([rec(1, 1), rec(1, 2, parent=1)])
+    exp.export([rec(1, 2, parent=1)])  # a retry of a stored span
+    exp.shutdown()
+    s = Store(str(path), create=False, readonly=True)
+    assert s.count() == 2
+    s.close()
+
+
+def test_several_connections_write_at_once(tmp_path):
+    import threading
+
+    path = str(tmp_path / "spans.db")
+    Store(path).close()
+    errors = []
+
+    def writer(w):
+        s = Store(path)
+        try:
+            for b in range(20):
+                s.insert([rec(w + 1, b * 10 + i + 1) for i in range(10)])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    s = Store(path)
+    assert s.count() == 4 * 200
+    s.close()
