@@ -41,9 +41,9 @@ def _load() -> None:
     global _pipeline
     import autoinstr
     from autoinstr import _log, config, integrations
+    from autoinstr.export import pipeline as pipeline_module
     from autoinstr.export.base import create_exporters
-    from autoinstr.export.pipeline import Pipeline
-    from autoinstr.trace.span import Limits, Sampling, Sink, Span, _Ids, current_span_var
+    from autoinstr.trace.span import Limits, Sampling, Sink, Span, _Ids, unsampled_count
 
     cfg = config.get()
     _log.set_debug(cfg.debug)
@@ -51,26 +51,33 @@ def _load() -> None:
     Limits.max_attributes = cfg.max_attributes
     Limits.max_attribute_length = cfg.max_attribute_length
     # exporters are built on the flush thread, at first use: sqlite3, sockets and the like stay unloaded
-    _pipeline = Pipeline(lambda: create_exporters(cfg), cfg.service_name, cfg.flush_interval,
+    _pipeline = pipeline_module.Pipeline(lambda: create_exporters(cfg), cfg.service_name, cfg.flush_interval,
                          cfg.max_queue_spans, cfg.max_batch_spans, cfg.shutdown_timeout, cfg.max_attributes,
                          cfg.max_attribute_length)
     Sink.submit = _pipeline.submit
     Sink.submit_one = _pipeline.submit_one
 
+    def before_fork() -> None:
+        if _pipeline is not None:
+            _pipeline.before_fork()
+
+    def after_fork_in_parent() -> None:
+        if _pipeline is not None:
+            _pipeline.after_fork_in_parent()
+
     def after_fork_in_child() -> None:
         _Ids.reseed()
-        Sink.unsampled = 0
+        unsampled_count(reset=True)
         if _pipeline is not None:
             _pipeline.after_fork_in_child()
 
-    os.register_at_fork(after_in_child=after_fork_in_child)
+    os.register_at_fork(before=before_fork, after_in_parent=after_fork_in_parent, after_in_child=after_fork_in_child)
     atexit.register(_at_exit)
     integrations.install(cfg.disabled_integrations)
     autoinstr.span = Span
     autoinstr._enabled = True
     _log.debug("agent loaded in pid %d: service=%s exporters=%s" % (os.getpid(), cfg.service_name,
                                                                        ",".join(cfg.exporters)))
-    del current_span_var
 
 
 def exit_flush() -> None:
@@ -92,15 +99,15 @@ def _at_exit() -> None:
 
 
 def stats() -> Dict[str, Any]:
-    from autoinstr.trace.span import Sink
+    from autoinstr.trace.span import unsampled_count
 
     if _pipeline is None:
         return {"enabled": False, "spans_created": 0, "spans_sampled": 0, "spans_unsampled": 0,
                 "spans_exported": 0, "spans_dropped": {}, "export_errors": 0}
     out: Dict[str, Any] = {"enabled": True}
     out.update(_pipeline.stats())
-    out["spans_unsampled"] = Sink.unsampled
-    out["spans_created"] = out["spans_sampled"] + Sink.unsampled
+    out["spans_unsampled"] = unsampled_count()
+    out["spans_created"] = out["spans_sampled"] + out["spans_unsampled"]
     return out
 
 

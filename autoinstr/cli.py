@@ -37,7 +37,9 @@ def hook_dir() -> str:
 def launch_env(environ: Dict[str, str], service: Optional[str] = None) -> Dict[str, str]:
     env = dict(environ)
     hook = hook_dir()
-    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.abspath(p) != hook]
+    existing = env.get("PYTHONPATH", "")
+    # keep the user's entries exactly, empty ones too (Python reads them as the current folder)
+    parts = [p for p in existing.split(os.pathsep) if not p or os.path.abspath(p) != hook] if existing else []
     env["PYTHONPATH"] = os.pathsep.join([hook] + parts)
     if service:
         env["AUTOINSTR_SERVICE_NAME"] = service

@@ -12,7 +12,8 @@ whether it is met. Every measurement runs in its own subprocess under its own la
   otel, floor, ...; each round is one process that warms up, times M spans and prints one `RESULT {...}` line;
 - ddtrace and OTel export to a loopback HTTP sink in this process that answers 200 `{}` and counts requests, bytes
   and decoded spans, so "export included" is checked, not assumed; ours is checked through its jsonl file / store;
-- start-up: `python -c pass` plain and under each launcher, alternated, with peak RSS from os.wait4.
+- start-up: `python -c pass` plain and under each launcher, alternated; peak RSS in separate runs through a small
+  spawner (/usr/bin/time when present).
 
 Only the standard library is used here; the peers' packages live only in their venvs.
 """
@@ -53,8 +54,9 @@ DEFAULT_OUT = HERE / "results" / "core.md"
 BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 
 HEAVY_MODULES = ("flask", "requests", "sqlite3", "psycopg2", "sqlparse")
-EXTRA_HEAVY = ("urllib3", "django")  # not in the brief's list, recorded because the acceptance check looks at them
+EXTRA_HEAVY = ("urllib3", "django")  # recorded only: the acceptance check looks at them too
 RUN_TIMEOUT = 600.0
+RSS_RUNS = 3  # peak RSS barely varies between runs
 
 # Peers get the same loopback sink and everything but tracing switched off, so we compare tracers, not products.
 DD_SETTINGS = {
@@ -159,10 +161,15 @@ def pip(venv: Venv, *args: str) -> None:
         raise RuntimeError(f"pip install {' '.join(args)} failed (exit {r.returncode}): {tail(err, 4000)}")
 
 
+def _stamp(marker: str) -> str:
+    # A new interpreter means new venvs: the floor and the tracers must run on the same Python.
+    return f"{BASE_PYTHON} {platform.python_version()}\n{marker}"
+
+
 def create_venv(venv: Venv, marker: str) -> bool:
     """Make sure venv exists for this marker (its requirements); True when it was (re)built."""
     stamp = venv.path / ".bench-marker"
-    if Path(venv.python).exists() and stamp.exists() and stamp.read_text() == marker:
+    if Path(venv.python).exists() and stamp.exists() and stamp.read_text() == _stamp(marker):
         return False
     log(f"[venv] building {venv.path} ...")
     shutil.rmtree(venv.path, ignore_errors=True)
@@ -171,7 +178,7 @@ def create_venv(venv: Venv, marker: str) -> bool:
 
 
 def mark(venv: Venv, marker: str) -> None:
-    (venv.path / ".bench-marker").write_text(marker)
+    (venv.path / ".bench-marker").write_text(_stamp(marker))
 
 
 def setup_peer(venv: Venv) -> None:
@@ -627,23 +634,84 @@ class StartCase:
     env: dict[str, str]
     ms: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
     error: str = ""
     venv: Venv | None = None
 
 
 def run_timed(case: StartCase, errfile: Path, cwd: Path) -> tuple[float, float]:
-    """Wall time in ms and peak RSS in MB of one run; os.wait4 gives this child's own rusage (and its children's)."""
+    """Wall time of one run in ms, from spawn to exit as seen by this process, and the CPU time (user + sys) the
+    command used. On this VM wall times come in steps of ~16 ms under load; CPU time does not, so it is kept too."""
     with errfile.open("wb") as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(
             case.cmd, env=case.env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
         )
-        _, status, usage = os.wait4(p.pid, 0)
+        try:
+            _, status, usage = os.wait4(p.pid, 0)  # wait4, not wait(): the rusage is this child's (and its children's)
+        except BaseException:
+            p.kill()
+            p.wait()
+            raise
         dt = (time.perf_counter() - t0) * 1000
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         raise RuntimeError(f"exit {p.returncode}: {tail(errfile.read_text(errors='replace'), 600)}")
-    return dt, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    return dt, (usage.ru_utime + usage.ru_stime) * 1000
+
+
+TIME_BIN = "/usr/bin/time"
+# Fallback spawner: a child's ru_maxrss also counts the pages its parent had when it forked, so the process that forks
+# must be small; `python -S` with only `os` is a few MB, which then is the floor of what can be seen.
+RSS_WRAPPER = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execvp(sys.argv[1], sys.argv[1:])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "print(usage.ru_maxrss, os.waitstatus_to_exitcode(status))\n"
+)
+
+
+def rss_method() -> str:
+    if os.access(TIME_BIN, os.X_OK):
+        return "GNU time %M (/usr/bin/time)"
+    return "a python -S fork+wait4 wrapper (its own few MB are the floor)"
+
+
+def peak_rss_mb(case: StartCase, workdir: Path) -> float:
+    """Peak RSS of one run in MB. Not measured from this process: its children inherit its RSS at fork, and this
+    process holds tens of MB (seen as ~32 MB for every command), so a small spawner forks the command instead."""
+    out = workdir / "rss.out"
+    if os.access(TIME_BIN, os.X_OK):
+        cmd = [TIME_BIN, "-f", "%M", "-o", str(out), *case.cmd]
+        r = subprocess.run(
+            cmd,
+            env=case.env,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=120,
+        )
+        text = out.read_text() if out.exists() else ""
+    else:
+        cmd = [BASE_PYTHON, "-S", "-c", RSS_WRAPPER, *case.cmd]
+        r = subprocess.run(
+            cmd,
+            env=case.env,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            timeout=120,
+        )
+        text = r.stdout.split()[0] if r.stdout.strip() else ""
+    lines = text.strip().splitlines()
+    if r.returncode != 0 or not lines or not lines[-1].strip().isdigit():
+        raise RuntimeError(f"RSS run failed (exit {r.returncode}): {text.strip()[:200]}")
+    return int(lines[-1]) / 1024  # KiB on Linux, for both methods
 
 
 def heavy_imports(venv: Venv, workdir: Path) -> dict[str, Any]:
@@ -713,12 +781,15 @@ def verdict(met: bool | None) -> str:
 def ratio_target(
     name: str, num: list[float], den: list[float], limit: float, strict: bool = False, inverse_label: str = ""
 ) -> Target:
-    """Ratio of best-of values (less noisy than medians on a small shared machine); the median ratio is shown too."""
+    """Verdict on the ratio of best-of values, as timeit advises for noisy machines. Also shown: the ratio of medians,
+    and the median of per-round ratios, which pairs runs that were adjacent in time and so cancels slow drifts of
+    this VM's CPU speed (seen here: the same loop taking 13 to 24 ms minutes apart)."""
     if not num or not den:
         return Target(name, "n/a (variant failed)", inverse_label or f"<= {limit:g}x", None)
     r_best, r_med = best(num) / best(den), med(num) / med(den)
+    r_paired = med([a / b for a, b in zip(num, den)])  # lists are in round order; a failed variant stops early
     met = r_best < limit if strict else r_best <= limit
-    measured = f"{r_best:.2f}x (median {r_med:.2f}x)"
+    measured = f"{r_best:.2f}x (median {r_med:.2f}x, per-round median {r_paired:.2f}x)"
     return Target(name, measured, inverse_label or ("{} {:g}x".format("<" if strict else "<=", limit)), met)
 
 
@@ -759,7 +830,7 @@ def build_report(
         f"(+{fmt(ctx['warmup'])} warm-up spans per process), each round one process per variant, alternated in "
         "table order",
         f"- start-up: {ctx['startup_runs']} runs per command, alternated, after one warm-up run each",
-        "- load average at start: {}".format(ctx["loadavg"]),
+        f"- load average (1, 5, 15 min) at start: {ctx['loadavg']}; at end: {ctx['loadavg_end']}",
         "",
         "## Versions",
         "",
@@ -808,7 +879,17 @@ def build_report(
             )
         )
 
-    lines += ["", "## Export verification", "", "| variant | exported | detail (last round) |", "|---|---|---|"]
+    lines += [
+        "",
+        "## Export verification",
+        "",
+        "Every tracer runs with its default queue limits. What a tracer drops (OTel's BatchSpanProcessor holds 2048 "
+        "spans, ours AUTOINSTR_MAX_QUEUE_SPANS) it does not export, so a low exported share also means less export "
+        "work inside the timed loop: read the span cost together with the share.",
+        "",
+        "| variant | exported | detail (last round) |",
+        "|---|---|---|",
+    ]
     for v in variants:
         if v.key == "floor":
             continue
@@ -847,18 +928,26 @@ def build_report(
         "",
         "## Start-up (`-c pass`)",
         "",
-        "| command | min ms | median ms | +min vs plain | +median vs plain | peak RSS MB (median) |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"Peak RSS: median of {RSS_RUNS} separate runs, measured with {rss_method()}.",
+        "",
+        "Wall time from spawn to exit; CPU is the user + sys time of the command (and its children), which is not "
+        "subject to scheduling delays and so is the steadier figure on a loaded machine.",
+        "",
+        "| command | min ms | median ms | +min vs plain | +median vs plain | CPU ms (median) | +CPU vs plain "
+        "| peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cases:
         if not c.ms:
-            lines.append(f"| {c.label} | failed | | | | {one_line(c.error)} |")
+            lines.append(f"| {c.label} | failed | | | | | | {one_line(c.error)} |")
             continue
-        dmin = best(c.ms) - best(plain.ms) if plain and plain.ms else float("nan")
-        dmed = med(c.ms) - med(plain.ms) if plain and plain.ms else float("nan")
+        ok = plain is not None and bool(plain.ms)
+        dmin = best(c.ms) - best(plain.ms) if ok else float("nan")
+        dmed = med(c.ms) - med(plain.ms) if ok else float("nan")
+        dcpu = med(c.cpu_ms) - med(plain.cpu_ms) if ok else float("nan")
         lines.append(
             f"| {c.label} | {fmt(best(c.ms), 1)} | {fmt(med(c.ms), 1)} | {fmt(dmin, 1)} | {fmt(dmed, 1)} "
-            f"| {fmt(med(c.rss_mb), 1)} |"
+            f"| {fmt(med(c.cpu_ms), 1)} | {fmt(dcpu, 1)} | {fmt(med(c.rss_mb), 1)} |"
         )
 
     lines += [
@@ -924,6 +1013,9 @@ def compute_targets(variants: list[Variant], cases: list[StartCase], heavy: dict
     ]
     for t, key in zip(targets, ("ours_jsonl", "ours_store", "ours_jsonl", "ours_store", "ours_unsampled")):
         v = next(v for v in variants if v.key == key)
+        if v.runs and v.expect_export:
+            # a tracer that drops most spans does less export work in the loop: say so next to the ratio
+            t.measured += f"; {export_cell(v).split('(')[-1].rstrip(')')} of spans exported"
         if not agent_loaded(v):
             t.measured += "; agent NOT loaded at start, so this timed the no-op stand-in"
             t.met = None
@@ -936,10 +1028,11 @@ def compute_targets(variants: list[Variant], cases: list[StartCase], heavy: dict
         ms = by_key[key].ms
         if plain and ms:
             d_min, d_med = best(ms) - best(plain), med(ms) - med(plain)
+            d_cpu = med(by_key[key].cpu_ms) - med(by_key["plain"].cpu_ms)
             targets.append(
                 Target(
                     name + f" <= +{limit:g} ms",
-                    f"+{d_min:.1f} ms (median +{d_med:.1f} ms)",
+                    f"{d_min:+.1f} ms wall, min (median {d_med:+.1f} ms; CPU median {d_cpu:+.1f} ms)",
                     f"<= +{limit:g} ms",
                     d_min <= limit,
                 )
@@ -969,22 +1062,9 @@ def compute_targets(variants: list[Variant], cases: list[StartCase], heavy: dict
     return targets
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report (JSON goes beside it)")
-    ap.add_argument("--quick", action="store_true", help="fewer rounds, smaller loops: about a minute")
-    ap.add_argument("--rounds", type=int, help="span-cost rounds (default 9, quick 3)")
-    ap.add_argument("--spans", type=int, help="timed spans per round (default 100000, quick 20000)")
-    ap.add_argument("--startup-runs", type=int, help="runs per start-up command (default 15, quick 5)")
-    args = ap.parse_args(argv)
-    rounds = args.rounds or (3 if args.quick else 9)
-    spans = args.spans or (20_000 if args.quick else 100_000)
-    warmup = max(spans // 10, 1000)
-    startup_runs = args.startup_runs or (5 if args.quick else 15)
-    t_start = time.monotonic()
-
+def setup_venvs(workdir: Path) -> tuple[Venv, Venv, Venv]:
+    """The three cached venvs; a venv that cannot be set up keeps its error and its variants are reported failed."""
     VENVS.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="autoinstr-core-bench-"))
     ours = Venv("autoinstr", [str(REPO)], ["autoinstr", "wrapt", "msgpack", "sqlparse"])
     dd = Venv("ddtrace", ["ddtrace"], ["ddtrace"])
     otel = Venv(
@@ -1002,67 +1082,24 @@ def main(argv: list[str] | None = None) -> int:
     for venv in (dd, otel, ours):
         log(f"[venv] {venv.name}")
         try:
-            setup_autoinstr(venv, workdir) if venv is ours else setup_peer(venv)
+            if venv is ours:
+                setup_autoinstr(venv, workdir)
+            else:
+                setup_peer(venv)
             read_versions(venv)
         except (RuntimeError, subprocess.SubprocessError, OSError) as e:
             venv.error = str(e)
             log(f"[venv] {venv.name} FAILED: {tail(str(e), 800)}")
+    return ours, dd, otel
 
-    dd_sink, otel_sink = Sink("ddtrace"), Sink("otel")
-    dd_env = dict(DD_SETTINGS, DD_TRACE_AGENT_URL=dd_sink.url)
-    otel_env = dict(OTEL_SETTINGS, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=otel_sink.url + "/v1/traces")
-    settings = {
-        "ddtrace": dd_env,
-        "otel": otel_env,
-        "ours (sampled, jsonl)": dict(AUTOINSTR_SETTINGS, AUTOINSTR_EXPORTER="jsonl"),
-        "ours (sampled, store)": dict(AUTOINSTR_SETTINGS),
-        "ours (unsampled)": dict(AUTOINSTR_SETTINGS, AUTOINSTR_EXPORTER="jsonl", AUTOINSTR_SAMPLE_RATE="0"),
-    }
-    log("[settings] ddtrace: {}".format(" ".join("{}={}".format(*kv) for kv in dd_env.items())))
-    log("[settings] otel: {}".format(" ".join("{}={}".format(*kv) for kv in otel_env.items())))
 
-    variants = [
-        Variant("floor", "floor (pure Python)", "python", FLOOR_BODY, None, clean_env()),
-        Variant(
-            "ours_jsonl",
-            "autoinstr sampled, jsonl",
-            "autoinstr-run",
-            OURS_BODY,
-            ours,
-            ours.env(settings["ours (sampled, jsonl)"]),
-            output="jsonl",
-        ),
-        Variant(
-            "ours_store",
-            "autoinstr sampled, local store",
-            "autoinstr-run",
-            OURS_BODY,
-            ours,
-            ours.env(settings["ours (sampled, store)"]),
-            output="store",
-        ),
-        Variant(
-            "ours_unsampled",
-            "autoinstr unsampled (rate 0)",
-            "autoinstr-run",
-            OURS_BODY,
-            ours,
-            ours.env(settings["ours (unsampled)"]),
-            output="jsonl",
-            expect_export=False,
-        ),
-        Variant("ddtrace", "ddtrace", "ddtrace-run", DDTRACE_BODY, dd, dd.env(dd_env), sink=dd_sink),
-        Variant(
-            "otel", "OpenTelemetry SDK", "opentelemetry-instrument", OTEL_BODY, otel, otel.env(otel_env), sink=otel_sink
-        ),
-    ]
+def bench_spans(variants: list[Variant], workdir: Path, rounds: int, spans: int, warmup: int) -> None:
     scripts: dict[str, Path] = {}
     for v in variants:
-        scripts[v.key] = workdir / (f"span_{v.key}.py")
+        scripts[v.key] = workdir / f"span_{v.key}.py"
         scripts[v.key].write_text(PROLOGUE + v.body + EPILOGUE)
         if v.venv is not None and v.venv.error:
             v.error = f"venv {v.venv.name} not available: {v.venv.error}"
-
     # One discarded round first (byte-compiles, warms caches) that also weeds out variants that cannot run at all.
     log("[span] warm-up round")
     for v in variants:
@@ -1085,69 +1122,107 @@ def main(argv: list[str] | None = None) -> int:
         done = "  ".join(f"{v.key} {fmt(v.runs[-1]['ns_per_span']) if len(v.runs) == i + 1 else '-'}" for v in variants)
         log(f"[span] round {i + 1}/{rounds} (ns/span): {done}")
 
-    # Start-up: the venv's own python is the baseline so the deltas are the agent's alone.
-    store_env = {"AUTOINSTR_STORE": str(workdir / "startup-store.db")}
-    cases = [
-        StartCase(
-            "bare", "python, no venv (base interpreter + its site-packages)", [BASE_PYTHON, "-c", "pass"], clean_env()
-        ),
-        StartCase(
-            "plain",
-            "python (autoinstr venv, agent off) = plain",
-            [ours.python, "-c", "pass"],
-            ours.env(dict(AUTOINSTR_SETTINGS, **store_env)),
-            venv=ours,
-        ),
-        StartCase(
-            "enabled",
-            "AUTOINSTR_ENABLED=true python",
-            [ours.python, "-c", "pass"],
-            ours.env(dict(AUTOINSTR_SETTINGS, AUTOINSTR_ENABLED="true", **store_env)),
-            venv=ours,
-        ),
-        StartCase(
-            "run",
-            "autoinstr-run python",
-            [ours.exe("autoinstr-run"), "python", "-c", "pass"],
-            ours.env(dict(AUTOINSTR_SETTINGS, **store_env)),
-            venv=ours,
-        ),
-        StartCase(
-            "ddtrace", "ddtrace-run python", [dd.exe("ddtrace-run"), "python", "-c", "pass"], dd.env(dd_env), venv=dd
-        ),
-        StartCase(
-            "otel",
-            "opentelemetry-instrument python",
-            [otel.exe("opentelemetry-instrument"), "python", "-c", "pass"],
-            otel.env(otel_env),
-            venv=otel,
-        ),
-    ]
+
+def bench_startup(cases: list[StartCase], workdir: Path, runs: int) -> None:
     errfile = workdir / "startup.stderr"
-    for c in cases:
+    for c in cases:  # one warm-up run each, which also weeds out commands that fail
         if c.venv is not None and c.venv.error:
             c.error = f"venv {c.venv.name} not available: {c.venv.error}"
             continue
         try:
             run_timed(c, errfile, workdir)
-        except (RuntimeError, OSError) as e:
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
             c.error = str(e)
             log(f"[startup] {c.key} FAILED: {tail(str(e), 600)}")
-    log(f"[startup] {startup_runs} runs x {len(cases)} commands")
-    for _ in range(startup_runs):
+    log(f"[startup] {runs} runs x {len(cases)} commands")
+    for _ in range(runs):
         for c in cases:
             if c.error:
                 continue
             try:
-                ms, rss = run_timed(c, errfile, workdir)
-                c.ms.append(ms)
-                c.rss_mb.append(rss)
-            except (RuntimeError, OSError) as e:
+                wall, cpu = run_timed(c, errfile, workdir)
+                c.ms.append(wall)
+                c.cpu_ms.append(cpu)
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
                 c.error = str(e)
-    heavy = heavy_imports(ours, workdir) if not ours.error else {"import autoinstr": {"error": ours.error}}
-    dd_sink.close()
-    otel_sink.close()
-    shutil.rmtree(workdir, ignore_errors=True)
+    for _ in range(RSS_RUNS):
+        for c in cases:
+            if c.error:
+                continue
+            try:
+                c.rss_mb.append(peak_rss_mb(c, workdir))
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+                log(f"[startup] {c.key} RSS FAILED: {e}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report (JSON goes beside it)")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds, smaller loops: well under a minute")
+    ap.add_argument("--rounds", type=int, help="span-cost rounds (default 9, quick 3)")
+    ap.add_argument("--spans", type=int, help="timed spans per round (default 100000, quick 20000)")
+    ap.add_argument("--startup-runs", type=int, help="runs per start-up command (default 15, quick 5)")
+    args = ap.parse_args(argv)
+    rounds = args.rounds or (3 if args.quick else 9)
+    spans = args.spans or (20_000 if args.quick else 100_000)
+    warmup = max(spans // 10, 1000)
+    startup_runs = args.startup_runs or (5 if args.quick else 15)
+    t_start = time.monotonic()
+    loadavg_start = " ".join(f"{x:.2f}" for x in os.getloadavg())  # other work on this small machine skews results
+
+    workdir = Path(tempfile.mkdtemp(prefix="autoinstr-core-bench-"))
+    dd_sink, otel_sink = Sink("ddtrace"), Sink("otel")
+    try:
+        ours, dd, otel = setup_venvs(workdir)
+        dd_env = dict(DD_SETTINGS, DD_TRACE_AGENT_URL=dd_sink.url)
+        otel_env = dict(OTEL_SETTINGS, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=otel_sink.url + "/v1/traces")
+        settings = {
+            "ddtrace": dd_env,
+            "otel": otel_env,
+            "ours (sampled, jsonl)": dict(AUTOINSTR_SETTINGS, AUTOINSTR_EXPORTER="jsonl"),
+            "ours (sampled, store)": dict(AUTOINSTR_SETTINGS),
+            "ours (unsampled)": dict(AUTOINSTR_SETTINGS, AUTOINSTR_EXPORTER="jsonl", AUTOINSTR_SAMPLE_RATE="0"),
+        }
+        for name in ("ddtrace", "otel"):
+            log(f"[settings] {name}: " + " ".join(f"{k}={v}" for k, v in settings[name].items()))
+
+        # Table order is run order within a round: floor, ours x3, ddtrace, otel.
+        variants = [
+            Variant("floor", "floor (pure Python)", "python", FLOOR_BODY, None, clean_env()),
+            Variant("ours_jsonl", "autoinstr sampled, jsonl", "autoinstr-run", OURS_BODY, ours,
+                    ours.env(settings["ours (sampled, jsonl)"]), output="jsonl"),
+            Variant("ours_store", "autoinstr sampled, local store", "autoinstr-run", OURS_BODY, ours,
+                    ours.env(settings["ours (sampled, store)"]), output="store"),
+            Variant("ours_unsampled", "autoinstr unsampled (rate 0)", "autoinstr-run", OURS_BODY, ours,
+                    ours.env(settings["ours (unsampled)"]), output="jsonl", expect_export=False),
+            Variant("ddtrace", "ddtrace", "ddtrace-run", DDTRACE_BODY, dd, dd.env(dd_env), sink=dd_sink),
+            Variant("otel", "OpenTelemetry SDK", "opentelemetry-instrument", OTEL_BODY, otel, otel.env(otel_env),
+                    sink=otel_sink),
+        ]  # fmt: skip
+        bench_spans(variants, workdir, rounds, spans, warmup)
+
+        # The venv's own python is the baseline, so the deltas are the agent's alone.
+        ours_env = dict(AUTOINSTR_SETTINGS, AUTOINSTR_STORE=str(workdir / "startup-store.db"))
+        cases = [
+            StartCase("bare", "python, no venv (base interpreter + its site-packages)",
+                      [BASE_PYTHON, "-c", "pass"], clean_env()),
+            StartCase("plain", "python (autoinstr venv, agent off) = plain", [ours.python, "-c", "pass"],
+                      ours.env(ours_env), venv=ours),
+            StartCase("enabled", "AUTOINSTR_ENABLED=true python", [ours.python, "-c", "pass"],
+                      ours.env(dict(ours_env, AUTOINSTR_ENABLED="true")), venv=ours),
+            StartCase("run", "autoinstr-run python", [ours.exe("autoinstr-run"), "python", "-c", "pass"],
+                      ours.env(ours_env), venv=ours),
+            StartCase("ddtrace", "ddtrace-run python", [dd.exe("ddtrace-run"), "python", "-c", "pass"],
+                      dd.env(dd_env), venv=dd),
+            StartCase("otel", "opentelemetry-instrument python",
+                      [otel.exe("opentelemetry-instrument"), "python", "-c", "pass"], otel.env(otel_env), venv=otel),
+        ]  # fmt: skip
+        bench_startup(cases, workdir, startup_runs)
+        heavy = heavy_imports(ours, workdir) if not ours.error else {"import autoinstr": {"error": ours.error}}
+    finally:
+        dd_sink.close()
+        otel_sink.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     targets = compute_targets(variants, cases, heavy)
     ctx: dict[str, Any] = {
@@ -1160,22 +1235,30 @@ def main(argv: list[str] | None = None) -> int:
         "spans": spans,
         "warmup": warmup,
         "startup_runs": startup_runs,
-        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "loadavg": loadavg_start,
+        "loadavg_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "versions": {v.name: v.versions for v in (ours, dd, otel) if v.versions},
         "venv_errors": {v.name: v.error for v in (ours, dd, otel) if v.error},
         "settings": settings,
     }
-    report = build_report(ctx, variants, cases, heavy, targets)
     out_md = args.out.resolve()
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text(report)
+    out_md.write_text(build_report(ctx, variants, cases, heavy, targets))
     raw = {
         "context": ctx,
         "span_cost": {
             v.key: {"label": v.label, "launcher": v.launcher, "error": v.error, "runs": v.runs} for v in variants
         },
         "startup": {
-            c.key: {"label": c.label, "cmd": c.cmd, "ms": c.ms, "rss_mb": c.rss_mb, "error": c.error} for c in cases
+            c.key: {
+                "label": c.label,
+                "cmd": c.cmd,
+                "ms": c.ms,
+                "cpu_ms": c.cpu_ms,
+                "rss_mb": c.rss_mb,
+                "error": c.error,
+            }
+            for c in cases
         },
         "heavy_imports": heavy,
         "targets": [t.__dict__ for t in targets],
@@ -1183,7 +1266,7 @@ def main(argv: list[str] | None = None) -> int:
     out_json = out_md.with_suffix(".json")
     out_json.write_text(json.dumps(raw, indent=1, default=repr) + "\n")
 
-    print(f"\nTargets (same run, ratios of best-of-{rounds}):")
+    print(f"\nTargets (same run; verdict on the ratio of best-of-{rounds}):")
     for t in targets:
         print(f"  {verdict(t.met):<8} {t.name}: {t.measured} (limit {t.limit})")
     print(f"\nwrote {out_md} and {out_json} in {time.monotonic() - t_start:.0f} s")

@@ -18,6 +18,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 
 from autoinstr import integrations
 from autoinstr.trace import propagation
+from autoinstr.trace import span as span_module
 from autoinstr.trace.span import Limits, Sampling, Sink
 
 # no example database, and hypothesis' caches under .pytest_cache (git-ignored), not in a new .hypothesis/
@@ -32,7 +33,6 @@ def _restore_trace_globals():
     """Sampling, limits, propagators and the sink back to their defaults after each test."""
     saved_submit = Sink.__dict__["submit"]
     saved_submit_one = Sink.__dict__.get("submit_one")
-    saved_unsampled = Sink.unsampled
     saved_limits = (Limits.max_attributes, Limits.max_attribute_length)
     saved_propagators = propagation.Propagators.names
     Sampling.configure(1.0, 0.0)
@@ -41,7 +41,7 @@ def _restore_trace_globals():
     Sink.submit = saved_submit
     if saved_submit_one is not None:
         Sink.submit_one = saved_submit_one
-    Sink.unsampled = saved_unsampled
+    span_module.unsampled_count(reset=True)
     Limits.max_attributes, Limits.max_attribute_length = saved_limits
     propagation.Propagators.names = saved_propagators
 
@@ -57,7 +57,7 @@ def collected():
     Sink.submit = calls.append
     if "submit_one" in Sink.__dict__:
         Sink.submit_one = lambda span: calls.append([span])
-    Sink.unsampled = 0
+    span_module.unsampled_count(reset=True)
     return calls
 
 

@@ -26,12 +26,13 @@ class JsonlExporter(Exporter):
 
     def __init__(self, config: Config) -> None:
         self.path = os.path.abspath(config.jsonl_path)
+        self._fd = -1  # open only during a write; a child forked meanwhile must close its copy
 
     def export(self, records: List[Dict[str, Any]]) -> None:
         if not records:
             return
         data = ("\n".join(_dumps(r) for r in records) + "\n").encode("utf-8", "backslashreplace")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             view = memoryview(data)
@@ -39,7 +40,18 @@ class JsonlExporter(Exporter):
                 written = os.write(fd, view)
                 view = view[written:]
         finally:
+            self._fd = -1
             os.close(fd)  # also releases the lock
+
+    def after_fork(self) -> None:
+        # flock belongs to the open file, which the child shares: holding it open would keep the lock
+        # (the parent's, mid-write) for as long as the child lives
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def destination(self) -> str:
         return self.path

@@ -24,6 +24,8 @@ class LocalStoreExporter(Exporter):
     name = "local"
 
     def __init__(self, config: Config) -> None:
+        import autoinstr.store  # noqa: F401  (imported here, under the pipeline's set-up lock: see Pipeline)
+
         self.path = os.path.abspath(config.store_path)
         self.retention_hours = config.store_retention_hours
         self.max_mb = config.store_max_mb

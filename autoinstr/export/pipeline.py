@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from autoinstr.export.base import Exporter
     from autoinstr.trace.span import Span
 
+FORK_WAIT_S = 2.0  # how long a fork waits for the agent's I/O in progress (see Pipeline.before_fork)
 MAX_RETRIES = 3  # then the batch is dropped for that exporter (counted)
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
@@ -63,6 +64,9 @@ class _ExporterSlot:
         self.thread: Optional[threading.Thread] = None
         self._wake: Optional[threading.Event] = None
         self._final = False
+        # held around every call into the exporter: a fork waits for it, so a child never inherits a
+        # library lock (SQLite's, a socket's...) taken by a thread that does not exist in the child
+        self.io_lock = allocate_lock()
 
     # ------------------------------------------------------------------------ flush thread side
 
@@ -115,7 +119,8 @@ class _ExporterSlot:
 
     def _shutdown_exporter(self) -> None:
         try:
-            self.exporter.shutdown()
+            with self.io_lock:
+                self.exporter.shutdown()
         except Exception:
             pass
 
@@ -142,7 +147,8 @@ class _ExporterSlot:
             if not final and now < not_before:
                 return
             try:
-                self.exporter.export(records)
+                with self.io_lock:
+                    self.exporter.export(records)
             except Exception as exc:
                 self.errors += 1
                 self.last_error = "%s: %s" % (type(exc).__name__, exc)
@@ -177,6 +183,7 @@ class _ExporterSlot:
         self.pending = []
         self.exported = self.errors = self.dropped = self.dropped_backlog = 0
         self.offers = self.done = 0
+        self.io_lock = allocate_lock()
         self.thread, self._wake, self._final = None, None, False
 
     def stats(self) -> Dict[str, Any]:
@@ -196,6 +203,8 @@ class Pipeline:
         self.max_attributes = max_attributes
         self.max_attribute_length = max_attribute_length
         self._exporter_factory = exporter_factory
+        self._setup_lock = allocate_lock()  # exporters import modules (sqlite3...) while it is held
+        self._fork_held: List[Any] = []
         self._slots: Optional[List[_ExporterSlot]] = None  # built on the flush thread, at first use
         self.submitted = 0
         self.dropped_queue_full = 0
@@ -216,6 +225,8 @@ class Pipeline:
         self._stopped: threading.Event
         self._flushed: threading.Condition
         self._stopping = False
+        self._limit = self.max_queue  # spans accepted while queued; -1 once stopping
+        self._wake_at = 0  # queued spans that call _wake_up: 0 until the thread runs, then the batch size
         self._flush_requests = 0
         self._flush_generation = 0
         self._not_before_ns = 0
@@ -224,7 +235,11 @@ class Pipeline:
     @property
     def slots(self) -> List[_ExporterSlot]:
         if self._slots is None:
-            self._slots = [_ExporterSlot(e, self.max_queue) for e in self._exporter_factory()]
+            # Exporters import their modules (sqlite3...) here, on the flush thread. A fork in the middle
+            # would leave the child a half-imported module: fork waits for this lock (see before_fork).
+            with self._setup_lock:
+                if self._slots is None:
+                    self._slots = [_ExporterSlot(e, self.max_queue) for e in self._exporter_factory()]
         return self._slots
 
     # ----------------------------------------------------------------------- request thread side
@@ -236,23 +251,23 @@ class Pipeline:
         middle of `+=` can make it drift by one trace; the flush thread recounts it exactly at each take.
         Exact counts (submitted, exported) are kept by the flush thread."""
         queued = self._queued + len(spans)
-        if queued > self.max_queue or self._stopping:
+        if queued > self._limit:
             self.dropped_queue_full += len(spans)
             return
         self._buffer.append(spans)
         self._queued = queued
-        if queued >= self.batch or self._thread is None:
+        if queued >= self._wake_at:
             self._wake_up()
 
     def submit_one(self, span: Span) -> None:
         """submit() for a local trace of one span, queued as is (no list: the commonest case, made cheap)."""
         queued = self._queued + 1
-        if queued > self.max_queue or self._stopping:
+        if queued > self._limit:
             self.dropped_queue_full += 1
             return
         self._buffer.append(span)
         self._queued = queued
-        if queued >= self.batch or self._thread is None:
+        if queued >= self._wake_at:
             self._wake_up()
 
     def _wake_up(self) -> None:
@@ -276,6 +291,7 @@ class Pipeline:
             self._flushed = threading.Condition(threading.Lock())
             t = threading.Thread(target=self._run, name="autoinstr-flush", daemon=True)
             self._thread = t
+            self._wake_at = self.batch
         try:
             t.start()
             return True
@@ -408,6 +424,7 @@ class Pipeline:
         if self._thread is None and not self._start_thread():
             return False
         self._stopping = True
+        self._limit = -1
         self._urgent.set()
         self._wake.set()
         if self._stopped.wait(deadline):
@@ -417,7 +434,26 @@ class Pipeline:
                   "(exporter %s)" % (deadline, ", ".join(s.name for s in (self._slots or []) if s.pending) or "busy"))
         return False
 
+    def before_fork(self) -> None:
+        """Wait (bounded by FORK_WAIT_S in all) for exporter set-up and exports in progress, so that the
+        child inherits no half-imported module and no lock held by a thread it will not have."""
+        end = time.monotonic() + FORK_WAIT_S
+        held = []
+        if self._setup_lock.acquire(timeout=FORK_WAIT_S):
+            held.append(self._setup_lock)
+        for slot in self._slots or []:  # read after the set-up lock: the slots may have just been made
+            if slot.io_lock.acquire(timeout=max(0.0, end - time.monotonic())):
+                held.append(slot.io_lock)
+        self._fork_held = held
+
+    def after_fork_in_parent(self) -> None:
+        held, self._fork_held = self._fork_held, []
+        for lock in held:
+            lock.release()
+
     def after_fork_in_child(self) -> None:
+        self._fork_held = []
+        self._setup_lock = allocate_lock()
         self._init_process_state()
         self._not_before_ns = time.perf_counter_ns()
         self.submitted = self.dropped_queue_full = self.dropped_conversion = self.dropped_shutdown = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, unquote
 
+from autoinstr import config
 from autoinstr.trace.span import Span, SpanContext, current_span
 
 TYPE_CHECKING = False
@@ -198,9 +199,9 @@ def parse_b3_multi(carrier: Any, getter: Getter) -> Optional[Tuple[int, int, Opt
 # ------------------------------------------------------------------------------------ the API
 
 class Propagators:
-    """The configured propagators (AUTOINSTR_PROPAGATORS), set by the bootstrap."""
+    """The configured propagators (AUTOINSTR_PROPAGATORS / OTEL_PROPAGATORS), in order."""
 
-    names: Tuple[str, ...] = ("tracecontext", "baggage")
+    names: Tuple[str, ...] = config.get().propagators
 
 
 def extract(carrier: Any, getter: Optional[Getter] = None,

@@ -71,8 +71,10 @@ class Sampling:
 
     @classmethod
     def configure(cls, ratio: float, rate_limit: float = 0.0) -> None:
-        cls.threshold = 1 << 64 if ratio >= 1.0 else int(max(ratio, 0.0) * (1 << 64))
-        cls.limiter = _RateLimiter(rate_limit).allow if rate_limit > 0 else None
+        global _threshold, _limiter, _never
+        cls.threshold = _threshold = 1 << 64 if ratio >= 1.0 else int(max(ratio, 0.0) * (1 << 64))
+        cls.limiter = _limiter = _RateLimiter(rate_limit).allow if rate_limit > 0 else None
+        _never = _threshold == 0
 
     @classmethod
     def decide(cls, trace_id: int) -> bool:
@@ -80,6 +82,12 @@ class Sampling:
             return False
         limiter = cls.limiter
         return limiter() if limiter is not None else True
+
+
+# The same settings as module globals: the span path reads these (a global is the cheapest lookup)
+_threshold = Sampling.threshold
+_limiter = Sampling.limiter
+_never = False  # ratio 0: a new trace is known unsampled before its id is drawn
 
 
 class _RateLimiter:
@@ -113,7 +121,17 @@ class Sink:
 
     submit: Callable[[List[Span]], None] = staticmethod(_discard)  # type: ignore[assignment]
     submit_one: Callable[[Span], None] = staticmethod(_discard)  # type: ignore[assignment]
-    unsampled = 0  # spans not recorded (sampling); an approximate count, kept off the sampled path
+
+
+_unsampled = 0  # spans not recorded (sampling); a module global: the cheapest counter there is
+
+
+def unsampled_count(reset: bool = False) -> int:
+    global _unsampled
+    value = _unsampled
+    if reset:
+        _unsampled = 0
+    return value
 
 
 # ---------------------------------------------------------------------------------- the model
@@ -165,7 +183,6 @@ class Span:
         self.attributes = attributes
         self.kind = kind
         self._parent = parent
-        self.end_ns = 0
 
     @property
     def status(self) -> str:
@@ -194,45 +211,83 @@ class Span:
         if parent is _UNSET:
             parent = _get_current()
         if parent.__class__ is Span:
-            self.root = parent.root
+            root = self.root = parent.root
+            if not root._sampled:  # unsampled: no clocks, no ids (drawn if ever asked for: __getattr__)
+                self._token = _set_current(self)
+                return self
             self.parent_id = parent.span_id
         elif parent is None:  # a new trace: this span is its local root
             self.root = self
+            if _never:  # the trace id, if ever asked for, is drawn then (__getattr__)
+                self._sampled = False
+                self._token = _set_current(self)
+                return self
+            trace_id = self._trace_id = _bits(128) or 1
+            if (trace_id & _MASK64) >= _threshold or (_limiter is not None and not _limiter()):
+                self._sampled = False
+                self._token = _set_current(self)
+                return self
+            self._sampled = True
             self.parent_id = None
             self._finished = None
-            trace_id = self._trace_id = _bits(128) or 1
-            if (trace_id & _MASK64) < Sampling.threshold:
-                limiter = Sampling.limiter
-                self._sampled = limiter() if limiter is not None else True
-            else:
-                self._sampled = False
+            self.end_ns = 0
         else:
             self._begin_local_trace(parent)
+            if not self._sampled:
+                self._token = _set_current(self)
+                return self
         self.span_id = _bits(64) or 1
         self._token = _set_current(self)
         self.start_ns = _clock()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        self.end_ns = _clock()
-        try:
-            _reset_current(self._token)
-        except ValueError:  # left in another context (a generator resumed elsewhere): restore by hand
-            previous = self._token.old_value
-            _set_current(None if previous is self._token.MISSING else previous)
-        if exc is not None:
-            self.record_exception(exc, time_ns=self.end_ns)
+        global _unsampled
         if self.root._sampled:
-            self._on_end()
+            self.end_ns = _clock()
+            try:
+                _reset_current(self._token)
+            except ValueError:
+                self._restore_previous()
+            if exc is not None:
+                self.record_exception(exc, time_ns=self.end_ns)
+            if self.root is self and self._finished is None:  # a trace of one span: the common case, inline
+                Sink.submit_one(self)
+            else:
+                self._on_end()
         else:
-            Sink.unsampled += 1
+            try:
+                _reset_current(self._token)
+            except ValueError:
+                self._restore_previous()
+            _unsampled += 1
         return False
+
+    def _restore_previous(self) -> None:
+        """The span is left in another context than it entered (a generator resumed elsewhere)."""
+        previous = self._token.old_value
+        _set_current(None if previous is self._token.MISSING else previous)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for slots never set: those an unsampled span skips. Its id is drawn on demand
+        # (to propagate it); it has no parent id or clock readings worth keeping.
+        if name == "span_id":
+            value = self.span_id = _bits(64) or 1
+            return value
+        if name == "_trace_id" and self.root is self:
+            value = self._trace_id = _bits(128) or 1
+            return value
+        if name in ("start_ns", "end_ns"):
+            return 0
+        if name == "parent_id":
+            return None
+        raise AttributeError(name)
 
     def start(self) -> Span:
         """Link to the parent (the current span unless one was given) and start the clock; does not make
         this span the current one (use `with`, or autoinstr.trace.tracer.activate). Starting twice does
         nothing the second time."""
-        if hasattr(self, "span_id"):
+        if hasattr(self, "root"):
             return self
         parent = self._parent
         if parent is _UNSET:
@@ -250,6 +305,7 @@ class Span:
         """This span starts the local part of a trace: a new one, or one continued from `ctx`."""
         self.root = self
         self._finished: Optional[List[Span]] = None
+        self.end_ns = 0
         if ctx is None or not ctx.trace_id:  # a new trace (perhaps carrying incoming baggage)
             trace_id = self._trace_id = _bits(128) or 1
             self.parent_id = None
@@ -267,11 +323,12 @@ class Span:
         """End a span started with start() (not needed with `with`); a second call does nothing."""
         if self.end_ns:
             return
+        global _unsampled
         self.end_ns = end_ns or _clock()
         if self.root._sampled:
             self._on_end()
         else:
-            Sink.unsampled += 1
+            _unsampled += 1
 
     def _on_end(self) -> None:
         # The local root hands over the whole local trace; a span ending after its root (detached work)
