@@ -249,6 +249,7 @@ class Span:
                 _reset_current(self._token)
             except ValueError:
                 self._restore_previous()
+            self._token = None  # a queued span keeps no Token alive: half the objects for the GC to scan
             if exc is not None:
                 self.record_exception(exc, time_ns=self.end_ns)
             if self.root is self and self._finished is None:  # a trace of one span: the common case, inline
