@@ -87,30 +87,35 @@ def clean_attributes(attrs: Dict[Any, Any], max_count: int, limit: int) -> Dict[
 
 
 def to_record(span: Span, service: str, offset: int, max_attributes: int, max_length: int) -> Dict[str, Any]:
-    root = span.root
+    start = span.start_ns
     parent_id = span.parent_id
-    end = span.end_ns or span.start_ns
     events: List[Dict[str, Any]] = []
-    if span.events:
-        for ev in span.events:
+    raw_events = span._events
+    if raw_events:
+        for ev in raw_events:
             events.append({"name": _text(ev.get("name", ""), MAX_NAME_LENGTH),
-                           "time_ns": int(ev.get("time_mono_ns", span.start_ns)) + offset,
+                           "time_ns": int(ev.get("time_mono_ns", start)) + offset,
                            "attributes": clean_attributes(ev.get("attributes") or {}, max_attributes, max_length)})
     name = span.name
+    kind = span.kind
+    attrs = span.attributes
     return {
-        "trace_id": "%032x" % root._trace_id,
+        "trace_id": "%032x" % span.root._trace_id,
         "span_id": "%016x" % span.span_id,
         "parent_id": "%016x" % parent_id if parent_id else None,
         "name": name if name.__class__ is str and 0 < len(name) <= MAX_NAME_LENGTH
         else (_text(name, MAX_NAME_LENGTH) or "unnamed"),
-        "kind": span.kind if span.kind in ("server", "client", "producer", "consumer") else "internal",
+        "kind": kind if kind in _KINDS else "internal",
         "service": service,
-        "start_ns": span.start_ns + offset,
-        "duration_ns": max(0, end - span.start_ns),
-        "status": "error" if span.status == "error" else "ok",
-        "attributes": clean_attributes(span.attributes, max_attributes, max_length),
+        "start_ns": start + offset,
+        "duration_ns": max(0, (span.end_ns or start) - start),
+        "status": "error" if span._status == "error" else "ok",
+        "attributes": clean_attributes(attrs, max_attributes, max_length) if attrs else {},
         "events": events,
     }
+
+
+_KINDS = frozenset(("internal", "server", "client", "producer", "consumer"))
 
 
 def records_of(batches: List[List[Span]], service: str, max_attributes: int, max_length: int,

@@ -10,8 +10,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable
 
-import wrapt
-
+from autoinstr.integrations._wrapping import unwrap, wrap
 from autoinstr.trace.span import current_span_var
 
 _get = current_span_var.get
@@ -35,10 +34,8 @@ def _submit(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dic
 
 
 def patch(module: ModuleType) -> None:
-    wrapt.wrap_function_wrapper(module, "ThreadPoolExecutor.submit", _submit)
+    wrap(module, "ThreadPoolExecutor.submit", _submit)
 
 
 def unpatch(module: ModuleType) -> None:
-    submit = module.ThreadPoolExecutor.__dict__.get("submit")  # via the class, wrapt would bind it
-    if isinstance(submit, wrapt.FunctionWrapper):
-        module.ThreadPoolExecutor.submit = submit.__wrapped__
+    unwrap(module, "ThreadPoolExecutor.submit")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable
 
-import wrapt
+from autoinstr.integrations._wrapping import unwrap, wrap
 
 
 def _bootstrap(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -22,10 +22,8 @@ def _bootstrap(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: 
 
 
 def patch(module: ModuleType) -> None:
-    wrapt.wrap_function_wrapper(module, "BaseProcess._bootstrap", _bootstrap)
+    wrap(module, "BaseProcess._bootstrap", _bootstrap)
 
 
 def unpatch(module: ModuleType) -> None:
-    method = module.BaseProcess.__dict__.get("_bootstrap")  # via the class, wrapt would bind it
-    if isinstance(method, wrapt.FunctionWrapper):
-        module.BaseProcess._bootstrap = method.__wrapped__
+    unwrap(module, "BaseProcess._bootstrap")

@@ -14,6 +14,7 @@ import os
 import time
 from _random import Random  # the C generator alone: `random` costs a millisecond at start-up
 from contextvars import ContextVar
+from itertools import count
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -123,14 +124,16 @@ class Sink:
     submit_one: Callable[[Span], None] = staticmethod(_discard)  # type: ignore[assignment]
 
 
-_unsampled = 0  # spans not recorded (sampling); a module global: the cheapest counter there is
+# Spans not recorded (sampling). A counter object, not `global += 1`: storing a module global (or a
+# class attribute) on every span would invalidate the interpreter's lookup caches for all the others.
+_unsampled = count()
 
 
 def unsampled_count(reset: bool = False) -> int:
     global _unsampled
-    value = _unsampled
+    value = _unsampled.__reduce__()[1][0]
     if reset:
-        _unsampled = 0
+        _unsampled = count()
     return value
 
 
@@ -173,7 +176,7 @@ class Span:
     tracestate and baggage. Other spans reach it through `root`: no extra object per trace.
     """
 
-    # _status and _events stay unset until used (see the properties): every store counts on this path
+    # _status and _events are set for recorded (sampled) spans only: every store counts on this path
     __slots__ = ("name", "attributes", "kind", "root", "span_id", "parent_id", "start_ns", "end_ns",
                  "_status", "_events", "_parent", "_token",
                  "_trace_id", "_sampled", "_finished", "_tracestate", "_baggage")
@@ -237,12 +240,13 @@ class Span:
                 self._token = _set_current(self)
                 return self
         self.span_id = _bits(64) or 1
+        self._status = "ok"
+        self._events = None
         self._token = _set_current(self)
         self.start_ns = _clock()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        global _unsampled
         if self.root._sampled:
             self.end_ns = _clock()
             try:
@@ -261,7 +265,7 @@ class Span:
                 _reset_current(self._token)
             except ValueError:
                 self._restore_previous()
-            _unsampled += 1
+            next(_unsampled)
         return False
 
     def _restore_previous(self) -> None:
@@ -299,6 +303,8 @@ class Span:
         else:
             self._begin_local_trace(parent)
         self.span_id = _bits(64) or 1
+        self._status = "ok"
+        self._events = None
         self.start_ns = _clock()
         return self
 
@@ -324,12 +330,11 @@ class Span:
         """End a span started with start() (not needed with `with`); a second call does nothing."""
         if self.end_ns:
             return
-        global _unsampled
         self.end_ns = end_ns or _clock()
         if self.root._sampled:
             self._on_end()
         else:
-            _unsampled += 1
+            next(_unsampled)
 
     def _on_end(self) -> None:
         # The local root hands over the whole local trace; a span ending after its root (detached work)
@@ -391,6 +396,8 @@ class Span:
         try:
             events = self._events
         except AttributeError:
+            events = None
+        if events is None:
             events = self._events = []
         if len(events) < MAX_EVENTS:
             events.append({"name": name, "time_mono_ns": time_ns or _clock(), "attributes": dict(attributes or {})})
