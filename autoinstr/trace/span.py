@@ -169,23 +169,71 @@ class Span:
     """A timed operation. Use it as a context manager (`with autoinstr.span("name", key=value) as s:`),
     or call start()/finish() when the operation does not fit one block (a WSGI response, a stream).
 
-    `kind` and `parent` are keyword-only and reserved; every other keyword becomes an attribute.
+    `kind` and `parent` are keyword-only and reserved; every other keyword becomes an attribute. The
+    parent (the current span unless `parent=` is given; `parent=None` starts a new trace) is chosen
+    when the span is created, as in OpenTelemetry's start_span and ddtrace's tracer.trace; the clock
+    starts when it is entered (or start() is called).
 
     The local root (the first span of a trace in this process) also holds what its local trace shares:
     the trace id, the sampling decision, the finished spans waiting for the root to end, the incoming
     tracestate and baggage. Other spans reach it through `root`: no extra object per trace.
+
+    An unsampled span sets only what propagation needs; its id is drawn if it is ever asked for
+    (__getattr__), and it takes no clock readings.
     """
 
-    # _status and _events are set for recorded (sampled) spans only: every store counts on this path
     __slots__ = ("name", "attributes", "kind", "root", "span_id", "parent_id", "start_ns", "end_ns",
-                 "_status", "_events", "_parent", "_token",
+                 "_status", "_events", "_token",
                  "_trace_id", "_sampled", "_finished", "_tracestate", "_baggage")
 
     def __init__(self, name: str, *, kind: str = "internal", parent: Parent = _UNSET, **attributes: Any) -> None:
         self.name = name
         self.attributes = attributes
         self.kind = kind
-        self._parent = parent
+        if parent is _UNSET:
+            parent = _get_current()
+        if parent is None:  # a new trace: this span is its local root
+            self.root = self
+            if _never:  # ratio 0: the trace id, if ever asked for, is drawn then (__getattr__)
+                self._sampled = False
+                return
+            trace_id = self._trace_id = _bits(128) or 1
+            if (trace_id & _MASK64) >= _threshold or (_limiter is not None and not _limiter()):
+                self._sampled = False
+                return
+            self._sampled = True
+            self._finished = None
+            self.end_ns = 0
+            self.parent_id = None
+        elif parent.__class__ is Span:
+            root = self.root = parent.root
+            if not root._sampled:
+                return
+            self.parent_id = parent.span_id
+        else:
+            self._continue_remote(parent)
+            if not self._sampled:
+                return
+        self.span_id = _bits(64) or 1
+        self._status = "ok"
+        self._events = None
+
+    def _continue_remote(self, ctx: SpanContext) -> None:
+        """This span starts the local part of a trace continued from `ctx` (extracted from headers); a
+        context with baggage but no trace id starts a new trace that carries the baggage."""
+        self.root = self
+        self._finished = None
+        self.end_ns = 0
+        self._baggage = ctx.baggage
+        if not ctx.trace_id:
+            trace_id = self._trace_id = _bits(128) or 1
+            self.parent_id = None
+            self._sampled = Sampling.decide(trace_id)
+            return
+        self._trace_id = ctx.trace_id
+        self._sampled = ctx.sampled if ctx.sampled is not None else Sampling.decide(ctx.trace_id)
+        self._tracestate = ctx.tracestate
+        self.parent_id = ctx.span_id
 
     @property
     def status(self) -> str:
@@ -207,43 +255,11 @@ class Span:
             return None
 
     # --------------------------------------------------------------------------- lifecycle
-    # __enter__ repeats start()'s common case inline: one method call less on the hottest path.
 
     def __enter__(self) -> Span:
-        parent = self._parent
-        if parent is _UNSET:
-            parent = _get_current()
-        if parent.__class__ is Span:
-            root = self.root = parent.root
-            if not root._sampled:  # unsampled: no clocks, no ids (drawn if ever asked for: __getattr__)
-                self._token = _set_current(self)
-                return self
-            self.parent_id = parent.span_id
-        elif parent is None:  # a new trace: this span is its local root
-            self.root = self
-            if _never:  # the trace id, if ever asked for, is drawn then (__getattr__)
-                self._sampled = False
-                self._token = _set_current(self)
-                return self
-            trace_id = self._trace_id = _bits(128) or 1
-            if (trace_id & _MASK64) >= _threshold or (_limiter is not None and not _limiter()):
-                self._sampled = False
-                self._token = _set_current(self)
-                return self
-            self._sampled = True
-            self.parent_id = None
-            self._finished = None
-            self.end_ns = 0
-        else:
-            self._begin_local_trace(parent)
-            if not self._sampled:
-                self._token = _set_current(self)
-                return self
-        self.span_id = _bits(64) or 1
-        self._status = "ok"
-        self._events = None
         self._token = _set_current(self)
-        self.start_ns = _clock()
+        if self.root._sampled:  # an unsampled span takes no clock readings
+            self.start_ns = _clock()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
@@ -275,7 +291,7 @@ class Span:
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for slots never set: those an unsampled span skips. Its id is drawn on demand
-        # (to propagate it); it has no parent id or clock readings worth keeping.
+        # (to propagate it); it has no parent id worth keeping.
         if name == "span_id":
             value = self.span_id = _bits(64) or 1
             return value
@@ -289,42 +305,11 @@ class Span:
         raise AttributeError(name)
 
     def start(self) -> Span:
-        """Link to the parent (the current span unless one was given) and start the clock; does not make
-        this span the current one (use `with`, or autoinstr.trace.tracer.activate). Starting twice does
-        nothing the second time."""
-        if hasattr(self, "root"):
-            return self
-        parent = self._parent
-        if parent is _UNSET:
-            parent = _get_current()
-        if parent.__class__ is Span:
-            self.root = parent.root
-            self.parent_id = parent.span_id
-        else:
-            self._begin_local_trace(parent)
-        self.span_id = _bits(64) or 1
-        self._status = "ok"
-        self._events = None
-        self.start_ns = _clock()
+        """Start the clock without making this span the current one (use `with` for that, or
+        autoinstr.trace.tracer.activate). Starting twice does nothing the second time."""
+        if not self.start_ns:
+            self.start_ns = _clock()
         return self
-
-    def _begin_local_trace(self, ctx: Optional[SpanContext]) -> None:
-        """This span starts the local part of a trace: a new one, or one continued from `ctx`."""
-        self.root = self
-        self._finished: Optional[List[Span]] = None
-        self.end_ns = 0
-        if ctx is None or not ctx.trace_id:  # a new trace (perhaps carrying incoming baggage)
-            trace_id = self._trace_id = _bits(128) or 1
-            self.parent_id = None
-            self._sampled = Sampling.decide(trace_id)
-            if ctx is not None and ctx.baggage:
-                self._baggage = ctx.baggage
-            return
-        self._trace_id = ctx.trace_id
-        self._sampled = ctx.sampled if ctx.sampled is not None else Sampling.decide(ctx.trace_id)
-        self._tracestate = ctx.tracestate
-        self._baggage = ctx.baggage
-        self.parent_id = ctx.span_id
 
     def finish(self, end_ns: int = 0) -> None:
         """End a span started with start() (not needed with `with`); a second call does nothing."""
