@@ -73,11 +73,35 @@ def _load() -> None:
 
     os.register_at_fork(before=before_fork, after_in_parent=after_fork_in_parent, after_in_child=after_fork_in_child)
     atexit.register(_at_exit)
+    if cfg.flush_on_sigterm:
+        _flush_on_sigterm()
     integrations.install(cfg.disabled_integrations)
     autoinstr.span = Span
     autoinstr._enabled = True
     _log.debug("agent loaded in pid %d: service=%s exporters=%s" % (os.getpid(), cfg.service_name,
                                                                        ",".join(cfg.exporters)))
+
+
+def _flush_on_sigterm() -> None:
+    """SIGTERM's default action kills the process without atexit, losing what is queued. While the app
+    has no SIGTERM handler of its own, ours flushes (with the usual deadline), then restores the default
+    action and sends the signal again: the process still dies of SIGTERM, with the same exit status."""
+    import _signal  # not `signal`: it imports enum, milliseconds of start-up
+
+    try:
+        if _signal.getsignal(_signal.SIGTERM) != _signal.SIG_DFL:
+            return
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            try:
+                _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+                _at_exit()
+            finally:
+                os.kill(os.getpid(), _signal.SIGTERM)
+
+        _signal.signal(_signal.SIGTERM, on_sigterm)
+    except (ValueError, OSError):  # not the main thread, or no signals here
+        pass
 
 
 def exit_flush() -> None:

@@ -87,7 +87,8 @@ class Config:
         "enabled", "service_name", "exporters", "store_path", "jsonl_path", "collector_url", "otlp_endpoint",
         "zipkin_url", "statsd", "sample_rate", "rate_limit", "propagators", "disabled_integrations",
         "flush_interval", "max_queue_spans", "shutdown_timeout", "debug", "max_batch_spans",
-        "max_attributes", "max_attribute_length", "store_retention_hours", "store_max_mb", "sources", "warnings",
+        "max_attributes", "max_attribute_length", "store_retention_hours", "store_max_mb", "flush_on_sigterm",
+        "sources", "warnings",
         "_emit", "_env",
     )
 
@@ -99,6 +100,7 @@ class Config:
         self._env = e
         self.enabled = self._bool("AUTOINSTR_ENABLED", False)
         self.debug = self._bool("AUTOINSTR_DEBUG", False)
+        self.flush_on_sigterm = self._bool("AUTOINSTR_FLUSH_ON_SIGTERM", True)
         self.service_name = self._str(("AUTOINSTR_SERVICE_NAME", "OTEL_SERVICE_NAME"), "") or default_service_name()
         self.exporters = self._choices(("AUTOINSTR_EXPORTER", "OTEL_TRACES_EXPORTER"), EXPORTERS, ("local",),
                                        aliases={"otlp_proto_http": "otlp"})
@@ -244,6 +246,7 @@ class Config:
             ("AUTOINSTR_MAX_ATTRIBUTE_LENGTH", self.max_attribute_length),
             ("AUTOINSTR_STORE_RETENTION_HOURS", self.store_retention_hours),
             ("AUTOINSTR_STORE_MAX_MB", self.store_max_mb),
+            ("AUTOINSTR_FLUSH_ON_SIGTERM", self.flush_on_sigterm),
             ("AUTOINSTR_DEBUG", self.debug),
         ]
 

@@ -385,3 +385,32 @@ def test_several_processes_write_one_store_and_one_jsonl(sandbox):
         assert sorted(per_writer) == ["w0", "w1", "w2", "w3"]
         for values in per_writer.values():
             assert sorted(values) == list(range(500))
+
+
+OPENER = """
+import sys, time
+import autoinstr
+with autoinstr.span("opener", writer=sys.argv[1]):
+    pass
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+# exit now: the exit flush is every process's first export, all at the same instant (as gunicorn
+# workers do at shutdown), with one chance each within the exit deadline
+"""
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_processes_creating_a_new_store_at_the_same_instant(sandbox, round_):
+    """Store creation (WAL switch, schema) races between processes exiting together: every one must
+    get its span in."""
+    sandbox.write("opener.py", OPENER)
+    store = os.path.join(sandbox.dir, "fresh-%d.db" % round_)
+    env = sandbox.env(AUTOINSTR_STORE=store, AUTOINSTR_FLUSH_INTERVAL="3600")
+    start = time.time() + 1.5  # all eight export their first batch together, to a store none has made
+    procs = [sandbox.popen(["python", "opener.py", f"w{n}", repr(start)], env=env) for n in range(8)]
+    for rc, _, err in sandbox.wait_all(procs):
+        assert rc == 0, err
+        assert err == "", err
+    spans = sandbox.store_spans(store)
+    assert sorted(s["attributes"]["writer"] for s in spans) == sorted(f"w{n}" for n in range(8))

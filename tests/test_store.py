@@ -208,3 +208,36 @@ def test_several_connections_write_at_once(tmp_path):
     s = Store(path)
     assert s.count() == 4 * 200
     s.close()
+
+
+def _open_and_insert(path, barrier, n, errors):
+    from autoinstr.store import Store, StoreError
+
+    barrier.wait()
+    try:
+        store = Store(path)
+        store.insert([{"trace_id": "%032x" % (n + 1), "span_id": "%016x" % (n + 1), "parent_id": None,
+                       "name": "w", "kind": "internal", "service": "s", "start_ns": 1, "duration_ns": 1,
+                       "status": "ok", "attributes": {}, "events": []}])
+        store.close()
+    except StoreError as exc:
+        errors.put(str(exc))
+
+
+def test_processes_creating_one_new_store_at_once(tmp_path):
+    """WAL switch and schema creation race between processes opening a brand-new store together
+    (gunicorn workers exiting at once): none may fail with 'database is locked'."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    errors = ctx.Queue()
+    for round_ in range(20):
+        path = str(tmp_path / ("race-%d.db" % round_))
+        barrier = ctx.Barrier(8)
+        procs = [ctx.Process(target=_open_and_insert, args=(path, barrier, n, errors)) for n in range(8)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        assert errors.empty(), errors.get()
+        assert Store(path).count() == 8

@@ -153,6 +153,9 @@ class _ExporterSlot:
                 self.errors += 1
                 self.last_error = "%s: %s" % (type(exc).__name__, exc)
                 item[1] = attempts = attempts + 1
+                if final and attempts <= MAX_RETRIES:  # at exit: retry at once, a little later
+                    time.sleep(0.1 * attempts)     # (the exit deadline bounds all of it)
+                    continue
                 if attempts > MAX_RETRIES or final:
                     self.pending.pop(0)
                     self.pending_spans -= len(records)
@@ -282,7 +285,10 @@ class Pipeline:
     def _start_thread(self) -> bool:
         import threading
 
-        with self._lock:
+        # bounded: a signal handler (the SIGTERM flush) may interrupt the thread that holds the lock
+        if not self._lock.acquire(timeout=1.0):
+            return False
+        try:
             if self._thread is not None:
                 return self._thread.is_alive()
             self._wake = threading.Event()
@@ -292,6 +298,8 @@ class Pipeline:
             t = threading.Thread(target=self._run, name="autoinstr-flush", daemon=True)
             self._thread = t
             self._wake_at = self.batch
+        finally:
+            self._lock.release()
         try:
             t.start()
             return True

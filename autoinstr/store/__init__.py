@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import time
 
@@ -46,6 +47,11 @@ COLUMNS = ("trace_id", "span_id", "parent_id", "name", "kind", "service", "start
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
 
+def _is_busy(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
 class StoreError(Exception):
     """The store cannot be used (missing, newer schema, not a store)."""
 
@@ -59,20 +65,37 @@ class Store:
             folder = os.path.dirname(self.path)
             if folder and not os.path.isdir(folder):
                 os.makedirs(folder, mode=0o700, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                      check_same_thread=False)
-            self.db.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
-            if not readonly:
-                self._init_schema()
-            else:
-                self._check_version()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError("%s is not a usable span store: %s" % (self.path, exc))
+        if create and not os.path.exists(self.path):
+            try:  # spans may hold private data: the file is the user's alone
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            except OSError:
+                pass
+        # Several processes may open a new store at once (gunicorn workers): switching it to WAL and
+        # creating the schema can meet "database is locked" without SQLite's busy handler being asked,
+        # so opening is retried, within the same bound as the busy timeout.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                          check_same_thread=False)
+                self.db.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
+                if not readonly:
+                    self._init_schema()
+                else:
+                    self._check_version()
+                break
+            except sqlite3.OperationalError as exc:
+                self.close()
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise StoreError("%s is not a usable span store: %s" % (self.path, exc))
+                time.sleep(0.02 + random.random() * 0.05)
+            except sqlite3.DatabaseError as exc:
+                self.close()
+                raise StoreError("%s is not a usable span store: %s" % (self.path, exc))
         self._last_retention = 0.0
 
     def _init_schema(self) -> None:
-        mode = self.db.execute("PRAGMA journal_mode").fetchone()[0]
+        mode = self.db.execute("PRAGMA journal_mode").fetchall()[0][0]
         if str(mode).lower() != "wal":
             self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
@@ -96,9 +119,12 @@ class Store:
 
     def _version(self) -> Optional[int]:
         try:
-            row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.OperationalError:
+            rows = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise
             return None
+        row = rows[0] if rows else None
         return int(row[0]) if row else None
 
     def _check_version(self) -> None:

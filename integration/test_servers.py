@@ -1,0 +1,141 @@
+"""Real servers under the launcher: every worker process gunicorn or `flask run` starts loads the agent.
+
+The apps use only the custom-span API (web framework integrations are a separate issue): each request
+makes a span in whichever process serves it, and the stored spans must come from the worker processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+APP = """
+import os
+import autoinstr
+
+def app(environ, start_response):
+    with autoinstr.span("handle " + environ["PATH_INFO"], pid=os.getpid()):
+        body = ("served by %d" % os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+FLASK_APP = """
+import os
+import autoinstr
+from flask import Flask
+
+app = Flask(__name__)
+
+@app.route("/hello")
+def hello():
+    with autoinstr.span("flask-hello", pid=os.getpid()):
+        return "served by %d" % os.getpid()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, path: str) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        return resp.read().decode()
+    finally:
+        conn.close()
+
+
+def wait_ready(proc, port: int, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert proc.poll() is None, "server exited: %s" % proc.stderr.read()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("server did not listen on %d" % port)
+
+
+def stop(proc) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except Exception:
+        proc.kill()
+        raise
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
+def test_gunicorn_workers_load_the_agent(sandbox, preload):
+    sandbox.write("wsgiapp.py", APP)
+    port = free_port()
+    gunicorn = os.path.join(os.path.dirname(sandbox.PYTHON), "gunicorn")
+    args = [gunicorn, "-w", "2", "-b", "127.0.0.1:%d" % port, "--graceful-timeout", "5"]
+    args += ["--preload"] if preload else []
+    proc = sandbox.popen(args + ["wsgiapp:app"], env=sandbox.env(AUTOINSTR_SERVICE_NAME="gunicorn-app"))
+    try:
+        wait_ready(proc, port)
+        served = collections.Counter(get(port, "/r%d" % (i % 3)).split()[-1] for i in range(40))
+    finally:
+        stop(proc)
+    spans = sandbox.store_spans()
+    sandbox.assert_unique(spans)
+    assert len(spans) == 40, [s["name"] for s in spans]
+    assert {s["service"] for s in spans} == {"gunicorn-app"}
+    by_pid = collections.Counter(str(s["attributes"]["pid"]) for s in spans)
+    assert by_pid == served  # each worker exported exactly the requests it served
+    assert str(proc.pid) not in by_pid  # the master serves nothing; its workers do
+    assert {s["name"] for s in spans} == {"handle /r0", "handle /r1", "handle /r2"}
+
+
+def test_flask_run_loads_the_agent(sandbox):
+    sandbox.write("flaskapp.py", FLASK_APP)
+    port = free_port()
+    proc = sandbox.popen(["flask", "--app", "flaskapp", "run", "--port", str(port)], env=sandbox.env())
+    try:
+        wait_ready(proc, port)
+        for _ in range(5):
+            assert get(port, "/hello").startswith("served by")
+    finally:
+        stop(proc)
+    spans = sandbox.store_spans()
+    assert [s["name"] for s in spans] == ["flask-hello"] * 5
+    assert {s["service"] for s in spans} == {"flask"}  # the command's name, by default
+
+
+SLEEPER = """
+import sys, time
+import autoinstr
+for i in range(50):
+    with autoinstr.span("before-sigterm", i=i):
+        pass
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("flush", ["true", "false"])
+def test_sigterm_flushes_then_dies_of_sigterm(sandbox, flush):
+    """With no SIGTERM handler of the app's, the agent flushes what is queued, then the process still
+    dies of SIGTERM (same exit status as without the agent). AUTOINSTR_FLUSH_ON_SIGTERM=false opts out."""
+    sandbox.write("sleeper.py", SLEEPER)
+    proc = sandbox.popen(["python", "sleeper.py"], env=sandbox.env(AUTOINSTR_FLUSH_INTERVAL="3600",
+                                                                   AUTOINSTR_FLUSH_ON_SIGTERM=flush))
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == -signal.SIGTERM
+    spans = sandbox.store_spans() if os.path.exists(sandbox.store) else []
+    assert len(spans) == (50 if flush == "true" else 0)
