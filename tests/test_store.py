@@ -174,8 +174,9 @@ def test_local_exporter_writes_store(tmp_path):
     exp = LocalStoreExporter(Config({"AUTOINSTR_STORE": str(path)}, emit_warnings=False))
     assert exp.probe()[0] is True
     assert exp.destination() == str(path)
-    exp.export([rec(1, 1), rec(1, 2, parent=1)])
-    exp.export([rec(1, 2, parent=1)])  # a retry of a stored span
+    first, second = rec(1, 1), rec(1, 2, parent=1)
+    exp.export([first, second])
+    exp.export([dict(second)])  # a retry of a stored span: the same record again
     exp.shutdown()
     s = Store(str(path), create=False, readonly=True)
     assert s.count() == 2
@@ -241,3 +242,21 @@ def test_processes_creating_one_new_store_at_once(tmp_path):
             p.join(30)
         assert errors.empty(), errors.get()
         assert Store(path).count() == 8
+
+
+def test_trace_key_uses_the_low_64_bits():
+    """64-bit trace ids (B3) arrive zero-padded on the left: the index key must still tell them apart."""
+    from autoinstr.store import trace_key
+
+    assert trace_key("0" * 16 + "00000000000000ff") == 255
+    assert trace_key("0" * 16 + "ffffffffffffffff") == -1  # SQLite INTEGER is signed 64-bit
+    assert trace_key("0" * 16 + "1" * 16) != trace_key("0" * 16 + "2" * 16)
+    assert trace_key("not hex") == 0
+
+
+def test_zero_padded_trace_ids_are_stored_and_found_apart(store):
+    now = time.time_ns()
+    store.insert([rec(0xA1, 1, name="a", start_ns=now), rec(0xB2, 1, name="b", start_ns=now)])
+    assert [r["name"] for r in store.spans(trace_id="%032x" % 0xA1)] == ["a"]
+    assert [r["name"] for r in store.spans(trace_id="%032x" % 0xB2)] == ["b"]
+    assert store.count() == 2  # same span id and start, different traces: two spans

@@ -46,6 +46,14 @@ def _text(value: Any, limit: int) -> str:
     return value if len(value) <= limit else value[:limit]
 
 
+def _big_int(value: int) -> str:
+    """Beyond int64 no exporter can carry it as a number; as text, within Python's digit limit."""
+    try:
+        return str(value)
+    except ValueError:  # more digits than int-to-str allows
+        return "<int of %d bits>" % value.bit_length()
+
+
 def clean_value(value: Any, limit: int) -> Any:
     """A JSON-, msgpack- and OTLP-safe attribute value: str, bool, int64, finite float, or a list of them."""
     cls = value.__class__
@@ -54,7 +62,7 @@ def clean_value(value: Any, limit: int) -> Any:
     if cls is bool:
         return value
     if cls is int:
-        return value if _INT64_MIN <= value <= _INT64_MAX else str(value)
+        return value if _INT64_MIN <= value <= _INT64_MAX else _big_int(value)
     if cls is float:
         return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
     if isinstance(value, (list, tuple)):
@@ -70,19 +78,35 @@ def clean_value(value: Any, limit: int) -> Any:
 
 
 def clean_attributes(attrs: Dict[Any, Any], max_count: int, limit: int) -> Dict[str, Any]:
+    """Bounded, exportable attributes. The common cases (short ASCII strings, ints, bools) are checked
+    inline: this runs once per span on the flush thread, which shares the GIL with the app."""
     out: Dict[str, Any] = {}
     try:
         items = list(attrs.items())
     except Exception:
         return out
-    for key, value in items[:max_count]:
-        key = key if key.__class__ is str and len(key) <= MAX_KEY_LENGTH else _text(key, MAX_KEY_LENGTH)
-        if value is None:
+    if len(items) > max_count:
+        items = items[:max_count]
+    for key, value in items:
+        if key.__class__ is not str or len(key) > MAX_KEY_LENGTH:
+            key = _text(key, MAX_KEY_LENGTH)
+        cls = value.__class__
+        if cls is str:
+            if len(value) > limit or not value.isascii():
+                value = _text(value, limit)
+        elif cls is int:
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                value = _big_int(value)
+        elif cls is bool:
+            pass
+        elif value is None:
             continue
-        try:
-            out[key] = clean_value(value, limit)
-        except Exception:
-            out[key] = "<unserializable>"
+        else:
+            try:
+                value = clean_value(value, limit)
+            except Exception:
+                value = "<unserializable>"
+        out[key] = value
     return out
 
 
