@@ -414,3 +414,42 @@ def test_processes_creating_a_new_store_at_the_same_instant(sandbox, round_):
         assert err == "", err
     spans = sandbox.store_spans(store)
     assert sorted(s["attributes"]["writer"] for s in spans) == sorted(f"w{n}" for n in range(8))
+
+
+C_FORK = """
+import ctypes, os, sys, time
+import autoinstr
+
+libc = ctypes.CDLL(None, use_errno=True)
+for i in range(30):
+    with autoinstr.span("parent-before", i=i):
+        pass
+autoinstr.flush()          # the flush thread is running when we fork
+for i in range(30):
+    with autoinstr.span("parent-queued", i=i):  # queued, not yet exported, at fork time
+        pass
+time.sleep(0.05)
+pid = libc.fork()          # fork() from C, as a server written in C may: no os.register_at_fork hooks
+if pid == 0:
+    for i in range(20):
+        with autoinstr.span("c-child", i=i):
+            pass
+    sys.exit(0)
+os.waitpid(pid, 0)
+# (no new spans in the parent: its id generator was not reseeded either, see the pipeline's pid check)
+"""
+
+
+def test_fork_from_c_is_caught_by_the_pid_check(sandbox):
+    """A fork that skips Python's at-fork hooks: the child still exports its own spans (and none of the
+    parent's), and exits without waiting out the shutdown deadline on a flush thread it does not have."""
+    sandbox.write("cfork.py", C_FORK)
+    started = time.monotonic()
+    proc = sandbox.run(["python", "cfork.py"], env=sandbox.env(AUTOINSTR_FLUSH_INTERVAL="3600"))
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    spans = sandbox.store_spans()
+    sandbox.assert_unique(spans)
+    counts = collections.Counter(s["name"] for s in spans)
+    assert counts == {"parent-before": 30, "parent-queued": 30, "c-child": 20}, counts
+    assert elapsed < 2.0 + 3.0  # no wait of the full shutdown deadline (2 s) in the child on top

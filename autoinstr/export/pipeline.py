@@ -37,6 +37,20 @@ BACKOFF_MAX = 30.0
 EARLY_FLUSH_DUTY = 0.25  # share of wall time early flushes may use; the rest waits for the interval
 
 
+def _process_start_mono_ns() -> Optional[int]:
+    """When this process started, on the perf_counter_ns clock (CLOCK_MONOTONIC: since boot, as
+    /proc/self/stat counts, to a clock tick), or None where that cannot be read."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of stat(5); the split starts at field 3
+        hz = os.sysconf("SC_CLK_TCK")
+        started = ticks * 1_000_000_000 // hz
+        return started if 0 < started <= time.perf_counter_ns() else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class _ExporterSlot:
     """One exporter with its own retry queue and counters, so a retried batch is re-sent only where it
     failed. With several exporters each slot sends from a thread of its own: one that hangs or backs off
@@ -206,6 +220,7 @@ class Pipeline:
         self.max_attributes = max_attributes
         self.max_attribute_length = max_attribute_length
         self._exporter_factory = exporter_factory
+        self._pid = os.getpid()
         self._setup_lock = allocate_lock()  # exporters import modules (sqlite3...) while it is held
         self._fork_held: List[Any] = []
         self._slots: Optional[List[_ExporterSlot]] = None  # built on the flush thread, at first use
@@ -274,6 +289,8 @@ class Pipeline:
             self._wake_up()
 
     def _wake_up(self) -> None:
+        if self._pid != os.getpid():
+            self._forked_behind_our_back()
         if self._thread is None:
             self._start_thread()
         elif self._queued >= self.batch and not self._wake_pending:
@@ -397,6 +414,8 @@ class Pipeline:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Export what is finished now, waiting at most `timeout` s; True if it was done in time."""
+        if self._pid != os.getpid():
+            self._forked_behind_our_back()
         if self._thread is None:
             if not self._buffer:
                 return True
@@ -427,6 +446,8 @@ class Pipeline:
         """At exit: the flush thread exports everything and stops; we wait at most `timeout` seconds
         (default AUTOINSTR_SHUTDOWN_TIMEOUT), a hard deadline. True if it finished in time."""
         deadline = self.shutdown_timeout if timeout is None else timeout
+        if self._pid != os.getpid():
+            self._forked_behind_our_back()
         if self._thread is None and not self._buffer:
             return True
         if self._thread is None and not self._start_thread():
@@ -459,7 +480,27 @@ class Pipeline:
         for lock in held:
             lock.release()
 
+    def _forked_behind_our_back(self) -> None:
+        """The pid check: a fork that skipped os.register_at_fork (a C extension or server calling fork()
+        itself) left us the parent's buffer and a flush thread that does not exist here. Reset as after
+        a fork; the parent's spans are told apart by the time this process started (Linux), or else
+        everything queued so far is left to the parent. Ids drawn in the child before this check may
+        repeat the parent's next ones (the generator is reseeded only now): such forks stay an edge case,
+        servers that fork from C (uWSGI) run the at-fork hooks through PyOS_AfterFork_Child."""
+        _log.debug("fork without at-fork handlers detected in pid %d; the pipeline restarts" % os.getpid())
+        started = _process_start_mono_ns()
+        buffer = self._buffer
+        from autoinstr.trace.span import _Ids
+
+        _Ids.reseed()
+        self.after_fork_in_child()
+        if started is not None:
+            self._not_before_ns = started
+            self._buffer = buffer
+            self._queued = sum(len(x) if x.__class__ is list else 1 for x in list(buffer))
+
     def after_fork_in_child(self) -> None:
+        self._pid = os.getpid()
         self._fork_held = []
         self._setup_lock = allocate_lock()
         self._init_process_state()
