@@ -10,13 +10,26 @@ if TYPE_CHECKING:
     from typing import Dict, List
 
 
+def _service_of(command: List[str]) -> str:
+    """The default service name the command's processes will get."""
+    from autoinstr.config import default_service_name
+
+    if not command:
+        return "(the script or module each process runs)"
+    if os.path.basename(command[0]).startswith("python"):
+        return default_service_name(command)
+    return os.path.basename(command[0])
+
+
 def print_info(env: Dict[str, str], command: List[str]) -> int:
     from autoinstr import __version__, integrations
     from autoinstr.config import Config
     from autoinstr.export.base import EXPORTERS, create_exporters
 
     out = sys.stdout
-    cfg = Config(env)
+    cfg = Config(env, emit_warnings=False)  # listed below instead
+    if not (env.get("AUTOINSTR_SERVICE_NAME") or env.get("OTEL_SERVICE_NAME")):
+        cfg.service_name = _service_of(command)
     out.write("autoinstr %s (Python %s, %s)\n" % (__version__, sys.version.split()[0], sys.executable))
     out.write("start-up hook: %s (%s)\n" % (env.get("PYTHONPATH", "").split(os.pathsep)[0],
                                             "present" if os.path.isfile(os.path.join(
@@ -36,11 +49,13 @@ def print_info(env: Dict[str, str], command: List[str]) -> int:
     disabled = cfg.disabled_integrations
     for row in integrations.status():
         state = "disabled (AUTOINSTR_DISABLED_INTEGRATIONS)" if row["name"] in disabled else "enabled"
-        out.write("  %-12s %-16s %-10s on import of %s\n" % (row["name"], row["version"], state,
+        out.write("  %-16s %-14s %-10s on import of %s\n" % (row["name"], row["version"], state,
                                                             ", ".join(row["triggers"])))
 
     out.write("\nexporters:\n")
-    for exporter in create_exporters(cfg):
+    quiet = Config(env, emit_warnings=False)
+    quiet.exporters = tuple(n for n in cfg.exporters if n in EXPORTERS)  # the others are listed below
+    for exporter in create_exporters(quiet):
         try:
             ok, detail = exporter.probe()
         except Exception as exc:
