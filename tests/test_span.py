@@ -457,3 +457,16 @@ def test_import_autoinstr_imports_no_heavy_modules():
                          env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[] 1"
+
+
+def test_misuse_of_the_api_never_raises(collected):
+    """Bad input to the span API is dropped (one warning at most), never raised into the app."""
+    with Span("bad-parent", parent=object()) as s:  # neither a span, a SpanContext nor None
+        s.set_attribute(["unhashable"], 1)
+        s.set_attributes(None)  # type: ignore[arg-type]
+        s.add_event("ev", attributes=42)  # type: ignore[arg-type]
+        s.set_attribute("ok", 1)
+    assert s.parent_id is None and s.trace_id  # a new trace was started
+    assert s.attributes == {"ok": 1}
+    assert s.events and s.events[0]["name"] == "ev" and s.events[0]["attributes"] == {}
+    assert len(collected) == 1

@@ -210,13 +210,26 @@ class Span:
             if not root._sampled:
                 return
             self.parent_id = parent.span_id
-        else:
+        elif isinstance(parent, SpanContext):
             self._continue_remote(parent)
+            if not self._sampled:
+                return
+        else:
+            self._bad_parent(parent, name)
             if not self._sampled:
                 return
         self.span_id = _bits(64) or 1
         self._status = "ok"
         self._events = None
+
+    def _bad_parent(self, parent: Any, name: Any) -> None:
+        """`parent=` got something that is neither a span, a SpanContext nor None: start a new trace
+        (with one warning) rather than raise into the app."""
+        from autoinstr import _log
+
+        _log.warn_once("bad-parent", "span %r: parent=%r is not a span, a SpanContext or None; a new trace is "
+                       "started instead" % (name, type(parent).__name__))
+        self._continue_remote(SpanContext(0, 0))
 
     def _continue_remote(self, ctx: SpanContext) -> None:
         """This span starts the local part of a trace continued from `ctx` (extracted from headers); a
@@ -364,12 +377,21 @@ class Span:
         return (self.end_ns or _clock()) - self.start_ns
 
     def set_attribute(self, key: str, value: Any) -> None:
+        """Set an attribute (kept up to AUTOINSTR_MAX_ATTRIBUTES; values are made exportable later, on the
+        flush thread). A key that cannot be one (unhashable) is ignored, never raised to the app."""
         attrs = self.attributes
-        if key in attrs or len(attrs) < Limits.max_attributes:
-            attrs[key] = value
+        try:
+            if key in attrs or len(attrs) < Limits.max_attributes:
+                attrs[key] = value
+        except TypeError:
+            pass
 
     def set_attributes(self, attributes: Dict[str, Any]) -> None:
-        for key, value in attributes.items():
+        try:
+            items = list(attributes.items())
+        except Exception:
+            return
+        for key, value in items:
             self.set_attribute(key, value)
 
     def set_status(self, status: str, description: Optional[str] = None) -> None:
@@ -385,7 +407,11 @@ class Span:
         if events is None:
             events = self._events = []
         if len(events) < MAX_EVENTS:
-            events.append({"name": name, "time_mono_ns": time_ns or _clock(), "attributes": dict(attributes or {})})
+            try:
+                attrs = dict(attributes or {})
+            except Exception:  # not a mapping: the event is kept, its attributes are not
+                attrs = {}
+            events.append({"name": name, "time_mono_ns": time_ns or _clock(), "attributes": attrs})
 
     def record_exception(self, exc: BaseException, escaped: bool = True, time_ns: int = 0) -> None:
         """Status error, error.type and exception.message attributes, and an `exception` event with the stack."""
