@@ -360,3 +360,26 @@ def test_after_fork_in_child_starts_empty(make_pipeline, tmp_path):
     assert p.flush(timeout=5)
     assert sorted(r["name"] for r in mem.records) == ["exported-before-fork-0", "open-across-fork",
                                                       "queued-in-parent-0", "queued-in-parent-1"]
+
+
+def test_chunks_group_local_traces_without_losing_any():
+    from autoinstr.export.pipeline import _chunks
+
+    batches = [["a"] * 3, ["b"] * 4, ["c"] * 2500, ["d"] * 1]
+    chunks = _chunks(batches, 1000)  # type: ignore[arg-type]
+    flat = [x for chunk in chunks for spans in chunk for x in spans]
+    assert sorted(flat) == sorted(x for spans in batches for x in spans)
+    assert all(sum(len(s) for s in chunk) <= 1000 for chunk in chunks)
+    assert _chunks([], 1000) == []
+
+
+def test_exit_flush_of_a_large_backlog_exports_in_chunks(make_pipeline):
+    """A backlog far larger than a batch reaches the exporter batch by batch, so an exit deadline that
+    cuts it short loses only the part it did not reach."""
+    mem = MemoryExporter()
+    p = make_pipeline(mem)
+    for i in range(30):
+        p.submit(finished_spans(100, "b%d" % i))
+    assert p.shutdown(timeout=10)
+    assert len(mem.records) == 3000
+    assert max(len(b) for b in mem.batches) <= p.batch

@@ -37,6 +37,26 @@ BACKOFF_MAX = 30.0
 EARLY_FLUSH_DUTY = 0.25  # share of wall time early flushes may use; the rest waits for the interval
 
 
+def _chunks(batches: List[List[Span]], size: int) -> List[List[List[Span]]]:
+    """Group local traces into chunks of about `size` spans (a local trace is never split)."""
+    out: List[List[List[Span]]] = []
+    current: List[List[Span]] = []
+    count = 0
+    for spans in batches:
+        if len(spans) > size:  # the singles list can be long: cut it (its spans are independent)
+            for i in range(0, len(spans), size):
+                out.append([spans[i:i + size]])
+            continue
+        if count + len(spans) > size and current:
+            out.append(current)
+            current, count = [], 0
+        current.append(spans)
+        count += len(spans)
+    if current:
+        out.append(current)
+    return out
+
+
 def _process_start_mono_ns() -> Optional[int]:
     """When this process started, on the perf_counter_ns clock (CLOCK_MONOTONIC: since boot, as
     /proc/self/stat counts, to a clock tick), or None where that cannot be read."""
@@ -386,29 +406,40 @@ class Pipeline:
             slot.finish()
 
     def flush_once(self, final: bool = False) -> None:
-        """Export what is queued now, and retry what is due (everything, once, when final)."""
+        """Export what is queued now, and retry what is due (everything, once, when final).
+
+        Work goes in chunks of about a batch: converted, then handed to the exporters, chunk after
+        chunk. A deadline (the exit's) that cuts a large backlog short loses only what it did not reach."""
         batches = self._take()
         if not self.slots:  # `none`: nothing to convert for
             self.flushes += 1
             return
         try:
-            errors: List[str] = []
-            records = records_of(batches, self.service, self.max_attributes, self.max_attribute_length,
-                                 self._not_before_ns, errors)
-            if errors:
-                self.dropped_conversion += len(errors)
-                _log.warn_once("record-conversion", "could not convert a span for export (%s); it is dropped "
-                               "and counted" % errors[0])
-            self.flushes += 1
-            now = time.monotonic()
             slots = self.slots
-            for slot in slots:
-                if len(slots) > 1 and slot.thread is None and not final:
-                    slot.start_thread()
-                if records:
-                    slot.offer(records)
-                if slot.thread is None and not final:
-                    slot.pump(now)
+            if not final:
+                for slot in slots:
+                    if len(slots) > 1 and slot.thread is None:
+                        slot.start_thread()
+            for chunk in _chunks(batches, self.batch):
+                errors: List[str] = []
+                records = records_of(chunk, self.service, self.max_attributes, self.max_attribute_length,
+                                     self._not_before_ns, errors)
+                if errors:
+                    self.dropped_conversion += len(errors)
+                    _log.warn_once("record-conversion", "could not convert a span for export (%s); it is "
+                                   "dropped and counted" % errors[0])
+                now = time.monotonic()
+                for slot in slots:
+                    if records:
+                        slot.offer(records)
+                    if slot.thread is None:
+                        slot.pump(now, final)
+            if not batches:  # nothing new: still retry what is due
+                now = time.monotonic()
+                for slot in slots:
+                    if slot.thread is None:
+                        slot.pump(now, final)
+            self.flushes += 1
         except Exception as exc:  # the flush thread must survive anything
             _log.warn_once("flush-error", "flush failed: %s: %s" % (type(exc).__name__, exc))
 
