@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ def _load() -> None:
     Sink.submit_one = _pipeline.submit_one
 
     def before_fork() -> None:
+        _quiet_fork_warning_for_our_threads()
         if _pipeline is not None:
             _pipeline.before_fork()
 
@@ -80,6 +82,35 @@ def _load() -> None:
     autoinstr._enabled = True
     _log.debug("agent loaded in pid %d: service=%s exporters=%s" % (os.getpid(), cfg.service_name,
                                                                        ",".join(cfg.exporters)))
+
+
+_FORK_WARNING = r"This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks"
+_fork_filter: Any = None
+
+
+def _quiet_fork_warning_for_our_threads() -> None:
+    """Python 3.12+ warns when a process with threads forks. If the only other threads are the agent's
+    own, the warning would be the agent's doing, not the app's (and the agent makes its fork safe: see
+    Pipeline.before_fork), so it is silenced; an app with threads of its own still gets it. Decided
+    afresh before each fork (3.13 warns after the at-fork hooks have run, so the filter stays between)."""
+    global _fork_filter
+    threading = sys.modules.get("threading")
+    if threading is None or sys.version_info < (3, 12):
+        return
+    try:
+        import warnings
+
+        others = [t for t in threading.enumerate() if t is not threading.current_thread()]
+        ours_only = bool(others) and all(t.name.startswith("autoinstr-") for t in others)
+        if ours_only and _fork_filter is None:
+            warnings.filterwarnings("ignore", message=_FORK_WARNING, category=DeprecationWarning)
+            _fork_filter = warnings.filters[0]
+        elif not ours_only and _fork_filter is not None:
+            entry, _fork_filter = _fork_filter, None
+            warnings.filters.remove(entry)
+            warnings._filters_mutated()  # type: ignore[attr-defined]
+    except Exception:
+        pass
 
 
 def _flush_on_sigterm() -> None:

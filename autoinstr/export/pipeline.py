@@ -116,11 +116,18 @@ class _ExporterSlot:
             self._wake.set()
 
     def start_thread(self) -> None:
+        """Send from a thread of its own; where none can start (Python 3.12+ at interpreter exit), the
+        flush thread keeps sending for this exporter itself."""
         import threading
 
         self._wake = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="autoinstr-export-" + self.name, daemon=True)
-        self.thread.start()
+        thread = threading.Thread(target=self._run, name="autoinstr-export-" + self.name, daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:
+            self._wake = None
+            return
+        self.thread = thread
 
     def finish(self) -> None:
         """Final send (and exporter shutdown) on the sending thread; returns once it is done."""
@@ -340,7 +347,9 @@ class Pipeline:
         try:
             t.start()
             return True
-        except RuntimeError:  # interpreter shutting down
+        except RuntimeError:  # interpreter shutting down (3.12+: no new threads at exit)
+            self._thread = None
+            self._wake_at = 0
             return False
 
     def _take(self) -> List[List[Span]]:
@@ -481,8 +490,12 @@ class Pipeline:
             self._forked_behind_our_back()
         if self._thread is None and not self._buffer:
             return True
-        if self._thread is None and not self._start_thread():
-            return False
+        if (self._thread is None and not self._start_thread()) or not self._thread.is_alive():
+            # no flush thread and none can start now (spans made during interpreter exit): flush here
+            self._stopping = True
+            self._limit = -1
+            self._final_flush()
+            return True
         self._stopping = True
         self._limit = -1
         self._urgent.set()

@@ -131,7 +131,7 @@ _unsampled = count()
 
 def unsampled_count(reset: bool = False) -> int:
     global _unsampled
-    value = _unsampled.__reduce__()[1][0]
+    value = int(repr(_unsampled)[6:-1])  # "count(N)": the only public way to read a count
     if reset:
         _unsampled = count()
     return value
