@@ -50,7 +50,6 @@ def _load() -> None:
     _log.set_debug(cfg.debug)
     Sampling.configure(cfg.sample_rate, cfg.rate_limit)
     Limits.max_attributes = cfg.max_attributes
-    Limits.max_attribute_length = cfg.max_attribute_length
     # exporters are built on the flush thread, at first use: sqlite3, sockets and the like stay unloaded
     _pipeline = pipeline_module.Pipeline(lambda: create_exporters(cfg), cfg.service_name, cfg.flush_interval,
                          cfg.max_queue_spans, cfg.max_batch_spans, cfg.shutdown_timeout, cfg.max_attributes,

@@ -33,7 +33,7 @@ def _restore_trace_globals():
     """Sampling, limits, propagators and the sink back to their defaults after each test."""
     saved_submit = Sink.__dict__["submit"]
     saved_submit_one = Sink.__dict__.get("submit_one")
-    saved_limits = (Limits.max_attributes, Limits.max_attribute_length)
+    saved_limits = Limits.max_attributes
     saved_propagators = propagation.Propagators.names
     Sampling.configure(1.0, 0.0)
     yield
@@ -42,7 +42,7 @@ def _restore_trace_globals():
     if saved_submit_one is not None:
         Sink.submit_one = saved_submit_one
     span_module.unsampled_count(reset=True)
-    Limits.max_attributes, Limits.max_attribute_length = saved_limits
+    Limits.max_attributes = saved_limits
     propagation.Propagators.names = saved_propagators
 
 

@@ -455,8 +455,9 @@ def _format_stack(exc: BaseException) -> str:
 
 
 class Limits:
+    """What set_attribute enforces on the request path (value lengths are bounded at export)."""
+
     max_attributes = 128
-    max_attribute_length = 4096
 
 
 def current_span() -> Optional[Span]:
