@@ -207,8 +207,10 @@ class Span:
             self.parent_id = None
         elif parent.__class__ is Span:
             root = self.root = parent.root
-            if not root._sampled:
+            if not root._sampled:  # every span keeps the decision: one load, not two, in enter and exit
+                self._sampled = False
                 return
+            self._sampled = True
             self.parent_id = parent.span_id
         elif isinstance(parent, SpanContext):
             self._continue_remote(parent)
@@ -271,12 +273,12 @@ class Span:
 
     def __enter__(self) -> Span:
         self._token = _set_current(self)
-        if self.root._sampled:  # an unsampled span takes no clock readings
+        if self._sampled:  # an unsampled span takes no clock readings
             self.start_ns = _clock()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        if self.root._sampled:
+        if self._sampled:
             self.end_ns = _clock()
             try:
                 _reset_current(self._token)
@@ -360,7 +362,7 @@ class Span:
 
     @property
     def sampled(self) -> bool:
-        return self.root._sampled
+        return self._sampled
 
     @property
     def trace_id(self) -> int:
