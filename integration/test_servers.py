@@ -1,7 +1,7 @@
 """Real servers under the launcher: every worker process gunicorn or `flask run` starts loads the agent.
 
-The apps use only the custom-span API (web framework integrations are a separate issue): each request
-makes a span in whichever process serves it, and the stored spans must come from the worker processes.
+Each request makes a custom span in whichever process serves it, under the server span the agent makes;
+the stored spans must come from the worker processes, each exactly once.
 """
 
 from __future__ import annotations
@@ -93,12 +93,18 @@ def test_gunicorn_workers_load_the_agent(sandbox, preload):
         stop(proc)
     spans = sandbox.store_spans()
     sandbox.assert_unique(spans)
-    assert len(spans) == 40, [s["name"] for s in spans]
     assert {s["service"] for s in spans} == {"gunicorn-app"}
-    by_pid = collections.Counter(str(s["attributes"]["pid"]) for s in spans)
+    custom = [s for s in spans if s["kind"] == "internal"]
+    servers = {s["span_id"]: s for s in spans if s["kind"] == "server"}
+    assert len(custom) == 40 and len(servers) == 40, [s["name"] for s in spans]
+    by_pid = collections.Counter(str(s["attributes"]["pid"]) for s in custom)
     assert by_pid == served  # each worker exported exactly the requests it served
     assert str(proc.pid) not in by_pid  # the master serves nothing; its workers do
-    assert {s["name"] for s in spans} == {"handle /r0", "handle /r1", "handle /r2"}
+    assert {s["name"] for s in custom} == {"handle /r0", "handle /r1", "handle /r2"}
+    # a bare WSGI app has no routes: its server spans are named by method alone, never by raw path
+    assert {s["name"] for s in servers.values()} == {"GET"}
+    assert all(c["parent_id"] in servers and servers[c["parent_id"]]["attributes"]["url.path"] == c["name"][7:]
+               for c in custom)
 
 
 def test_flask_run_loads_the_agent(sandbox):
@@ -112,7 +118,8 @@ def test_flask_run_loads_the_agent(sandbox):
     finally:
         stop(proc)
     spans = sandbox.store_spans()
-    assert [s["name"] for s in spans] == ["flask-hello"] * 5
+    names = collections.Counter(s["name"] for s in spans)
+    assert names == {"GET /hello": 5, "hello": 5, "flask-hello": 5}, names  # server, view, custom spans
     assert {s["service"] for s in spans} == {"flask"}  # the command's name, by default
 
 

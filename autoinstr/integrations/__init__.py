@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 INTEGRATIONS: Dict[str, Tuple[Tuple[str, ...], str, Optional[str]]] = {
     "futures": (("concurrent.futures.thread",), "autoinstr.integrations.futures", None),
     "multiprocessing": (("multiprocessing.process",), "autoinstr.integrations.multiprocessing", None),
+    # WSGI servers: the app they serve gets a server span per request (autoinstr.integrations._wsgi)
+    "gunicorn": (("gunicorn.app.base",), "autoinstr.integrations.gunicorn", "gunicorn"),
+    "waitress": (("waitress.server",), "autoinstr.integrations.waitress", "waitress"),
+    "wsgiref": (("wsgiref.handlers",), "autoinstr.integrations.wsgiref", None),
+    "werkzeug": (("werkzeug.serving",), "autoinstr.integrations.werkzeug", "werkzeug"),
+    # WSGI frameworks: route names for the server span, view spans
+    "flask": (("flask.app",), "autoinstr.integrations.flask", "flask"),
+    "bottle": (("bottle",), "autoinstr.integrations.bottle", "bottle"),
 }
 
 # --------------------------------------------------------------------------- suppression

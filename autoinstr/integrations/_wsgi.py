@@ -1,0 +1,344 @@
+"""The shared WSGI mechanism: one server span per request, for any WSGI app on any server.
+
+Servers and frameworks wrap their application with `wrap_app` (idempotent: the outermost wrapper makes the
+span, inner ones pass through). The span:
+- continues the trace of the incoming headers (the configured propagators), or starts a new one;
+- is named `METHOD` until a framework integration names it after its route (`set_route`), never after
+  the raw path; names are drawn from a bounded pool per process (overflow: `other`, counted);
+- ends when the response body is exhausted or closed, not when the app returns, so streaming responses
+  are timed whole; close() is forwarded, len() kept (servers use it for Content-Length), and a
+  wsgi.file_wrapper response is returned as is (servers send it with sendfile) with its close() hooked;
+- records an exception from the app (re-raised unchanged), and marks 5xx responses as errors.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from autoinstr.integrations import is_suppressed
+from autoinstr.trace.propagation import extract
+from autoinstr.trace.span import Span, current_span_var
+
+ENVIRON_KEY = "autoinstr.span"
+KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
+_SECRET_KEY = re.compile(r"pass|pwd|token|key|secret|auth|session|credential|signature|sig$|code", re.I)
+_set_current = current_span_var.set
+_reset_current = current_span_var.reset
+
+
+def _environ_header(environ: Dict[str, Any], name: str) -> Optional[str]:
+    key = "HTTP_" + name.upper().replace("-", "_")
+    value = environ.get(key)
+    return value if isinstance(value, str) else None
+
+
+def redact_query(query: str) -> str:
+    """The query string with the values of secret-looking keys replaced by REDACTED."""
+    if not query:
+        return query
+    parts = []
+    for part in query.split("&"):
+        key, eq, _value = part.partition("=")
+        if eq and _SECRET_KEY.search(key):
+            parts.append(key + "=REDACTED")
+        else:
+            parts.append(part)
+    return "&".join(parts)
+
+
+# ----------------------------------------------------------------------------------- names
+
+class NamePool:
+    """At most `limit` distinct span names per process: a route template explosion (or a framework that
+    puts ids in routes) cannot flood the backend. Overflow is named `other` and counted."""
+
+    limit = 500
+    names: set = set()
+    overflow = 0
+
+    @classmethod
+    def name(cls, candidate: str) -> str:
+        names = cls.names
+        if candidate in names:
+            return candidate
+        if len(names) < cls.limit:
+            names.add(candidate)
+            return candidate
+        cls.overflow += 1
+        return "other"
+
+
+def set_route(route: str, environ: Optional[Dict[str, Any]] = None, span: Any = None) -> None:
+    """A framework matched `route` (the template, e.g. /users/<int:id>): name the server span after it."""
+    try:
+        if span is None:
+            span = environ.get(ENVIRON_KEY) if environ is not None else None
+        if not isinstance(span, Span) or not span.sampled:
+            return
+        method = span.attributes.get("http.request.method", "GET")
+        span.name = NamePool.name("%s %s" % (method, route))
+        span.attributes["http.route"] = route
+    except Exception:
+        pass
+
+
+def server_span(environ: Optional[Dict[str, Any]]) -> Optional[Span]:
+    span = environ.get(ENVIRON_KEY) if isinstance(environ, dict) else None
+    return span if isinstance(span, Span) else None
+
+
+# -------------------------------------------------------------------------------- the wrapper
+
+def wrap_app(app: Any) -> Any:
+    """`app` traced (the same object back if it already is)."""
+    if app is None or isinstance(app, TracedApp) or getattr(app, "__autoinstr_wsgi__", False):
+        return app
+    return TracedApp(app)
+
+
+class TracedApp:
+    """A WSGI app that makes the server span; everything else is the wrapped app's (attributes pass
+    through, so `app.config` and the like still work on the wrapper)."""
+
+    __autoinstr_wsgi__ = True
+
+    def __init__(self, app: Any) -> None:
+        self.__dict__["_autoinstr_app"] = app
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_autoinstr_app"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.__dict__["_autoinstr_app"], name, value)
+
+    def __repr__(self) -> str:
+        return "<autoinstr traced %r>" % (self.__dict__["_autoinstr_app"],)
+
+    def __call__(self, environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        return call_traced(self.__dict__["_autoinstr_app"], environ, start_response)
+
+
+def call_traced(app: Callable[..., Any], environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    """Run one WSGI call of `app` inside a server span (unless an outer wrapper already made one)."""
+    if ENVIRON_KEY in environ or is_suppressed():
+        return app(environ, start_response)
+    try:
+        token, state = _begin(environ, start_response)
+    except Exception:  # the agent failing must not fail the request
+        return app(environ, start_response)
+    try:
+        result = app(environ, state.start_response)
+    except BaseException as exc:
+        _reset(token)
+        state.fail(exc)
+        raise
+    _reset(token)
+    return state.body(result, environ)
+
+
+def wsgi_call_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+    """A wrapt wrapper for a framework's `__call__(environ, start_response)`: apps served by a server we
+    do not know still get their server span."""
+    if len(args) != 2 or kwargs:
+        return wrapped(*args, **kwargs)
+    return call_traced(wrapped, args[0], args[1])
+
+
+def wrap_app_argument(position: int, name: str) -> Callable[..., Any]:
+    """A wrapt wrapper that wraps the WSGI app passed to a server function at `position` (or as `name`)."""
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            if name in kwargs:
+                kwargs = dict(kwargs, **{name: wrap_app(kwargs[name])})
+            elif len(args) > position:
+                args = args[:position] + (wrap_app(args[position]),) + args[position + 1:]
+        except Exception:
+            pass
+        return wrapped(*args, **kwargs)
+
+    return wrapper
+
+
+def _reset(token: Any) -> None:
+    try:
+        _reset_current(token)
+    except ValueError:
+        _set_current(None)
+
+
+def _begin(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Tuple[Any, _Request]:
+    ctx = extract(environ, _environ_header)
+    raw_method = environ.get("REQUEST_METHOD") or "GET"
+    method = raw_method if raw_method in KNOWN_METHODS else "_OTHER"
+    span = Span(method, kind="server", parent=ctx)
+    environ[ENVIRON_KEY] = span
+    if span.sampled:
+        attrs = span.attributes
+        attrs["http.request.method"] = method
+        if method == "_OTHER":
+            attrs["http.request.method_original"] = raw_method
+        attrs["url.path"] = environ.get("PATH_INFO") or "/"
+        attrs["url.scheme"] = environ.get("wsgi.url_scheme") or "http"
+        query = environ.get("QUERY_STRING")
+        if query:
+            attrs["url.query"] = redact_query(query)
+        host, port = _server_of(environ)
+        if host:
+            attrs["server.address"] = host
+        if port:
+            attrs["server.port"] = port
+        client = environ.get("REMOTE_ADDR")
+        if client:
+            attrs["client.address"] = client
+        agent = environ.get("HTTP_USER_AGENT")
+        if agent:
+            attrs["user_agent.original"] = agent
+        length = environ.get("CONTENT_LENGTH")
+        if length and length.isdigit():
+            attrs["http.request.body.size"] = int(length)
+        protocol = environ.get("SERVER_PROTOCOL") or ""
+        if protocol.startswith("HTTP/"):
+            attrs["network.protocol.version"] = protocol[5:]
+    state = _Request(span, start_response)
+    span.start()
+    token = _set_current(span)
+    return token, state
+
+
+def _server_of(environ: Dict[str, Any]) -> Tuple[str, int]:
+    """server.address and server.port as the client addressed them (Host header), else the server's own."""
+    host = environ.get("HTTP_HOST") or ""
+    if host:
+        if host.startswith("["):  # [v6 address]:port
+            name, _, rest = host[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else ""
+        elif host.count(":") == 1:
+            name, _, port = host.partition(":")
+        else:
+            name, port = host, ""
+        return name, int(port) if port.isdigit() else _default_port(environ)
+    port = str(environ.get("SERVER_PORT") or "")
+    return str(environ.get("SERVER_NAME") or ""), int(port) if port.isdigit() else 0
+
+
+def _default_port(environ: Dict[str, Any]) -> int:
+    return 443 if environ.get("wsgi.url_scheme") == "https" else 80
+
+
+class _Request:
+    """One request's span bookkeeping: the status from start_response, the end of the body."""
+
+    __slots__ = ("span", "real_start_response", "status_code", "done")
+
+    def __init__(self, span: Span, start_response: Callable[..., Any]) -> None:
+        self.span = span
+        self.real_start_response = start_response
+        self.status_code = 0
+        self.done = False
+
+    def start_response(self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
+        try:
+            code = int(str(status)[:3])
+            self.status_code = code
+            span = self.span
+            if span.sampled:
+                span.attributes["http.response.status_code"] = code
+                if code >= 500:
+                    span.set_status("error")
+                    span.attributes.setdefault("error.type", str(code))
+                for name, value in headers:
+                    if name.lower() == "content-length" and str(value).isdigit():
+                        span.attributes["http.response.body.size"] = int(value)
+        except Exception:
+            pass
+        if exc_info is not None:  # as the server's own start_response would: re-raise if already sent
+            return self.real_start_response(status, headers, exc_info)
+        return self.real_start_response(status, headers)
+
+    def fail(self, exc: BaseException) -> None:
+        span = self.span
+        span.record_exception(exc)
+        if span.sampled and not self.status_code:
+            span.attributes["http.response.status_code"] = 500
+        self.finish()
+
+    def finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self.span.finish()
+
+    def body(self, result: Any, environ: Dict[str, Any]) -> Any:
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
+            return self._hook_close(result)  # keep the server's sendfile path
+        if hasattr(result, "__len__"):
+            return _SizedBody(result, self)
+        return _Body(result, self)
+
+    def _hook_close(self, result: Any) -> Any:
+        original = getattr(result, "close", None)
+
+        def close() -> None:
+            try:
+                if original is not None:
+                    original()
+            finally:
+                self.finish()
+        try:
+            result.close = close
+        except Exception:
+            self.finish()  # cannot know when it ends: end the span now rather than never
+        return result
+
+
+class _Body:
+    """The app's response iterable, timed: the span ends when it is exhausted or closed. While the
+    server pulls chunks, the request's span is current, so spans made by a streaming generator are its
+    children."""
+
+    __slots__ = ("_result", "_request", "_iterator")
+
+    def __init__(self, result: Iterable[bytes], request: _Request) -> None:
+        self._result = result
+        self._request = request
+        self._iterator: Optional[Iterator[bytes]] = None
+
+    def __iter__(self) -> _Body:
+        return self
+
+    def __next__(self) -> bytes:
+        request = self._request
+        token = _set_current(request.span)
+        try:
+            if self._iterator is None:
+                self._iterator = iter(self._result)
+            return next(self._iterator)
+        except StopIteration:
+            request.finish()
+            raise
+        except BaseException as exc:
+            request.span.record_exception(exc)
+            request.finish()
+            raise
+        finally:
+            _reset(token)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._request.finish()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._result, name)
+
+
+class _SizedBody(_Body):
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self._result)  # type: ignore[arg-type]

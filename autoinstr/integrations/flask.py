@@ -1,0 +1,56 @@
+"""Flask: the server span is named after the matched route (`GET /users/<int:id>`), the view function
+runs in a child span of its own, and an exception from the view is recorded (Flask then answers 500).
+A Flask app served by a server autoinstr does not know is traced through Flask.__call__."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Callable
+
+from autoinstr.integrations._wrapping import unwrap, wrap
+from autoinstr.integrations._wsgi import server_span, set_route, wsgi_call_wrapper
+from autoinstr.trace.span import Span
+
+
+def _dispatch_request(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+    try:
+        from flask import request
+
+        span = server_span(request.environ)
+        rule = request.url_rule
+        if rule is None or request.routing_exception is not None:  # 404/405: no route, no view
+            return wrapped(*args, **kwargs)
+        set_route(rule.rule, span=span)
+        if span is None or not span.sampled:
+            return wrapped(*args, **kwargs)
+        view = instance.view_functions.get(request.endpoint)
+        name = getattr(view, "__qualname__", None) or str(request.endpoint or "view")
+        view_span = Span(name, **{"code.function": name}).__enter__()
+    except Exception:
+        return wrapped(*args, **kwargs)
+    try:
+        result = wrapped(*args, **kwargs)
+    except Exception as exc:
+        if not _is_client_error(exc):
+            view_span.record_exception(exc)
+            span.record_exception(exc)
+        view_span.__exit__(None, None, None)
+        raise
+    view_span.__exit__(None, None, None)
+    return result
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    """abort(404) and friends: an HTTP answer the app chose, not a failure."""
+    code = getattr(exc, "code", None)
+    return isinstance(code, int) and code < 500
+
+
+def patch(module: ModuleType) -> None:  # flask.app
+    wrap(module, "Flask.__call__", wsgi_call_wrapper)
+    wrap(module, "Flask.dispatch_request", _dispatch_request)
+
+
+def unpatch(module: ModuleType) -> None:
+    unwrap(module, "Flask.__call__")
+    unwrap(module, "Flask.dispatch_request")
