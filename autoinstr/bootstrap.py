@@ -162,6 +162,9 @@ def stats() -> Dict[str, Any]:
     out.update(_pipeline.stats())
     out["spans_unsampled"] = unsampled_count()
     out["spans_created"] = out["spans_sampled"] + out["spans_unsampled"]
+    wsgi = sys.modules.get("autoinstr.integrations._wsgi")
+    if wsgi is not None:  # span names beyond AUTOINSTR_MAX_SPAN_NAMES, named `other`
+        out["span_names_overflow"] = wsgi.NamePool.overflow
     return out
 
 

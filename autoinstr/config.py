@@ -88,6 +88,7 @@ class Config:
         "zipkin_url", "statsd", "sample_rate", "rate_limit", "propagators", "disabled_integrations",
         "flush_interval", "max_queue_spans", "shutdown_timeout", "debug", "max_batch_spans",
         "max_attributes", "max_attribute_length", "store_retention_hours", "store_max_mb", "flush_on_sigterm",
+        "trace_response_header", "max_span_names",
         "sources", "warnings",
         "_emit", "_env",
     )
@@ -101,6 +102,8 @@ class Config:
         self.enabled = self._bool("AUTOINSTR_ENABLED", False)
         self.debug = self._bool("AUTOINSTR_DEBUG", False)
         self.flush_on_sigterm = self._bool("AUTOINSTR_FLUSH_ON_SIGTERM", True)
+        self.trace_response_header = self._bool("AUTOINSTR_TRACE_RESPONSE_HEADER", False)
+        self.max_span_names = int(self._float(("AUTOINSTR_MAX_SPAN_NAMES",), 500, 1, 1_000_000, integer=True))
         self.service_name = self._str(("AUTOINSTR_SERVICE_NAME", "OTEL_SERVICE_NAME"), "") or default_service_name()
         self.exporters = self._choices(("AUTOINSTR_EXPORTER", "OTEL_TRACES_EXPORTER"), EXPORTERS, ("local",),
                                        aliases={"otlp_proto_http": "otlp"})
@@ -247,6 +250,8 @@ class Config:
             ("AUTOINSTR_STORE_RETENTION_HOURS", self.store_retention_hours),
             ("AUTOINSTR_STORE_MAX_MB", self.store_max_mb),
             ("AUTOINSTR_FLUSH_ON_SIGTERM", self.flush_on_sigterm),
+            ("AUTOINSTR_TRACE_RESPONSE_HEADER", self.trace_response_header),
+            ("AUTOINSTR_MAX_SPAN_NAMES", self.max_span_names),
             ("AUTOINSTR_DEBUG", self.debug),
         ]
 

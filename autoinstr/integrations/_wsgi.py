@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from autoinstr import config
 from autoinstr.integrations import is_suppressed
 from autoinstr.trace.propagation import extract
 from autoinstr.trace.span import Span, current_span_var
@@ -23,6 +24,7 @@ from autoinstr.trace.span import Span, current_span_var
 ENVIRON_KEY = "autoinstr.span"
 KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 _SECRET_KEY = re.compile(r"pass|pwd|token|key|secret|auth|session|credential|signature|sig$|code", re.I)
+_RESPONSE_HEADERS = config.get().trace_response_header
 _set_current = current_span_var.set
 _reset_current = current_span_var.reset
 
@@ -53,7 +55,7 @@ class NamePool:
     """At most `limit` distinct span names per process: a route template explosion (or a framework that
     puts ids in routes) cannot flood the backend. Overflow is named `other` and counted."""
 
-    limit = 500
+    limit = config.get().max_span_names
     names: set = set()
     overflow = 0
 
@@ -253,9 +255,24 @@ class _Request:
                         span.attributes["http.response.body.size"] = int(value)
         except Exception:
             pass
+        if _RESPONSE_HEADERS:
+            headers = self._with_trace_headers(headers)
         if exc_info is not None:  # as the server's own start_response would: re-raise if already sent
             return self.real_start_response(status, headers, exc_info)
         return self.real_start_response(status, headers)
+
+    def _with_trace_headers(self, headers: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+        """AUTOINSTR_TRACE_RESPONSE_HEADER: `traceresponse` (W3C Trace Context level 2) and Server-Timing,
+        so a browser's developer tools show the trace id and the server's time to the first byte."""
+        try:
+            span = self.span
+            context = span.context
+            value = "00-%032x-%016x-%s" % (context.trace_id, context.span_id, "01" if context.sampled else "00")
+            elapsed_ms = span.duration_ns / 1e6 if span.sampled else 0.0
+            timing = 'app;dur=%.1f;desc="trace %032x"' % (elapsed_ms, context.trace_id)
+            return list(headers) + [("traceresponse", value), ("Server-Timing", timing)]
+        except Exception:
+            return headers
 
     def fail(self, exc: BaseException) -> None:
         span = self.span
