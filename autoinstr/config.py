@@ -88,7 +88,7 @@ class Config:
         "zipkin_url", "statsd", "sample_rate", "rate_limit", "propagators", "disabled_integrations",
         "flush_interval", "max_queue_spans", "shutdown_timeout", "debug", "max_batch_spans",
         "max_attributes", "max_attribute_length", "store_retention_hours", "store_max_mb", "flush_on_sigterm",
-        "trace_response_header", "max_span_names",
+        "trace_response_header", "max_span_names", "http_request_headers", "http_response_headers",
         "sources", "warnings",
         "_emit", "_env",
     )
@@ -103,6 +103,10 @@ class Config:
         self.debug = self._bool("AUTOINSTR_DEBUG", False)
         self.flush_on_sigterm = self._bool("AUTOINSTR_FLUSH_ON_SIGTERM", True)
         self.trace_response_header = self._bool("AUTOINSTR_TRACE_RESPONSE_HEADER", False)
+        self.http_request_headers = self._names(("AUTOINSTR_HTTP_REQUEST_HEADERS",
+                                                  "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"))
+        self.http_response_headers = self._names(("AUTOINSTR_HTTP_RESPONSE_HEADERS",
+                                                   "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE"))
         self.max_span_names = int(self._float(("AUTOINSTR_MAX_SPAN_NAMES",), 500, 1, 1_000_000, integer=True))
         self.service_name = self._str(("AUTOINSTR_SERVICE_NAME", "OTEL_SERVICE_NAME"), "") or default_service_name()
         self.exporters = self._choices(("AUTOINSTR_EXPORTER", "OTEL_TRACES_EXPORTER"), EXPORTERS, ("local",),
@@ -178,6 +182,10 @@ class Config:
             return used
         return number
 
+    def _names(self, names: Tuple[str, ...]) -> Tuple[str, ...]:
+        """A comma list of header names, lower-cased (an allow-list: nothing is recorded by default)."""
+        return tuple(dict.fromkeys(x.strip().lower() for x in self._str(names, "").split(",") if x.strip()))
+
     def _url(self, names: Tuple[str, ...], default: str) -> str:
         name, value = self._raw(names)
         if value is None or name is None:
@@ -252,6 +260,8 @@ class Config:
             ("AUTOINSTR_FLUSH_ON_SIGTERM", self.flush_on_sigterm),
             ("AUTOINSTR_TRACE_RESPONSE_HEADER", self.trace_response_header),
             ("AUTOINSTR_MAX_SPAN_NAMES", self.max_span_names),
+            ("AUTOINSTR_HTTP_REQUEST_HEADERS", ",".join(self.http_request_headers) or "(none)"),
+            ("AUTOINSTR_HTTP_RESPONSE_HEADERS", ",".join(self.http_response_headers) or "(none)"),
             ("AUTOINSTR_DEBUG", self.debug),
         ]
 

@@ -238,3 +238,25 @@ def test_trace_response_headers_when_asked(collected, monkeypatch):
     collected.clear()
     sr, _ = run(wrap_app(app), environ_for())
     assert "traceresponse" not in dict(sr.calls[0][1])
+
+
+def test_headers_recorded_only_when_allow_listed(collected, monkeypatch):
+    def app(environ, start_response):
+        start_response("200 OK", [("X-Served-By", "node-1"), ("Set-Cookie", "s=1"), ("Set-Cookie", "t=2")])
+        return [b""]
+
+    env = environ_for(headers={"X-Request-Id": "r-1", "Authorization": "Bearer secret", "Accept": "*/*"})
+    run(wrap_app(app), dict(env))
+    attrs = one_server_span(collected).attributes
+    assert not any(k.startswith(("http.request.header.", "http.response.header.")) for k in attrs)
+    collected.clear()
+    monkeypatch.setattr(_wsgi, "_CAPTURE_REQUEST", (("x-request-id", "HTTP_X_REQUEST_ID"),
+                                                    ("authorization", "HTTP_AUTHORIZATION")))
+    monkeypatch.setattr(_wsgi, "_CAPTURE_RESPONSE", frozenset(("x-served-by", "set-cookie")))
+    run(wrap_app(app), dict(env))
+    attrs = one_server_span(collected).attributes
+    assert attrs["http.request.header.x-request-id"] == ["r-1"]
+    assert attrs["http.request.header.authorization"] == ["REDACTED"]  # credentials never, even if listed
+    assert attrs["http.response.header.x-served-by"] == ["node-1"]
+    assert attrs["http.response.header.set-cookie"] == ["REDACTED", "REDACTED"]
+    assert "http.request.header.accept" not in attrs

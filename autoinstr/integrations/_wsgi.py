@@ -25,6 +25,14 @@ ENVIRON_KEY = "autoinstr.span"
 KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 _SECRET_KEY = re.compile(r"pass|pwd|token|key|secret|auth|session|credential|signature|sig$|code", re.I)
 _RESPONSE_HEADERS = config.get().trace_response_header
+# headers recorded only when allow-listed (AUTOINSTR_HTTP_REQUEST_HEADERS / _RESPONSE_HEADERS); credentials
+# among them are recorded as REDACTED even then
+_CAPTURE_REQUEST = tuple((name, "CONTENT_TYPE" if name == "content-type" else "CONTENT_LENGTH"
+                          if name == "content-length" else "HTTP_" + name.upper().replace("-", "_"))
+                         for name in config.get().http_request_headers)
+_CAPTURE_RESPONSE = frozenset(config.get().http_response_headers)
+_SECRET_HEADERS = frozenset(("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
+                             "x-auth-token", "x-csrf-token", "x-xsrf-token"))
 _set_current = current_span_var.set
 _reset_current = current_span_var.reset
 
@@ -203,6 +211,10 @@ def _begin(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Tuple
         protocol = environ.get("SERVER_PROTOCOL") or ""
         if protocol.startswith("HTTP/"):
             attrs["network.protocol.version"] = protocol[5:]
+        for name, key in _CAPTURE_REQUEST:
+            value = environ.get(key)
+            if isinstance(value, str):
+                attrs["http.request.header." + name] = ["REDACTED" if name in _SECRET_HEADERS else value]
     state = _Request(span, start_response)
     span.start()
     token = _set_current(span)
@@ -251,8 +263,13 @@ class _Request:
                     span.set_status("error")
                     span.attributes.setdefault("error.type", str(code))
                 for name, value in headers:
-                    if name.lower() == "content-length" and str(value).isdigit():
+                    lower = name.lower()
+                    if lower == "content-length" and str(value).isdigit():
                         span.attributes["http.response.body.size"] = int(value)
+                    if lower in _CAPTURE_RESPONSE:
+                        key = "http.response.header." + lower
+                        shown = "REDACTED" if lower in _SECRET_HEADERS else str(value)
+                        span.attributes[key] = span.attributes.get(key, []) + [shown]
         except Exception:
             pass
         if _RESPONSE_HEADERS:
