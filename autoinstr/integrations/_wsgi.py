@@ -37,10 +37,16 @@ _set_current = current_span_var.set
 _reset_current = current_span_var.reset
 
 
+_ENVIRON_KEYS: Dict[str, str] = {}
+
+
 def _environ_header(environ: Dict[str, Any], name: str) -> Optional[str]:
-    key = "HTTP_" + name.upper().replace("-", "_")
+    """A request header from the WSGI environ, for the propagators (header name -> HTTP_ key, cached)."""
+    key = _ENVIRON_KEYS.get(name)
+    if key is None:
+        key = _ENVIRON_KEYS[name] = "HTTP_" + name.upper().replace("-", "_")
     value = environ.get(key)
-    return value if isinstance(value, str) else None
+    return value if value.__class__ is str else None
 
 
 def redact_query(query: str) -> str:

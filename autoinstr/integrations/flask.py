@@ -12,10 +12,21 @@ from autoinstr.integrations._wsgi import server_span, set_route, wsgi_call_wrapp
 from autoinstr.trace.span import Span
 
 
-def _dispatch_request(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+def _current_request() -> Any:
+    """The request object itself: through flask.request (a proxy) every attribute read costs a lookup."""
     try:
+        from flask.globals import _cv_request  # Flask >= 2.2
+
+        return _cv_request.get().request
+    except (ImportError, LookupError, AttributeError):
         from flask import request
 
+        return request._get_current_object()
+
+
+def _dispatch_request(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+    try:
+        request = _current_request()
         span = server_span(request.environ)
         rule = request.url_rule
         if rule is None or request.routing_exception is not None:  # 404/405: no route, no view
@@ -23,8 +34,8 @@ def _dispatch_request(wrapped: Callable[..., Any], instance: Any, args: tuple, k
         set_route(rule.rule, span=span)
         if span is None or not span.sampled:
             return wrapped(*args, **kwargs)
-        view = instance.view_functions.get(request.endpoint)
-        name = getattr(view, "__qualname__", None) or str(request.endpoint or "view")
+        view = instance.view_functions.get(rule.endpoint)
+        name = getattr(view, "__qualname__", None) or str(rule.endpoint or "view")
         view_span = Span(name, **{"code.function": name}).__enter__()
     except Exception:
         return wrapped(*args, **kwargs)

@@ -1,0 +1,197 @@
+"""Per-request cost of the web integrations, in-process: each framework's app driven through its WSGI
+callable, with and without the agent, in one run (rounds alternated), written to a results file.
+
+    python benchmarks/web_bench.py [--out benchmarks/results/web.md] [--rounds 5] [--requests 5000]
+
+Runs in the interpreter that runs it (the project's .venv, where the frameworks are installed): "without"
+is plain `python`, "with" is `autoinstr-run python` exporting to a jsonl file in a temporary folder. The
+target (issue 3): a traced GET /hello costs at most 25 us more than untraced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BIN = os.path.dirname(sys.executable)
+
+APPS = {
+    "flask": """
+from flask import Flask
+app = Flask(__name__)
+@app.route("/hello")
+def hello():
+    return "hello"
+""",
+    "bottle": """
+import bottle
+app = bottle.Bottle()
+@app.route("/hello")
+def hello():
+    return "hello"
+""",
+    "falcon": """
+import falcon
+class Hello:
+    def on_get(self, req, resp):
+        resp.text = "hello"
+app = falcon.App()
+app.add_route("/hello", Hello())
+""",
+    "pyramid": """
+from pyramid.config import Configurator
+from pyramid.response import Response
+def hello(request):
+    return Response("hello")
+with Configurator() as config:
+    config.add_route("hello", "/hello")
+    config.add_view(hello, route_name="hello")
+    app = config.make_wsgi_app()
+""",
+    "django": """
+from django.conf import settings
+settings.configure(DEBUG=False, SECRET_KEY="bench", ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"],
+                   MIDDLEWARE=["django.middleware.common.CommonMiddleware"])
+import django
+django.setup()
+from django.http import HttpResponse
+from django.urls import path
+def hello(request):
+    return HttpResponse("hello")
+urlpatterns = [path("hello", hello)]
+from django.core.wsgi import get_wsgi_application
+app = get_wsgi_application()
+""",
+    "bare-wsgi": """
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+""",
+}
+
+DRIVER = """
+import json, sys, time
+{app}
+N = int(sys.argv[1])
+TEMPLATE = {{"REQUEST_METHOD": "GET", "PATH_INFO": "/hello", "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "127.0.0.1:8000",
+            "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": "http", "wsgi.version": (1, 0), "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False, "wsgi.multiprocess": False, "wsgi.run_once": False}}
+import io
+def start_response(status, headers, exc_info=None):
+    assert status.startswith("200"), status
+    return None
+def one():
+    environ = dict(TEMPLATE)
+    environ["wsgi.input"] = io.BytesIO(b"")
+    body = app(environ, start_response)
+    for _ in body:
+        pass
+    close = getattr(body, "close", None)
+    if close:
+        close()
+for _ in range(500):
+    one()
+t0 = time.perf_counter_ns()
+for _ in range(N):
+    one()
+us = (time.perf_counter_ns() - t0) / N / 1000
+try:
+    import autoinstr
+    stats = autoinstr.stats()
+except Exception:
+    stats = {{}}
+print("RESULT " + json.dumps({{"us": us, "stats": stats}}))
+"""
+
+
+def run_variant(framework: str, traced: bool, n: int, folder: str) -> Dict[str, object]:
+    script = os.path.join(folder, "drive_%s.py" % framework.replace("-", "_"))
+    with open(script, "w") as f:
+        f.write(DRIVER.format(app=APPS[framework]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOINSTR_", "OTEL_"))}
+    env.pop("PYTHONPATH", None)
+    env.update(AUTOINSTR_EXPORTER="jsonl", AUTOINSTR_JSONL_PATH=os.path.join(folder, "%s.jsonl" % framework),
+               AUTOINSTR_SERVICE_NAME="bench")
+    cmd = ([os.path.join(BIN, "autoinstr-run")] if traced else []) + [sys.executable, script, str(n)]
+    out = subprocess.run(cmd, env=env, cwd=folder, capture_output=True, text=True, timeout=600)
+    lines = [ln[7:] for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError("%s (%s) failed: %s" % (framework, "traced" if traced else "plain", out.stderr[-800:]))
+    return json.loads(lines[-1])
+
+
+def available(framework: str) -> bool:
+    module = {"bare-wsgi": "json"}.get(framework, framework)
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "web.md"))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--requests", type=int, default=5000)
+    args = ap.parse_args()
+    frameworks = [f for f in APPS if available(f)]
+    results: Dict[str, Dict[str, List[float]]] = {f: {"plain": [], "traced": []} for f in frameworks}
+    exported: Dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="autoinstr-web-bench-") as folder:
+        for r in range(args.rounds):
+            for framework in frameworks:
+                for traced in (False, True):
+                    res = run_variant(framework, traced, args.requests, folder)
+                    results[framework]["traced" if traced else "plain"].append(float(res["us"]))  # type: ignore
+            print("[web] round %d/%d done" % (r + 1, args.rounds), file=sys.stderr)
+        for framework in frameworks:
+            path = os.path.join(folder, "%s.jsonl" % framework)
+            try:
+                with open(path) as f:
+                    exported[framework] = sum(1 for line in f if '"kind":"server"' in line)
+            except FileNotFoundError:  # no integration for it (yet): nothing traced
+                exported[framework] = 0
+    rows = []
+    for framework in frameworks:
+        plain, traced = results[framework]["plain"], results[framework]["traced"]
+        added_best = min(traced) - min(plain)
+        added_median = statistics.median(traced) - statistics.median(plain)
+        rows.append((framework, min(plain), min(traced), added_best, added_median, exported[framework]))
+    total = args.rounds * (args.requests + 500)
+    lines = [
+        "# autoinstr web benchmark",
+        "",
+        "- date: %s UTC" % time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "- machine: %s, %d CPUs, Python %s" % (platform.platform(), os.cpu_count() or 0, platform.python_version()),
+        "- method: each framework's app called through its WSGI callable, %d requests per process after 500 warm-up "
+        "requests, %d rounds, plain and traced processes alternated; traced = `autoinstr-run`, jsonl export"
+        % (args.requests, args.rounds),
+        "",
+        "| framework | plain us/request (best) | traced us/request (best) | added us (best) | added us (median) | "
+        "server spans exported | target <= 25 us |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for framework, plain_best, traced_best, added_best, added_median, spans in rows:
+        lines.append("| %s | %.1f | %.1f | %.1f | %.1f | %d / %d | %s |" % (
+            framework, plain_best, traced_best, added_best, added_median, spans, total,
+            "MET" if added_best <= 25 else "NOT MET"))
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
