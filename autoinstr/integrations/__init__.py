@@ -34,6 +34,10 @@ INTEGRATIONS: Dict[str, Tuple[Tuple[str, ...], str, Optional[str]]] = {
     # WSGI frameworks: route names for the server span, view spans
     "flask": (("flask.app",), "autoinstr.integrations.flask", "flask"),
     "bottle": (("bottle",), "autoinstr.integrations.bottle", "bottle"),
+    "django": (("django.core.handlers.wsgi", "django.core.handlers.base", "django.core.handlers.exception",
+                "django.template.base"), "autoinstr.integrations.django", "django"),
+    "falcon": (("falcon.app",), "autoinstr.integrations.falcon", "falcon"),
+    "pyramid": (("pyramid.router",), "autoinstr.integrations.pyramid", "pyramid"),
 }
 
 # --------------------------------------------------------------------------- suppression
