@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from urllib.parse import unquote_plus
 
 from autoinstr import config
 from autoinstr.integrations import is_suppressed
@@ -56,7 +57,7 @@ def redact_query(query: str) -> str:
     parts = []
     for part in query.split("&"):
         key, eq, _value = part.partition("=")
-        if eq and _SECRET_KEY.search(key):
+        if eq and (_SECRET_KEY.search(key) or ("%" in key or "+" in key) and _SECRET_KEY.search(unquote_plus(key))):
             parts.append(key + "=REDACTED")
         else:
             parts.append(part)
@@ -93,7 +94,7 @@ def set_route(route: str, environ: Optional[Dict[str, Any]] = None, span: Any = 
         if not isinstance(span, Span) or not span.sampled:
             return
         method = span.attributes.get("http.request.method", "GET")
-        span.name = NamePool.name("%s %s" % (method, route))
+        span.name = NamePool.name("%s %s" % ("HTTP" if method == "_OTHER" else method, route))
         span.attributes["http.route"] = route
     except Exception:
         pass
@@ -188,7 +189,7 @@ def _begin(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Tuple
     ctx = extract(environ, _environ_header)
     raw_method = environ.get("REQUEST_METHOD") or "GET"
     method = raw_method if raw_method in KNOWN_METHODS else "_OTHER"
-    span = Span(method, kind="server", parent=ctx)
+    span = Span(method if method != "_OTHER" else "HTTP", kind="server", parent=ctx)
     environ[ENVIRON_KEY] = span
     if span.sampled:
         attrs = span.attributes
