@@ -34,6 +34,7 @@ _CAPTURE_REQUEST = tuple((name, "CONTENT_TYPE" if name == "content-type" else "C
 _CAPTURE_RESPONSE = frozenset(config.get().http_response_headers)
 _SECRET_HEADERS = frozenset(("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
                              "x-auth-token", "x-csrf-token", "x-xsrf-token"))
+_get_current = current_span_var.get
 _set_current = current_span_var.set
 _reset_current = current_span_var.reset
 
@@ -86,16 +87,26 @@ class NamePool:
         return "other"
 
 
+_route_names: Dict[Tuple[str, str], str] = {}
+
+
 def set_route(route: str, environ: Optional[Dict[str, Any]] = None, span: Any = None) -> None:
     """A framework matched `route` (the template, e.g. /users/<int:id>): name the server span after it."""
     try:
         if span is None:
             span = environ.get(ENVIRON_KEY) if environ is not None else None
-        if not isinstance(span, Span) or not span.sampled:
+        if span.__class__ is not Span or not span._sampled:
             return
-        method = span.attributes.get("http.request.method", "GET")
-        span.name = NamePool.name("%s %s" % ("HTTP" if method == "_OTHER" else method, route))
-        span.attributes["http.route"] = route
+        attrs = span.attributes
+        method = attrs.get("http.request.method", "GET")
+        key = (method, route)
+        name = _route_names.get(key)
+        if name is None:  # once per route: bounded by the name pool (beyond it, `other`)
+            name = NamePool.name("%s %s" % ("HTTP" if method == "_OTHER" else method, route))
+            if len(_route_names) < NamePool.limit:
+                _route_names[key] = name
+        span.name = name
+        attrs["http.route"] = route
     except Exception:
         pass
 
@@ -150,7 +161,10 @@ def call_traced(app: Callable[..., Any], environ: Dict[str, Any], start_response
         _reset(token)
         state.fail(exc)
         raise
-    _reset(token)
+    # The span stays current until the body is done (see _Request.finish): the server sends the body in
+    # this same context, and every contextvar write would also cost the app's own contextvars (Flask's)
+    # their lookup cache.
+    state.token = token
     return state.body(result, environ)
 
 
@@ -186,12 +200,15 @@ def _reset(token: Any) -> None:
 
 
 def _begin(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Tuple[Any, _Request]:
-    ctx = extract(environ, _environ_header)
+    # most requests carry no trace context: four dict lookups instead of the propagators' parsing
+    carries = ("HTTP_TRACEPARENT" in environ or "HTTP_B3" in environ or "HTTP_X_B3_TRACEID" in environ
+               or "HTTP_BAGGAGE" in environ)
+    ctx = extract(environ, _environ_header) if carries else None
     raw_method = environ.get("REQUEST_METHOD") or "GET"
     method = raw_method if raw_method in KNOWN_METHODS else "_OTHER"
     span = Span(method if method != "_OTHER" else "HTTP", kind="server", parent=ctx)
     environ[ENVIRON_KEY] = span
-    if span.sampled:
+    if span._sampled:
         attrs = span.attributes
         attrs["http.request.method"] = method
         if method == "_OTHER":
@@ -228,8 +245,22 @@ def _begin(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Tuple
     return token, state
 
 
+_hosts: Dict[Tuple[str, str], Tuple[str, int]] = {}
+
+
 def _server_of(environ: Dict[str, Any]) -> Tuple[str, int]:
-    """server.address and server.port as the client addressed them (Host header), else the server's own."""
+    """server.address and server.port as the client addressed them (Host header), else the server's own;
+    parsed once per distinct Host (a bounded cache: hostile Host headers cannot grow it past 256)."""
+    key = (environ.get("HTTP_HOST") or "", environ.get("wsgi.url_scheme") or "")
+    found = _hosts.get(key)
+    if found is None:
+        found = _parse_server(environ)
+        if len(_hosts) < 256:
+            _hosts[key] = found
+    return found
+
+
+def _parse_server(environ: Dict[str, Any]) -> Tuple[str, int]:
     host = environ.get("HTTP_HOST") or ""
     if host:
         if host.startswith("["):  # [v6 address]:port
@@ -251,13 +282,14 @@ def _default_port(environ: Dict[str, Any]) -> int:
 class _Request:
     """One request's span bookkeeping: the status from start_response, the end of the body."""
 
-    __slots__ = ("span", "real_start_response", "status_code", "done")
+    __slots__ = ("span", "real_start_response", "status_code", "done", "token")
 
     def __init__(self, span: Span, start_response: Callable[..., Any]) -> None:
         self.span = span
         self.real_start_response = start_response
         self.status_code = 0
         self.done = False
+        self.token: Any = None
 
     def start_response(self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
         try:
@@ -308,6 +340,12 @@ class _Request:
     def finish(self) -> None:
         if not self.done:
             self.done = True
+            token, self.token = self.token, None
+            if token is not None:
+                try:
+                    _reset_current(token)
+                except ValueError:  # finished from another context (a server's writer thread): its own
+                    pass
             self.span.finish()
 
     def body(self, result: Any, environ: Dict[str, Any]) -> Any:
@@ -351,7 +389,8 @@ class _Body:
 
     def __next__(self) -> bytes:
         request = self._request
-        token = _set_current(request.span)
+        # the request's span is current here already, unless the server sends from another context
+        token = _set_current(request.span) if _get_current() is not request.span else None
         try:
             if self._iterator is None:
                 self._iterator = iter(self._result)
@@ -364,7 +403,8 @@ class _Body:
             request.finish()
             raise
         finally:
-            _reset(token)
+            if token is not None:
+                _reset(token)
 
     def close(self) -> None:
         try:

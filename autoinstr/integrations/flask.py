@@ -11,17 +11,19 @@ from autoinstr.integrations._wrapping import unwrap, wrap
 from autoinstr.integrations._wsgi import server_span, set_route, wsgi_call_wrapper
 from autoinstr.trace.span import Span
 
+_request_context_var: Any = None  # flask.globals._cv_request (Flask >= 2.2), looked up once at patch time
+
 
 def _current_request() -> Any:
     """The request object itself: through flask.request (a proxy) every attribute read costs a lookup."""
-    try:
-        from flask.globals import _cv_request  # Flask >= 2.2
+    if _request_context_var is not None:
+        try:
+            return _request_context_var.get().request
+        except (LookupError, AttributeError):
+            pass
+    from flask import request
 
-        return _cv_request.get().request
-    except (ImportError, LookupError, AttributeError):
-        from flask import request
-
-        return request._get_current_object()
+    return request._get_current_object()
 
 
 def _dispatch_request(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -36,7 +38,9 @@ def _dispatch_request(wrapped: Callable[..., Any], instance: Any, args: tuple, k
             return wrapped(*args, **kwargs)
         view = instance.view_functions.get(rule.endpoint)
         name = getattr(view, "__qualname__", None) or str(rule.endpoint or "view")
-        view_span = Span(name, **{"code.function": name}).__enter__()
+        view_span = Span(name)
+        view_span.attributes["code.function"] = name
+        view_span.__enter__()
     except Exception:
         return wrapped(*args, **kwargs)
     try:
@@ -58,6 +62,13 @@ def _is_client_error(exc: BaseException) -> bool:
 
 
 def patch(module: ModuleType) -> None:  # flask.app
+    global _request_context_var
+    try:
+        from flask.globals import _cv_request
+
+        _request_context_var = _cv_request
+    except ImportError:  # older Flask: the proxy it is
+        _request_context_var = None
     wrap(module, "Flask.__call__", wsgi_call_wrapper)
     wrap(module, "Flask.dispatch_request", _dispatch_request)
 
