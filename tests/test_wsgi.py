@@ -260,3 +260,49 @@ def test_headers_recorded_only_when_allow_listed(collected, monkeypatch):
     assert attrs["http.response.header.x-served-by"] == ["node-1"]
     assert attrs["http.response.header.set-cookie"] == ["REDACTED", "REDACTED"]
     assert "http.request.header.accept" not in attrs
+
+
+def test_spans_made_while_streaming_are_children_and_context_is_restored(collected):
+    from autoinstr.trace.span import Span, current_span
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+
+        def body():
+            with Span("chunk-work"):
+                yield b"a"
+            yield b"b"
+        return body()
+
+    assert current_span() is None
+    result = wrap_app(app)(environ_for(), Recorder())
+    assert b"".join(result) == b"ab"
+    result.close()
+    assert current_span() is None  # the request's span is not left current once its body is done
+    spans = {s.name: s for batch in collected for s in batch}
+    assert spans["chunk-work"].parent_id == spans["GET"].span_id
+
+
+def test_body_sent_from_another_thread(collected):
+    """A server that sends the body from a thread of its own: the span still ends, contexts stay clean."""
+    import threading
+
+    from autoinstr.trace.span import current_span
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return iter([b"x", b"y"])
+
+    result = wrap_app(app)(environ_for(), Recorder())
+    seen = []
+
+    def writer():
+        seen.append(b"".join(result))
+        result.close()
+        seen.append(current_span())
+
+    t = threading.Thread(target=writer)
+    t.start()
+    t.join(5)
+    assert seen == [b"xy", None]
+    one_server_span(collected)

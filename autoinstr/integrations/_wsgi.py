@@ -14,6 +14,7 @@ span, inner ones pass through). The span:
 from __future__ import annotations
 
 import re
+from _thread import get_ident
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from urllib.parse import unquote_plus
 
@@ -282,7 +283,7 @@ def _default_port(environ: Dict[str, Any]) -> int:
 class _Request:
     """One request's span bookkeeping: the status from start_response, the end of the body."""
 
-    __slots__ = ("span", "real_start_response", "status_code", "done", "token")
+    __slots__ = ("span", "real_start_response", "status_code", "done", "token", "thread")
 
     def __init__(self, span: Span, start_response: Callable[..., Any]) -> None:
         self.span = span
@@ -290,6 +291,7 @@ class _Request:
         self.status_code = 0
         self.done = False
         self.token: Any = None
+        self.thread = get_ident()
 
     def start_response(self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
         try:
@@ -389,8 +391,10 @@ class _Body:
 
     def __next__(self) -> bytes:
         request = self._request
-        # the request's span is current here already, unless the server sends from another context
-        token = _set_current(request.span) if _get_current() is not request.span else None
+        # The request's span is current here already (the app's generator may have made one of its own
+        # spans current across a yield: that is its business), unless the server sends the body from
+        # another thread: then the span is made current around each chunk.
+        token = _set_current(request.span) if get_ident() != request.thread else None
         try:
             if self._iterator is None:
                 self._iterator = iter(self._result)
