@@ -3,6 +3,12 @@
 # the same tests under the oldest and newest Pythons we support, where this machine has them.
 set -euo pipefail
 cd "$(dirname "$0")"
+# Debian's uWSGI (threads off by default, unlike pip's build): the uWSGI tests need both kinds
+if ! dpkg -s uwsgi-core uwsgi-plugin-python3 >/dev/null 2>&1 && command -v apt-get >/dev/null; then
+  (apt-get install -y -q uwsgi-core uwsgi-plugin-python3 >/dev/null 2>&1 \
+   || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q uwsgi-core uwsgi-plugin-python3 >/dev/null 2>&1; }) \
+   || echo "test.sh: could not install Debian's uwsgi-core/uwsgi-plugin-python3; those uWSGI tests will skip"
+fi
 python3 -m venv .venv >/dev/null 2>&1 || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check ".[test]" >/dev/null
 # non-editable, as users install it: the .pth hook and sitecustomize_hook come from the wheel

@@ -77,6 +77,10 @@ def _load() -> None:
     if cfg.flush_on_sigterm:
         _flush_on_sigterm()
     integrations.install(cfg.disabled_integrations)
+    if not getattr(sys, "orig_argv", None) and integrations.is_enabled("uwsgi"):  # embedded Python (uWSGI)
+        from autoinstr.integrations import uwsgi as uwsgi_integration
+
+        uwsgi_integration.setup()
     autoinstr.span = Span
     autoinstr._enabled = True
     _log.debug("agent loaded in pid %d: service=%s exporters=%s" % (os.getpid(), cfg.service_name,

@@ -35,6 +35,8 @@ def default_service_name(argv: Optional[List[str]] = None) -> str:
     start-up `sys.argv` of `python -m pkg.mod` does not show the module yet."""
     if argv is None:
         argv = list(getattr(sys, "orig_argv", None) or _proc_cmdline() or [sys.executable] + sys.argv)
+    if argv and os.path.basename(argv[0]).startswith("uwsgi"):  # embedded Python: not a python command line
+        return "uwsgi"
     args = argv[1:]
     i = 0
     while i < len(args):

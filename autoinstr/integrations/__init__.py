@@ -31,6 +31,7 @@ INTEGRATIONS: Dict[str, Tuple[Tuple[str, ...], str, Optional[str]]] = {
     "waitress": (("waitress.server",), "autoinstr.integrations.waitress", "waitress"),
     "wsgiref": (("wsgiref.handlers",), "autoinstr.integrations.wsgiref", None),
     "werkzeug": (("werkzeug.serving",), "autoinstr.integrations.werkzeug", "werkzeug"),
+    "uwsgi": (("uwsgi",), "autoinstr.integrations.uwsgi", "uwsgi"),  # embedded: the bootstrap calls its setup()
     # WSGI frameworks: route names for the server span, view spans
     "flask": (("flask.app",), "autoinstr.integrations.flask", "flask"),
     "bottle": (("bottle",), "autoinstr.integrations.bottle", "bottle"),
