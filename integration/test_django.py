@@ -15,13 +15,11 @@ import concurrent.futures
 import http.client
 import importlib.util
 import os
-import signal
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 
 import pytest
+from fleet import Server
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("django") is None, reason="django not installed")
 
@@ -173,60 +171,6 @@ TRACED = [m.name for m in FLEET if m.agent]
 PAIRS = [("gunicorn", "gunicorn-noagent"), ("wsgiref", "wsgiref-noagent")]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, sandbox, member: Member) -> None:
-        self.member = member
-        self.port = free_port()
-        self.jsonl = os.path.join(sandbox.dir, "%s.jsonl" % member.name)
-        extra = {"AUTOINSTR_EXPORTER": "jsonl", "AUTOINSTR_JSONL_PATH": self.jsonl,
-                 "AUTOINSTR_FLUSH_INTERVAL": "0.2", "AUTOINSTR_SERVICE_NAME": member.name}
-        extra.update(member.env)
-        self.proc = sandbox.popen(member.argv(self.port, os.path.dirname(sandbox.PYTHON)),
-                                  env=sandbox.env(**extra), launcher=member.agent)
-        self.output: list = []
-        self._readers = [threading.Thread(target=self._drain, args=(stream,), daemon=True)
-                         for stream in (self.proc.stdout, self.proc.stderr)]
-        for reader in self._readers:
-            reader.start()
-
-    def _drain(self, stream) -> None:
-        for line in stream:  # wsgiref logs every request: keep the pipe from filling up
-            self.output.append(line)
-
-    def wait_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("%s exited early\n%s" % (self.member.name, self.tail()))
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("%s did not listen in time\n%s" % (self.member.name, self.tail()))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def reap(self, deadline: float) -> None:
-        try:
-            self.proc.wait(max(0.1, deadline - time.monotonic()))
-        except Exception:
-            self.proc.kill()
-            self.proc.wait()
-        for reader in self._readers:
-            reader.join(5)
-
-    def tail(self, lines: int = 40) -> str:
-        return "".join(self.output[-lines:])
-
-
 @dataclass
 class Response:
     status: int
@@ -287,7 +231,7 @@ def _drive(server: Server) -> dict:
 def fleet(sandbox_factory):
     sandbox = sandbox_factory("django")
     sandbox.write("djangoapp.py", DJANGO_APP)
-    servers = [Server(sandbox, member) for member in FLEET]
+    servers = [Server(sandbox, member, env=member.env) for member in FLEET]
     results = {}
     try:
         deadline = time.monotonic() + START_TIMEOUT

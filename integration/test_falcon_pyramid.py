@@ -14,13 +14,11 @@ import concurrent.futures
 import http.client
 import importlib.util
 import os
-import signal
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 
 import pytest
+from fleet import Server
 
 START_TIMEOUT = 40.0
 STOP_TIMEOUT = 20.0
@@ -191,63 +189,6 @@ def _missing(member: Member) -> str:
         if importlib.util.find_spec(name) is None:
             return name
     return ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """One server process, started under the launcher (or not), its output drained in the background."""
-
-    def __init__(self, sandbox, member: Member) -> None:
-        self.member = member
-        self.port = free_port()
-        self.jsonl = os.path.join(sandbox.dir, "%s.jsonl" % member.name)
-        env = sandbox.env(AUTOINSTR_EXPORTER="jsonl", AUTOINSTR_JSONL_PATH=self.jsonl, AUTOINSTR_FLUSH_INTERVAL="0.2",
-                          AUTOINSTR_SERVICE_NAME=member.name)
-        self.proc = sandbox.popen(member.argv(self.port, os.path.dirname(sandbox.PYTHON)), env=env,
-                                  launcher=member.agent)
-        self.output: dict = {"stdout": [], "stderr": []}
-        self._readers = [threading.Thread(target=self._drain, args=(stream, self.output[name]), daemon=True)
-                         for name, stream in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr))]
-        for reader in self._readers:
-            reader.start()
-
-    @staticmethod
-    def _drain(stream, sink: list) -> None:
-        for line in stream:
-            sink.append(line)
-
-    def wait_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("%s exited with %s before listening\n%s"
-                                     % (self.member.name, self.proc.returncode, self.tail()))
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("%s did not listen on %d in time\n%s" % (self.member.name, self.port, self.tail()))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def reap(self, deadline: float) -> None:
-        try:
-            self.proc.wait(max(0.1, deadline - time.monotonic()))
-        except Exception:
-            self.proc.kill()
-            self.proc.wait()
-        for reader in self._readers:
-            reader.join(5)
-
-    def tail(self, lines: int = 30) -> str:
-        return "".join(self.output["stderr"][-lines:] + self.output["stdout"][-lines:])
 
 
 @dataclass

@@ -14,6 +14,7 @@ import socket
 import time
 
 import pytest
+from fleet import free_port
 
 APP = """
 import os
@@ -38,12 +39,6 @@ def hello():
     with autoinstr.span("flask-hello", pid=os.getpid()):
         return "served by %d" % os.getpid()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int, path: str) -> str:

@@ -23,6 +23,7 @@ import sysconfig
 import time
 
 import pytest
+from fleet import free_port
 
 UWSGI = os.path.join(os.path.dirname(sys.executable), "uwsgi")
 if not os.path.exists(UWSGI):
@@ -84,12 +85,6 @@ app = Flask(__name__)
 def hello(n):
     return "served by %d" % os.getpid()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int, path: str) -> str:

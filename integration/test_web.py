@@ -20,13 +20,12 @@ import importlib.util
 import json
 import os
 import re
-import signal
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 
 import pytest
+from fleet import Server
 
 HEX32 = re.compile(r"[0-9a-f]{32}\Z")
 HEX16 = re.compile(r"[0-9a-f]{16}\Z")
@@ -235,66 +234,8 @@ def _missing(member: Member) -> str:
     return ""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+B3_ENV = {"AUTOINSTR_PROPAGATORS": "b3,b3multi,tracecontext"}
 
-
-class Server:
-    """One server process: started under the launcher (or not), its output drained in the background."""
-
-    def __init__(self, sandbox, member: Member) -> None:
-        self.member = member
-        self.port = free_port()
-        self.jsonl = os.path.join(sandbox.dir, "%s.jsonl" % member.name)
-        extra = {"AUTOINSTR_EXPORTER": "jsonl", "AUTOINSTR_JSONL_PATH": self.jsonl,
-                 "AUTOINSTR_FLUSH_INTERVAL": "0.2", "AUTOINSTR_SERVICE_NAME": member.name}
-        if member.b3:
-            extra["AUTOINSTR_PROPAGATORS"] = "b3,b3multi,tracecontext"
-        bindir = os.path.dirname(sandbox.PYTHON)
-        self.proc = sandbox.popen(member.argv(self.port, bindir), env=sandbox.env(**extra), launcher=member.agent)
-        self.output = {"stdout": [], "stderr": []}
-        self._readers = [threading.Thread(target=self._drain, args=(stream, self.output[name]), daemon=True)
-                         for name, stream in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr))]
-        for reader in self._readers:
-            reader.start()
-
-    @staticmethod
-    def _drain(stream, sink: list) -> None:
-        for line in stream:  # keeps the pipe from filling up (wsgiref and werkzeug log every request)
-            sink.append(line)
-
-    def wait_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("%s exited with %s before listening\n%s" % (
-                    self.member.name, self.proc.returncode, self.tail()))
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("%s did not listen on %d in time\n%s" % (self.member.name, self.port, self.tail()))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def reap(self, deadline: float) -> None:
-        try:
-            self.proc.wait(max(0.1, deadline - time.monotonic()))
-        except Exception:
-            self.proc.kill()
-            self.proc.wait()
-        for reader in self._readers:
-            reader.join(5)
-
-    def tail(self, lines: int = 30) -> str:
-        return "".join(self.output["stderr"][-lines:] + self.output["stdout"][-lines:])
-
-
-# ----------------------------------------------------------------------------------------- requests
 
 @dataclass
 class Response:
@@ -547,7 +488,7 @@ def fleet(sandbox_factory) -> dict:
                 results[member.name].failure = "SKIP: %s is not installed" % missing
                 continue
             try:
-                servers[member.name] = Server(sandbox, member)
+                servers[member.name] = Server(sandbox, member, env=B3_ENV if member.b3 else None)
             except Exception as exc:  # one server that cannot start fails its own tests only
                 results[member.name].failure = "could not start: %s: %s" % (type(exc).__name__, exc)
                 continue

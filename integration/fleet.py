@@ -1,0 +1,69 @@
+"""Shared by the tests that run real servers: a free loopback port, and a server process (under the
+launcher or not) whose output is drained in the background, with bounded waits for it to listen and stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One server process. `member` says what to run: `.name`, `.agent` (under autoinstr-run or not) and
+    `.argv(port, bindir)`; spans go to `<name>.jsonl` in the sandbox, flushed every 0.2 s."""
+
+    def __init__(self, sandbox, member, env: dict = None) -> None:
+        self.member = member
+        self.port = free_port()
+        self.jsonl = os.path.join(sandbox.dir, "%s.jsonl" % member.name)
+        extra = {"AUTOINSTR_EXPORTER": "jsonl", "AUTOINSTR_JSONL_PATH": self.jsonl,
+                 "AUTOINSTR_FLUSH_INTERVAL": "0.2", "AUTOINSTR_SERVICE_NAME": member.name}
+        extra.update(env or {})
+        self.proc = sandbox.popen(member.argv(self.port, os.path.dirname(sandbox.PYTHON)),
+                                  env=sandbox.env(**extra), launcher=member.agent)
+        self.output: dict = {"stdout": [], "stderr": []}
+        self._readers = [threading.Thread(target=self._drain, args=(stream, self.output[name]), daemon=True)
+                         for name, stream in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr))]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _drain(stream, sink: list) -> None:
+        for line in stream:  # keeps the pipe from filling up (wsgiref and werkzeug log every request)
+            sink.append(line)
+
+    def wait_ready(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("%s exited with %s before listening\n%s"
+                                     % (self.member.name, self.proc.returncode, self.tail()))
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("%s did not listen on %d in time\n%s" % (self.member.name, self.port, self.tail()))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def reap(self, deadline: float) -> None:
+        try:
+            self.proc.wait(max(0.1, deadline - time.monotonic()))
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+        for reader in self._readers:
+            reader.join(5)
+
+    def tail(self, lines: int = 30) -> str:
+        return "".join(self.output["stderr"][-lines:] + self.output["stdout"][-lines:])
