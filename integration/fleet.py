@@ -67,3 +67,38 @@ class Server:
 
     def tail(self, lines: int = 30) -> str:
         return "".join(self.output["stderr"][-lines:] + self.output["stdout"][-lines:])
+
+
+def drive_fleet(servers: list, drive, start_timeout: float, stop_timeout: float) -> dict:
+    """Wait for every server to listen, run drive(server) on all of them in parallel, then stop them all
+    with SIGTERM (the agent's exit flush writes what is queued) and reap them; -> {member name: drive's result}.
+    Servers are stopped even when waiting or driving fails."""
+    import concurrent.futures
+
+    try:
+        deadline = time.monotonic() + start_timeout
+        for server in servers:
+            server.wait_ready(deadline)
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(servers))) as pool:
+            return dict(zip([s.member.name for s in servers], pool.map(drive, servers)))
+    finally:
+        for server in servers:
+            server.stop()
+        deadline = time.monotonic() + stop_timeout
+        for server in servers:
+            server.reap(deadline)
+
+
+def get_ok(port: int, path: str, timeout: float = 10.0) -> str:
+    """GET path from 127.0.0.1:port; the body as text, asserting a 200."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        assert resp.status == 200, (resp.status, body)
+        return body
+    finally:
+        conn.close()

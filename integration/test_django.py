@@ -15,11 +15,10 @@ import concurrent.futures
 import http.client
 import importlib.util
 import os
-import time
 from dataclasses import dataclass, field
 
 import pytest
-from fleet import Server
+from fleet import Server, drive_fleet
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("django") is None, reason="django not installed")
 
@@ -233,18 +232,7 @@ def fleet(sandbox_factory):
     sandbox.write("djangoapp.py", DJANGO_APP)
     servers = [Server(sandbox, member, env=member.env) for member in FLEET]
     results = {}
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        for server in servers:
-            server.wait_ready(deadline)
-        with concurrent.futures.ThreadPoolExecutor(len(servers)) as pool:
-            driven = dict(zip([s.member.name for s in servers], pool.map(_drive, servers)))
-    finally:
-        for server in servers:
-            server.stop()
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for server in servers:
-            server.reap(deadline)
+    driven = drive_fleet(servers, _drive, START_TIMEOUT, STOP_TIMEOUT)
     for server in servers:
         results[server.member.name] = Result(driven[server.member.name], sandbox.jsonl_spans(server.jsonl), server)
     return results

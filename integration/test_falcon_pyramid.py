@@ -10,15 +10,13 @@ so the agent's exit flush writes every span; the tests only look at the recorded
 
 from __future__ import annotations
 
-import concurrent.futures
 import http.client
 import importlib.util
 import os
-import time
 from dataclasses import dataclass, field
 
 import pytest
-from fleet import Server
+from fleet import Server, drive_fleet
 
 START_TIMEOUT = 40.0
 STOP_TIMEOUT = 20.0
@@ -236,22 +234,10 @@ def fleet(sandbox_factory):
     results = {m.name: Result(m, {}, [], "", skipped="%s is not installed" % _missing(m))
                for m in FLEET if _missing(m)}
     servers = [Server(sandbox, m) for m in members]
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        for server in servers:
-            server.wait_ready(deadline)
+    def drive(server: Server) -> dict:
+        return {probe.key: http_request(server.port, probe) for probe in PROBES}
 
-        def drive(server: Server) -> dict:
-            return {probe.key: http_request(server.port, probe) for probe in PROBES}
-
-        with concurrent.futures.ThreadPoolExecutor(len(servers)) as pool:
-            responses = dict(zip([s.member.name for s in servers], pool.map(drive, servers)))
-    finally:
-        for server in servers:
-            server.stop()
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for server in servers:
-            server.reap(deadline)
+    responses = drive_fleet(servers, drive, START_TIMEOUT, STOP_TIMEOUT)
     for server in servers:
         results[server.member.name] = Result(server.member, responses[server.member.name],
                                              sandbox.jsonl_spans(server.jsonl), server.tail(200))

@@ -7,14 +7,13 @@ the stored spans must come from the worker processes, each exactly once.
 from __future__ import annotations
 
 import collections
-import http.client
 import os
 import signal
 import socket
 import time
 
 import pytest
-from fleet import free_port
+from fleet import free_port, get_ok
 
 APP = """
 import os
@@ -42,14 +41,7 @@ def hello():
 
 
 def get(port: int, path: str) -> str:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        assert resp.status == 200
-        return resp.read().decode()
-    finally:
-        conn.close()
+    return get_ok(port, path, timeout=10)
 
 
 def wait_ready(proc, port: int, timeout: float = 30.0) -> None:
@@ -105,14 +97,20 @@ def test_gunicorn_workers_load_the_agent(sandbox, preload):
 def test_flask_run_loads_the_agent(sandbox):
     sandbox.write("flaskapp.py", FLASK_APP)
     port = free_port()
-    proc = sandbox.popen(["flask", "--app", "flaskapp", "run", "--port", str(port)], env=sandbox.env())
+    env = sandbox.env(AUTOINSTR_EXPORTER="jsonl", AUTOINSTR_FLUSH_INTERVAL="0.2")
+    proc = sandbox.popen(["flask", "--app", "flaskapp", "run", "--port", str(port)], env=env)
     try:
         wait_ready(proc, port)
         for _ in range(5):
             assert get(port, "/hello").startswith("served by")
+        # werkzeug closes a response body (which ends its span) after the client has it: wait for the
+        # spans rather than race a SIGTERM against the last request's thread
+        deadline = time.monotonic() + 10
+        while len(sandbox.jsonl_spans()) < 15 and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         stop(proc)
-    spans = sandbox.store_spans()
+    spans = sandbox.jsonl_spans()
     names = collections.Counter(s["name"] for s in spans)
     assert names == {"GET /hello": 5, "hello": 5, "flask-hello": 5}, names  # server, view, custom spans
     assert {s["service"] for s in spans} == {"flask"}  # the command's name, by default

@@ -23,7 +23,7 @@ import sysconfig
 import time
 
 import pytest
-from fleet import free_port
+from fleet import free_port, get_ok
 
 UWSGI = os.path.join(os.path.dirname(sys.executable), "uwsgi")
 if not os.path.exists(UWSGI):
@@ -88,15 +88,7 @@ def hello(n):
 
 
 def get(port: int, path: str) -> str:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        body = resp.read().decode()
-        assert resp.status == 200, (resp.status, body)
-        return body
-    finally:
-        conn.close()
+    return get_ok(port, path, timeout=15)
 
 
 def get_many(port: int, paths) -> collections.Counter:
