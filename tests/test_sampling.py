@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 
@@ -146,3 +147,20 @@ def test_fractional_rate_limit_allows_at_least_one(collected):
         with Span("s"):
             pass
     assert len(collected) == 1
+
+
+def test_unsampled_spans_make_no_reference_cycle(collected):
+    """With sampling off, a span must be freed by reference counting alone: a self-reference (root is
+    self) would leave every span to the cyclic GC, which cost more than the span itself."""
+    Sampling.configure(0.0)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(200):
+            with Span("root"), Span("child"):
+                pass
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+    with Span("root") as root:
+        assert root.root is root and root.trace_id == Span("child").trace_id

@@ -193,7 +193,8 @@ class Span:
         if parent is _UNSET:
             parent = _get_current()
         if parent is None:  # a new trace: this span is its local root
-            self.root = self
+            # An unsampled local root keeps `root` unset (__getattr__ answers self): a self-reference
+            # would leave each span to the cyclic GC, which costs more than the span itself.
             if _never:  # ratio 0: the trace id, if ever asked for, is drawn then (__getattr__)
                 self._sampled = False
                 return
@@ -201,6 +202,7 @@ class Span:
             if (trace_id & _MASK64) >= _threshold or (_limiter is not None and not _limiter()):
                 self._sampled = False
                 return
+            self.root = self
             self._sampled = True
             self._finished = None
             self.end_ns = 0
@@ -236,7 +238,6 @@ class Span:
     def _continue_remote(self, ctx: SpanContext) -> None:
         """This span starts the local part of a trace continued from `ctx` (extracted from headers); a
         context with baggage but no trace id starts a new trace that carries the baggage."""
-        self.root = self
         self._finished = None
         self.end_ns = 0
         self._baggage = ctx.baggage
@@ -244,11 +245,13 @@ class Span:
             trace_id = self._trace_id = _bits(128) or 1
             self.parent_id = None
             self._sampled = Sampling.decide(trace_id)
-            return
-        self._trace_id = ctx.trace_id
-        self._sampled = ctx.sampled if ctx.sampled is not None else Sampling.decide(ctx.trace_id)
-        self._tracestate = ctx.tracestate
-        self.parent_id = ctx.span_id
+        else:
+            self._trace_id = ctx.trace_id
+            self._sampled = ctx.sampled if ctx.sampled is not None else Sampling.decide(ctx.trace_id)
+            self._tracestate = ctx.tracestate
+            self.parent_id = ctx.span_id
+        if self._sampled:  # unsampled: `root` stays unset, as in __init__
+            self.root = self
 
     @property
     def status(self) -> str:
@@ -310,6 +313,8 @@ class Span:
         if name == "span_id":
             value = self.span_id = _bits(64) or 1
             return value
+        if name == "root":  # an unsampled local root made while sampling is off: not stored, a
+            return self       # self-reference would leave the span to the cyclic GC
         if name == "_trace_id" and self.root is self:
             value = self._trace_id = _bits(128) or 1
             return value
