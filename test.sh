@@ -9,8 +9,48 @@ if ! dpkg -s uwsgi-core uwsgi-plugin-python3 >/dev/null 2>&1 && command -v apt-g
    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q uwsgi-core uwsgi-plugin-python3 >/dev/null 2>&1; }) \
    || echo "test.sh: could not install Debian's uwsgi-core/uwsgi-plugin-python3; those uWSGI tests will skip"
 fi
+# Debian's PostgreSQL and MariaDB servers for the tests on real databases (integration/dbservers.py), and what
+# building mysqlclient needs. Once they are all in, AUTOINSTR_REQUIRE_DB_SERVERS=1: those tests fail, never skip.
+db_packages="postgresql mariadb-server-core mariadb-client-core libmariadb-dev pkg-config"
+apt_install() {  # quiet and idempotent; apt-get update only when the install needs it; one more try on a hiccup
+  for attempt in 1 2; do
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1 && return 0
+    apt-get update -q >/dev/null 2>&1 || sleep 5
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1 && return 0
+    [ "$attempt" = 1 ] && sleep 10
+  done
+  return 1
+}
+# shellcheck disable=SC2086
+if ! dpkg -s $db_packages >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # shellcheck disable=SC2086
+  apt_install $db_packages || for package in $db_packages; do  # then whatever can be had: the rest skip
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$package" >/dev/null 2>&1 || true
+  done
+fi
+# shellcheck disable=SC2086
+if dpkg -s $db_packages >/dev/null 2>&1; then
+  export AUTOINSTR_REQUIRE_DB_SERVERS="${AUTOINSTR_REQUIRE_DB_SERVERS:-1}"
+else
+  echo "test.sh: could not install Debian's $db_packages; the tests on real PostgreSQL/MariaDB servers will skip"
+fi
 python3 -m venv .venv >/dev/null 2>&1 || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check ".[test]" >/dev/null
+# the test extra; without mysqlclient when it can't be built here (no libmariadb-dev): its tests skip then
+install_test_extra() {
+  "$1" -m pip install -q --disable-pip-version-check ".[test]" >/dev/null && return 0
+  if [ "${AUTOINSTR_REQUIRE_DB_SERVERS-}" = 1 ]; then
+    echo "test.sh: pip install '.[test]' failed, though Debian's $db_packages are in"
+    return 1
+  fi
+  echo "test.sh: installing .[test] failed; trying again without mysqlclient"
+  local deps
+  mapfile -t deps < <("$1" -c '
+import re
+block = re.search(r"^test\s*=\s*\[(.*?)\][ \t]*$", open("pyproject.toml").read(), re.S | re.M).group(1)
+print("\n".join(d for d in re.findall(r"\"([^\"]+)\"", block) if not d.startswith("mysqlclient")))')
+  "$1" -m pip install -q --disable-pip-version-check . "${deps[@]}" >/dev/null
+}
+install_test_extra .venv/bin/python
 # non-editable, as users install it: the .pth hook and sitecustomize_hook come from the wheel
 .venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps . >/dev/null
 .venv/bin/ruff check autoinstr sitecustomize_hook tests integration benchmarks examples
@@ -31,7 +71,7 @@ for version in ${AUTOINSTR_TEST_PYTHONS-3.9 3.13}; do
   fi
   venv=".venv-py$version"
   "$interpreter" -m venv "$venv" >/dev/null
-  "$venv"/bin/python -m pip install -q --disable-pip-version-check ".[test]" >/dev/null
+  install_test_extra "$venv"/bin/python
   "$venv"/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps . >/dev/null
   echo "== Python $version ($interpreter)"
   "$venv"/bin/python -m pytest -q -p no:cacheprovider tests integration "$@"

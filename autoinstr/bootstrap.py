@@ -43,6 +43,7 @@ def _load() -> None:
     import autoinstr
     from autoinstr import _log, config, integrations
     from autoinstr.export import pipeline as pipeline_module
+    from autoinstr.export import records
     from autoinstr.export.base import create_exporters
     from autoinstr.trace.span import Limits, Sampling, Sink, Span, _Ids, unsampled_count
 
@@ -50,6 +51,7 @@ def _load() -> None:
     _log.set_debug(cfg.debug)
     Sampling.configure(cfg.sample_rate, cfg.rate_limit)
     Limits.max_attributes = cfg.max_attributes
+    records.SqlPolicy.obfuscate = cfg.sql_obfuscation
     # exporters are built on the flush thread, at first use: sqlite3, sockets and the like stay unloaded
     _pipeline = pipeline_module.Pipeline(lambda: create_exporters(cfg), cfg.service_name, cfg.flush_interval,
                          cfg.max_queue_spans, cfg.max_batch_spans, cfg.shutdown_timeout, cfg.max_attributes,
@@ -60,7 +62,9 @@ def _load() -> None:
     def before_fork() -> None:
         _quiet_fork_warning_for_our_threads()
         if _pipeline is not None:
+            modules_before = set(sys.modules)
             _pipeline.before_fork()
+            _late_fork_handlers(modules_before)
 
     def after_fork_in_parent() -> None:
         if _pipeline is not None:
@@ -85,6 +89,32 @@ def _load() -> None:
     autoinstr._enabled = True
     _log.debug("agent loaded in pid %d: service=%s exporters=%s" % (os.getpid(), cfg.service_name,
                                                                        ",".join(cfg.exporters)))
+
+
+# Modules whose at-fork handlers take a lock before the fork and release it after, in both processes.
+# Imported while our before-fork handler waited (the flush thread finishing an import), their handlers
+# are registered too late for this fork's "before" round but not for its "after" round, which would
+# release a lock never taken ("cannot release un-acquired lock"). Their "before" is run here instead.
+_LOCKING_AT_FORK = (("logging", ("_prepareFork", "_acquireLock")),
+                    ("concurrent.futures.thread", ()))
+
+
+def _late_fork_handlers(modules_before: set) -> None:
+    for name, before_names in _LOCKING_AT_FORK:
+        module = sys.modules.get(name)
+        if module is None or name in modules_before:
+            continue
+        try:
+            if name == "concurrent.futures.thread":
+                module._global_shutdown_lock.acquire()
+                continue
+            for attr in before_names:
+                handler = getattr(module, attr, None)
+                if handler is not None:
+                    handler()
+                    break
+        except Exception:
+            pass
 
 
 _FORK_WARNING = r"This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks"

@@ -90,7 +90,7 @@ class Config:
         "zipkin_url", "statsd", "sample_rate", "rate_limit", "propagators", "disabled_integrations",
         "flush_interval", "max_queue_spans", "shutdown_timeout", "debug", "max_batch_spans",
         "max_attributes", "max_attribute_length", "store_retention_hours", "store_max_mb", "flush_on_sigterm",
-        "trace_response_header", "max_span_names", "http_request_headers", "http_response_headers",
+        "trace_response_header", "sql_obfuscation", "max_span_names", "http_request_headers", "http_response_headers",
         "sources", "warnings",
         "_emit", "_env",
     )
@@ -105,6 +105,7 @@ class Config:
         self.debug = self._bool("AUTOINSTR_DEBUG", False)
         self.flush_on_sigterm = self._bool("AUTOINSTR_FLUSH_ON_SIGTERM", True)
         self.trace_response_header = self._bool("AUTOINSTR_TRACE_RESPONSE_HEADER", False)
+        self.sql_obfuscation = self._bool("AUTOINSTR_SQL_OBFUSCATION", True)
         self.http_request_headers = self._names(("AUTOINSTR_HTTP_REQUEST_HEADERS",
                                                   "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"))
         self.http_response_headers = self._names(("AUTOINSTR_HTTP_RESPONSE_HEADERS",
@@ -261,6 +262,7 @@ class Config:
             ("AUTOINSTR_STORE_MAX_MB", self.store_max_mb),
             ("AUTOINSTR_FLUSH_ON_SIGTERM", self.flush_on_sigterm),
             ("AUTOINSTR_TRACE_RESPONSE_HEADER", self.trace_response_header),
+            ("AUTOINSTR_SQL_OBFUSCATION", self.sql_obfuscation),
             ("AUTOINSTR_MAX_SPAN_NAMES", self.max_span_names),
             ("AUTOINSTR_HTTP_REQUEST_HEADERS", ",".join(self.http_request_headers) or "(none)"),
             ("AUTOINSTR_HTTP_RESPONSE_HEADERS", ",".join(self.http_response_headers) or "(none)"),

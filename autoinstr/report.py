@@ -38,6 +38,26 @@ def operation_table(rows: List[Sequence[Any]]) -> List[Dict[str, Any]]:
     return table
 
 
+def statement_table(rows: List[Sequence[Any]], limit: int = 10) -> List[Dict[str, Any]]:
+    """rows of (service, db.system, statement, duration_ns, trace_id) -> the normalized statements that
+    take most time: count, total, mean, p95, calls per trace (an N+1 pattern shows as many calls per
+    trace), and the trace of its slowest run as an example."""
+    groups: Dict[Tuple[str, str, str], List[Tuple[int, str]]] = {}
+    for service, system, statement, duration, trace_id in rows:
+        groups.setdefault((service, system or "", statement), []).append((duration, trace_id))
+    table = []
+    for (service, system, statement), items in groups.items():
+        durations = sorted(d for d, _ in items)
+        total = sum(durations)
+        table.append({"service": service, "db.system": system, "statement": statement, "count": len(items),
+                      "total_ms": total / 1e6, "mean_ms": total / len(items) / 1e6,
+                      "p95_ms": percentile(durations, 95) / 1e6,
+                      "per_trace": len(items) / len({t for _, t in items}),
+                      "example_trace": max(items)[1]})
+    table.sort(key=lambda r: -r["total_ms"])
+    return table[:limit]
+
+
 def waterfall(spans: List[Dict[str, Any]], width: int = 40) -> List[str]:
     """One line per span: offset, a bar on the trace's time axis, duration, name; children indented."""
     if not spans:
@@ -102,6 +122,16 @@ def print_report(store_path: str, traces: int = 3, since_minutes: float = 0, wid
         out.write("%-16s %-40s %-8s %7d %6.1f%% %10.2f %10.2f %10.2f %11.1f\n" % (
             _one_line(r["service"], 16), _one_line(r["name"], 40), r["kind"], r["count"], 100 * r["error_rate"],
             r["p50_ms"], r["p95_ms"], r["p99_ms"], r["total_ms"]))
+    statements = statement_table(store.statements(since_ns))
+    if statements:
+        out.write("\nslowest statements (by total time; calls/trace shows N+1 patterns):\n")
+        header = "%-16s %7s %10s %9s %9s %11s  %-32s %s" % (
+            "service", "count", "total ms", "mean ms", "p95 ms", "calls/trace", "example trace", "statement")
+        out.write(header + "\n" + "-" * len(header) + "\n")
+        for r in statements:
+            out.write("%-16s %7d %10.1f %9.2f %9.2f %11.1f  %-32s %s\n" % (
+                _one_line(r["service"], 16), r["count"], r["total_ms"], r["mean_ms"], r["p95_ms"], r["per_trace"],
+                r["example_trace"], _one_line(r["statement"], 100)))
     roots = store.slowest_roots(traces, since_ns)
     if roots:
         out.write("\nslowest traces:\n")

@@ -167,3 +167,42 @@ def sandbox(tmp_path) -> Sandbox:
 def sandbox_factory(tmp_path_factory):
     """For module-scoped fixtures: a fresh Sandbox in a new temp folder per call."""
     return lambda name: Sandbox(tmp_path_factory.mktemp(name))
+
+
+# -------------------------------------------------------------- real database servers (see dbservers.py)
+
+def _db_server(kind: str):
+    """Start one server for the session; skip when its binaries are missing, unless
+    AUTOINSTR_REQUIRE_DB_SERVERS=1 (test.sh sets it once the Debian packages are in): then fail."""
+    import dbservers
+
+    missing, start = {"postgresql": (dbservers.postgres_missing, dbservers.start_postgres),
+                      "mariadb": (dbservers.mariadb_missing, dbservers.start_mariadb)}[kind]
+    reason = missing()
+    if reason:
+        if os.environ.get("AUTOINSTR_REQUIRE_DB_SERVERS") == "1":
+            pytest.fail("AUTOINSTR_REQUIRE_DB_SERVERS=1, but " + reason, pytrace=False)
+        pytest.skip(reason)
+    return start()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (started on first use), as a dbservers.DBServer:
+    host 127.0.0.1, port, user/password autoinstr/autoinstr, dbname autoinstr_test; `.dsn` for psycopg."""
+    server = _db_server("postgresql")
+    try:
+        yield server.info
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb():
+    """A real MariaDB server for the session (started on first use), as a dbservers.DBServer:
+    `.pymysql_kwargs()` / `.mysqldb_kwargs()` to connect over TCP with user and password."""
+    server = _db_server("mariadb")
+    try:
+        yield server.info
+    finally:
+        server.stop()

@@ -6,6 +6,7 @@ becomes the documented record: hex ids, wall-clock nanoseconds, bounded JSON-saf
 
 from __future__ import annotations
 
+import re
 import time
 
 TYPE_CHECKING = False
@@ -123,6 +124,17 @@ def to_record(span: Span, service: str, offset: int, max_attributes: int, max_le
     name = span.name
     kind = span.kind
     attrs = span.attributes
+    derived = None
+    if attrs and "db.query.text" in attrs:
+        name, derived = _sql_summary(name, attrs)
+    if span._status == "error" and SqlPolicy.obfuscate:
+        attrs = _scrubbed_errors(attrs, events, derived is not None)
+    cleaned = clean_attributes(attrs, max_attributes, max_length) if attrs else {}
+    if derived is not None:  # the statement as summarized, operation and table unless the span had its own
+        cleaned["db.query.text"] = derived["db.query.text"]
+        for key in ("db.operation.name", "db.collection.name"):
+            if key in derived and not cleaned.get(key):
+                cleaned[key] = derived[key]
     return {
         "trace_id": "%032x" % span.root._trace_id,
         "span_id": "%016x" % span.span_id,
@@ -134,12 +146,128 @@ def to_record(span: Span, service: str, offset: int, max_attributes: int, max_le
         "start_ns": start + offset,
         "duration_ns": max(0, (span.end_ns or start) - start),
         "status": "error" if span._status == "error" else "ok",
-        "attributes": clean_attributes(attrs, max_attributes, max_length) if attrs else {},
+        "attributes": cleaned,
         "events": events,
     }
 
 
+class SqlPolicy:
+    """AUTOINSTR_SQL_OBFUSCATION (set by the bootstrap): false keeps statements as written."""
+
+    obfuscate = True
+
+
+_DIALECTS = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+
+
+_summaries: Dict[Any, Any] = {}  # (statement, system, name, procedure, obfuscate) -> (name, attributes)
+_MAX_SUMMARIES = 2048
+_sql: Any = None  # autoinstr.sql, imported on first use (on the flush thread)
+
+
+def _sql_summary(name: Any, attrs: Dict[str, Any]) -> Any:
+    """A statement is normalized and obfuscated here, on the flush thread (cached per distinct text),
+    never on the request path. Any span carrying db.query.text gets it: a literal must not leak even
+    when the user set the attribute. A span still named after its db.system (the integrations' name
+    until the statement is known) is named `OPERATION table`, as OpenTelemetry names database spans.
+    Returns the name and the attributes to set over the span's own (cleaned) ones."""
+    global _sql
+    raw = attrs["db.query.text"]
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        raw = bytes(raw).decode("utf-8", "replace")
+    elif not isinstance(raw, str):
+        raw = _text(raw, 4 * 4096)
+    system = attrs.get("db.system")
+    procedure = attrs.get("db.stored_procedure.name")
+    key = (raw, system, name, procedure, SqlPolicy.obfuscate)
+    try:
+        return _summaries[key]
+    except (KeyError, TypeError):
+        pass
+    if _sql is None:
+        from autoinstr import sql as _sql_module
+
+        _sql = _sql_module
+    summary = _sql.summarize(raw, _DIALECTS.get(system, "generic"), SqlPolicy.obfuscate)  # type: ignore[arg-type]
+    derived = {"db.query.text": summary.text}
+    if summary.operation:
+        derived["db.operation.name"] = summary.operation
+    if summary.collection:
+        derived["db.collection.name"] = summary.collection
+    if system and name == system:
+        if procedure and not summary.collection:
+            name = "%s %s" % (summary.operation or "CALL", _text(procedure, 200))
+        else:
+            name = _sql.span_name(summary, name)
+    result = (name, derived)
+    if len(_summaries) >= _MAX_SUMMARIES:
+        _summaries.clear()
+    try:
+        _summaries[key] = result
+    except TypeError:
+        pass
+    return result
+
+
+# Database error messages quote the statement and the data: PostgreSQL echoes the statement ("LINE 1:
+# ... 'secret'" and a caret line), puts bad values in double quotes and row values in DETAIL lines
+# ("Key (email)=(a@b.c)"); MySQL shows the text near a syntax error in single quotes. On a database span,
+# with obfuscation on, echo lines go and anything quoted or keyed becomes ?. Identifiers in quotes go
+# too: the span has db.collection.name for that.
+_ECHO_LINE = re.compile(r"^[ \t]*(?:LINE \d+:.*|\^[ \t]*)$\n?", re.MULTILINE)
+_SINGLE_QUOTED = re.compile(r"'[^\n]*'")  # first to last quote of a line: nested quoting cannot escape
+_DOUBLE_QUOTED = re.compile(r'"[^"\n]*"')
+_KEY_VALUES = re.compile(r"\)=\([^\n]*\)")
+
+
+def scrub_db_error(text: str) -> str:
+    text = _ECHO_LINE.sub("", text)
+    text = _SINGLE_QUOTED.sub("'?'", text)
+    text = _DOUBLE_QUOTED.sub('"?"', text)
+    return _KEY_VALUES.sub(")=(?)", text)
+
+
+# Errors from these packages may quote statements and data, on whatever span records them (a driver's
+# error that reaches the request's server span included).
+_DB_ERROR_PACKAGES = frozenset(("sqlite3", "psycopg2", "psycopg", "pymysql", "MySQLdb", "_mysql_exceptions",
+                                "sqlalchemy", "asyncpg", "aiomysql", "aiosqlite", "mysql", "django.db"))
+
+
+def _is_db_error(type_name: Any) -> bool:
+    if not isinstance(type_name, str):
+        return False
+    root = type_name.partition(".")[0]
+    return root in _DB_ERROR_PACKAGES or type_name.startswith("django.db.")
+
+
+def _scrubbed_errors(attrs: Dict[str, Any], events: List[Dict[str, Any]], is_db: bool) -> Dict[str, Any]:
+    """Exception messages and stacks of database errors, scrubbed (the span's attributes are copied)."""
+    message = attrs.get("exception.message") if attrs else None
+    if isinstance(message, str) and (is_db or _is_db_error(attrs.get("error.type"))):
+        attrs = dict(attrs)
+        attrs["exception.message"] = scrub_db_error(message)
+    for event in events:
+        ev = event["attributes"]
+        if event["name"] == "exception" and (is_db or _is_db_error(ev.get("exception.type"))):
+            for key in ("exception.message", "exception.stacktrace"):
+                value = ev.get(key)
+                if isinstance(value, str):
+                    ev[key] = scrub_db_error(value)
+    return attrs
+
+
 _KINDS = frozenset(("internal", "server", "client", "producer", "consumer"))
+
+
+def _unlink_root(span: Span) -> None:
+    """A local root refers to itself (`root is self`): a cycle that only the cyclic GC could free, after
+    the span had waited in the queue long enough to reach an old generation, where collections are
+    dear. Converted, it needs no link: Span.__getattr__ answers `root` with the span itself."""
+    try:
+        if span.root is span:
+            del span.root
+    except AttributeError:
+        pass
 
 
 def records_of(batches: List[List[Span]], service: str, max_attributes: int, max_length: int,
@@ -157,4 +285,5 @@ def records_of(batches: List[List[Span]], service: str, max_attributes: int, max
             except Exception as exc:
                 if errors is not None:
                     errors.append("%s: %s" % (type(exc).__name__, exc))
+            _unlink_root(span)
     return out

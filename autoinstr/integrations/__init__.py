@@ -39,6 +39,18 @@ INTEGRATIONS: Dict[str, Tuple[Tuple[str, ...], str, Optional[str]]] = {
                 "django.template.base"), "autoinstr.integrations.django", "django"),
     "falcon": (("falcon.app",), "autoinstr.integrations.falcon", "falcon"),
     "pyramid": (("pyramid.router",), "autoinstr.integrations.pyramid", "pyramid"),
+    # HTTP clients: a client span per logical request, trace headers injected (autoinstr.integrations._http)
+    "requests": (("requests.sessions",), "autoinstr.integrations.requests", "requests"),
+    "urllib3": (("urllib3.connectionpool", "urllib3.poolmanager"), "autoinstr.integrations.urllib3", "urllib3"),
+    "httpclient": (("http.client", "urllib.request"), "autoinstr.integrations.httpclient", None),
+    "httpx": (("httpx",), "autoinstr.integrations.httpx", "httpx"),
+    "aiohttp": (("aiohttp.client",), "autoinstr.integrations.aiohttp", "aiohttp"),
+    # DB-API drivers: a client span per query (autoinstr.integrations._dbapi)
+    "sqlite3": (("sqlite3",), "autoinstr.integrations.sqlite3", None),
+    "psycopg2": (("psycopg2",), "autoinstr.integrations.psycopg2", "psycopg2|psycopg2-binary"),
+    "psycopg": (("psycopg",), "autoinstr.integrations.psycopg", "psycopg"),
+    "pymysql": (("pymysql",), "autoinstr.integrations.pymysql", "pymysql"),
+    "mysqldb": (("MySQLdb",), "autoinstr.integrations.mysqldb", "mysqlclient"),
 }
 
 # --------------------------------------------------------------------------- suppression
@@ -245,9 +257,11 @@ def _version_of(distribution: Optional[str], triggers: Tuple[str, ...]) -> str:
     try:
         from importlib.metadata import PackageNotFoundError, version
 
-        try:
-            return version(distribution)
-        except PackageNotFoundError:
-            return "not installed"
+        for name in distribution.split("|"):  # alternatives: "psycopg2|psycopg2-binary"
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                pass
+        return "not installed"
     except Exception:
         return "unknown"

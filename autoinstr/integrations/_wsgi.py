@@ -298,7 +298,7 @@ class _Request:
             code = int(str(status)[:3])
             self.status_code = code
             span = self.span
-            if span.sampled:
+            if span._sampled:
                 span.attributes["http.response.status_code"] = code
                 if code >= 500:
                     span.set_status("error")

@@ -169,6 +169,10 @@ def _on_uwsgi(uwsgi: Any) -> None:
         return
     _seen = True
     try:
+        if _worker_id(uwsgi) >= 1:  # --lazy-apps: first seen in a worker, forked after the agent loaded
+            from autoinstr.trace.span import _Ids
+
+            _Ids.reseed()
         _threads = threads_enabled(uwsgi)
         if not _threads and _worker_id(uwsgi) <= 1:  # the master, or worker 1 (--lazy-apps): said once
             _log.warn("uWSGI runs without --enable-threads: Python threads cannot run while a worker waits "
@@ -396,10 +400,14 @@ def install_hooks(uwsgi: Any) -> None:
 
 
 def _after_fork() -> None:
-    """In a new worker: the pipeline starts afresh now (pid check), not at its first full batch."""
+    """In a new worker: new ids (the at-fork hooks did not run: without a reseed, every worker would
+    draw the master's next ids), and the pipeline starts afresh now (pid check), not at its first
+    full batch."""
     try:
         from autoinstr import bootstrap
+        from autoinstr.trace.span import _Ids
 
+        _Ids.reseed()
         bootstrap.flush(0.0)
         if _watcher is not None and not _watcher.active:
             _remove_watcher()  # not inside an import here

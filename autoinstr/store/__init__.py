@@ -231,6 +231,17 @@ class Store:
             args.append(since_ns)
         return self.db.execute(sql, args).fetchall()
 
+    def statements(self, since_ns: Optional[int] = None) -> List[Sequence[Any]]:
+        """(service, db.system, db.query.text, duration_ns, trace_id) of every span with a statement."""
+        sql = ("SELECT service, json_extract(attributes, '$.\"db.system\"'), "
+               "json_extract(attributes, '$.\"db.query.text\"') AS q, duration_ns, trace_id FROM spans "
+               "WHERE attributes LIKE '%\"db.query.text\"%'")
+        args: List[Any] = []
+        if since_ns:
+            sql += " AND start_ns >= ?"
+            args.append(since_ns)
+        return [r for r in self.db.execute(sql, args).fetchall() if isinstance(r[2], str)]
+
     def slowest_roots(self, limit: int, since_ns: Optional[int] = None) -> List[Dict[str, Any]]:
         """The slowest spans that start a trace's tree here (no parent, or a parent not in the store)."""
         sql = ("SELECT %s FROM spans s WHERE (s.parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM spans p WHERE "

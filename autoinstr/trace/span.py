@@ -327,14 +327,21 @@ class Span:
     def start(self) -> Span:
         """Start the clock without making this span the current one (use `with` for that, or
         autoinstr.trace.tracer.activate). Starting twice does nothing the second time."""
-        if not self.start_ns:
-            self.start_ns = _clock()
+        try:
+            if _read_start(self):
+                return self
+        except AttributeError:  # not started: read past __getattr__, whose fallback costs a raise
+            pass
+        self.start_ns = _clock()
         return self
 
     def finish(self, end_ns: int = 0) -> None:
         """End a span started with start() (not needed with `with`); a second call does nothing."""
-        if self.end_ns:
-            return
+        try:
+            if _read_end(self):
+                return
+        except AttributeError:
+            pass
         self.end_ns = end_ns or _clock()
         if self.root._sampled:
             self._on_end()
@@ -459,6 +466,11 @@ def _format_stack(exc: BaseException) -> str:
     if len(text) <= MAX_STACK_CHARS:
         return text
     return text[: MAX_STACK_CHARS // 4] + "\n...\n" + text[-MAX_STACK_CHARS * 3 // 4:]
+
+
+# The slots' own readers: AttributeError when unset, without the detour through Span.__getattr__.
+_read_start = Span.start_ns.__get__  # type: ignore[attr-defined]
+_read_end = Span.end_ns.__get__  # type: ignore[attr-defined]
 
 
 class Limits:

@@ -1,0 +1,130 @@
+"""sqlite3: connections and cursors are C types, so `sqlite3.connect` is given a traced subclass of the
+connection class asked for (`factory=`), whose `cursor()` hands out traced subclasses of the cursor
+class asked for. Connections stay real sqlite3.Connection objects: backup(), create_function(),
+iterdump(), row factories, adapters and converters work as without the agent."""
+
+from __future__ import annotations
+
+import os
+import sqlite3 as _sqlite3
+from types import ModuleType
+from typing import Any, Callable
+
+from autoinstr.integrations import _dbapi, is_suppressed
+from autoinstr.integrations._wrapping import unwrap, wrap
+
+SYSTEM = "sqlite"
+
+
+def _namespace(database: Any) -> Any:
+    """The database file's name (not its whole path): enough to tell databases apart."""
+    try:
+        path = os.fsdecode(database)
+    except TypeError:
+        return None
+    if path == ":memory:" or not path:
+        return ":memory:"
+    if path.startswith("file:"):  # uri=True
+        path = path[5:].partition("?")[0]
+    return os.path.basename(path) or path
+
+
+def _attributes(connection: Any) -> _dbapi.DbAttributes:
+    return connection.__dict__.get(_dbapi.CACHE_ATTRIBUTE) or {"db.system": SYSTEM}
+
+
+class _TracedCursor:
+    __slots__ = ()
+
+    def execute(self, sql: Any, *args: Any) -> Any:
+        return _dbapi.run(_attributes(self.connection), SYSTEM, sql, self, super().execute, sql, *args)  # type: ignore[misc]
+
+    def executemany(self, sql: Any, *args: Any) -> Any:
+        return _dbapi.run(_attributes(self.connection), SYSTEM, sql, self, super().executemany, sql, *args)  # type: ignore[misc]
+
+    def executescript(self, script: Any, *args: Any) -> Any:
+        return _dbapi.run(_attributes(self.connection), SYSTEM, script, None, super().executescript, script, *args)  # type: ignore[misc]
+
+
+def _traced_cursor_class(factory: Any) -> Any:
+    if isinstance(factory, type) and issubclass(factory, _sqlite3.Cursor):
+        return _dbapi.traced_class(factory, _TracedCursor)
+    return factory  # a factory function: its cursors are left alone
+
+
+class _TracedConnection:
+    __slots__ = ()
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        if "factory" in kwargs:
+            kwargs["factory"] = _traced_cursor_class(kwargs["factory"])
+        elif args:
+            args = (_traced_cursor_class(args[0]),) + args[1:]
+        else:
+            args = (_TRACED_CURSOR,)
+        return super().cursor(*args, **kwargs)  # type: ignore[misc]
+
+    # Connection.execute & co. create their cursor through self.cursor() but run the statement in C:
+    # the span is made here, once.
+    def execute(self, sql: Any, *args: Any) -> Any:
+        return _dbapi.run(_attributes(self), SYSTEM, sql, True, super().execute, sql, *args)  # type: ignore[misc]
+
+    def executemany(self, sql: Any, *args: Any) -> Any:
+        return _dbapi.run(_attributes(self), SYSTEM, sql, True, super().executemany, sql, *args)  # type: ignore[misc]
+
+    def executescript(self, script: Any, *args: Any) -> Any:
+        return _dbapi.run(_attributes(self), SYSTEM, script, None, super().executescript, script, *args)  # type: ignore[misc]
+
+    def commit(self) -> Any:
+        return _dbapi.run(_operation(self, "COMMIT"), "COMMIT", None, None, super().commit)  # type: ignore[misc]
+
+    def rollback(self) -> Any:
+        return _dbapi.run(_operation(self, "ROLLBACK"), "ROLLBACK", None, None, super().rollback)  # type: ignore[misc]
+
+
+def _operation(connection: Any, operation: str) -> _dbapi.DbAttributes:
+    attrs = dict(_attributes(connection))
+    attrs["db.operation.name"] = operation
+    return attrs
+
+
+_TRACED_CURSOR = _dbapi.traced_class(_sqlite3.Cursor, _TracedCursor)
+
+
+def _connect(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+    if is_suppressed():  # the agent's own store
+        return wrapped(*args, **kwargs)
+    try:
+        factory = kwargs.get("factory", args[5] if len(args) > 5 else _sqlite3.Connection)
+        if not (isinstance(factory, type) and issubclass(factory, _sqlite3.Connection)):
+            return wrapped(*args, **kwargs)
+        traced = _dbapi.traced_class(factory, _TracedConnection)
+        if len(args) > 5:
+            args = args[:5] + (traced,) + args[6:]
+        else:
+            kwargs = dict(kwargs, factory=traced)
+        database = args[0] if args else kwargs.get("database")
+        attrs = _dbapi.server_attributes(SYSTEM, _namespace(database))
+    except Exception:
+        return wrapped(*args, **kwargs)
+    connect_attrs = dict(attrs, **{"db.operation.name": "connect"})
+    connection = _dbapi.run(connect_attrs, "connect", None, None, wrapped, *args, **kwargs)
+    try:
+        connection.__dict__[_dbapi.CACHE_ATTRIBUTE] = attrs
+    except Exception:
+        pass
+    return connection
+
+
+def patch(module: ModuleType) -> None:  # sqlite3 (and sqlite3.dbapi2, where connect comes from)
+    wrap(module, "connect", _connect)
+    dbapi2 = getattr(module, "dbapi2", None)
+    if dbapi2 is not None and getattr(dbapi2, "connect", None) is not getattr(module, "connect", None):
+        wrap(dbapi2, "connect", _connect)
+
+
+def unpatch(module: ModuleType) -> None:
+    unwrap(module, "connect")
+    dbapi2 = getattr(module, "dbapi2", None)
+    if dbapi2 is not None:
+        unwrap(dbapi2, "connect")

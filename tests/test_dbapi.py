@@ -1,0 +1,186 @@
+"""The shared DB-API mechanics, in-process on the real sqlite3 driver: spans per call, nesting rules,
+exceptions passed through unchanged, rows, and the flush-thread summary of the statement."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from autoinstr.export import records
+from autoinstr.integrations import _dbapi, suppress_instrumentation
+from autoinstr.integrations import sqlite3 as sqlite3_integration
+from autoinstr.trace.span import Sampling, Span
+
+
+@pytest.fixture
+def traced_sqlite(collected):
+    sqlite3_integration.patch(sqlite3)
+    try:
+        yield collected
+    finally:
+        sqlite3_integration.unpatch(sqlite3)
+
+
+def _spans(collected):
+    return [s for batch in collected for s in batch]
+
+
+def test_connection_and_cursor_are_real_sqlite_objects(traced_sqlite, tmp_path):
+    conn = sqlite3.connect(str(tmp_path / "a.db"))
+    assert isinstance(conn, sqlite3.Connection) and type(conn).__name__ == "Connection"
+    cur = conn.cursor()
+    assert isinstance(cur, sqlite3.Cursor) and cur.execute("SELECT 1") is cur
+    other = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (x)")
+    conn.backup(other)  # needs a real Connection on both sides
+    assert other.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+    class MyCursor(sqlite3.Cursor):
+        pass
+
+    mine = conn.cursor(MyCursor)
+    assert isinstance(mine, MyCursor)
+    mine.execute("INSERT INTO t VALUES (1)")
+    names = [s.name for s in _spans(traced_sqlite)]
+    assert names.count("sqlite") >= 3  # named at export, from the statement
+
+
+def test_one_span_per_call_with_attributes_and_rows(traced_sqlite):
+    with Span("request") as parent:
+        conn = sqlite3.connect(":memory:")
+        conn.execute("CREATE TABLE t (x)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(1,), (2,), (3,)])
+        cur = conn.execute("UPDATE t SET x = 0 WHERE x > 1")
+        assert cur.rowcount == 2
+    spans = [s for s in _spans(traced_sqlite) if s.kind == "client"]
+    assert [s.attributes.get("db.query.text") for s in spans] == [
+        None, "CREATE TABLE t (x)", "INSERT INTO t VALUES (?)", "UPDATE t SET x = 0 WHERE x > 1"]
+    assert all(s.parent_id == parent.span_id and s.attributes["db.system"] == "sqlite" for s in spans)
+    assert spans[0].name == "connect" and spans[0].attributes["db.namespace"] == ":memory:"
+    assert spans[2].attributes["db.response.affected_rows"] == 3
+    assert spans[3].attributes["db.response.affected_rows"] == 2
+
+
+def test_exception_passes_unchanged_and_span_is_error(traced_sqlite):
+    conn = sqlite3.connect(":memory:")
+    with pytest.raises(sqlite3.OperationalError) as info:
+        conn.execute("SELEC 1")
+    assert type(info.value) is sqlite3.OperationalError and "syntax error" in str(info.value)
+    failed = [s for s in _spans(traced_sqlite) if s.status == "error"]
+    assert len(failed) == 1 and failed[0].attributes["error.type"] == "sqlite3.OperationalError"
+
+
+def test_unsampled_and_suppressed_record_nothing(traced_sqlite):
+    Sampling.configure(0.0)
+    with Span("unsampled"):
+        conn = sqlite3.connect(":memory:")
+        conn.execute("SELECT 1")
+    assert _spans(traced_sqlite) == []
+    Sampling.configure(1.0)
+    import contextvars
+
+    def agent_io():
+        suppress_instrumentation()
+        c = sqlite3.connect(":memory:")
+        assert type(c) is sqlite3.Connection  # the agent's own store gets the plain class
+        c.execute("SELECT 1")
+
+    contextvars.copy_context().run(agent_io)
+    assert _spans(traced_sqlite) == []
+
+
+def test_nested_calls_inside_a_database_span_are_not_spans(collected):
+    attrs = _dbapi.server_attributes("mysql", "db", "127.0.0.1", 3306)
+    calls = []
+
+    def inner():
+        calls.append(1)
+        return _dbapi.run(attrs, "mysql", "UPDATE t SET a = 1", None, lambda: 5)
+
+    assert _dbapi.run(attrs, "mysql", "UPDATE t SET a = %s", None, lambda: sum(inner() for _ in range(3))) == 15
+    spans = _spans(collected)
+    assert len(spans) == 1 and spans[0].attributes["db.query.text"] == "UPDATE t SET a = %s" and len(calls) == 3
+
+
+def test_the_wrapped_class_is_made_once_and_not_twice_over():
+    class Base(sqlite3.Cursor):
+        pass
+
+    class Mixin:
+        __slots__ = ()
+
+    first = _dbapi.traced_class(Base, Mixin)
+    assert _dbapi.traced_class(Base, Mixin) is first and _dbapi.traced_class(first, Mixin) is first
+    assert first.__qualname__ == Base.__qualname__ and issubclass(first, Base)
+
+
+def test_record_gets_normalized_statement_and_name_on_the_flush_side():
+    span = Span("postgresql", kind="client")
+    span.attributes.update({"db.system": "postgresql", "db.query.text": "SELECT * FROM users WHERE email = 'a@b.c'"})
+    span.__enter__().__exit__(None, None, None)
+    record = records.to_record(span, "svc", 0, 128, 4096)
+    assert record["name"] == "SELECT users"
+    assert record["attributes"]["db.query.text"] == "SELECT * FROM users WHERE email = ?"
+    assert record["attributes"]["db.operation.name"] == "SELECT"
+    assert record["attributes"]["db.collection.name"] == "users"
+    assert span.attributes["db.query.text"].endswith("'a@b.c'")  # the span itself is left alone
+
+    custom = Span("my own name", kind="client")
+    custom.attributes.update({"db.system": "mysql", "db.query.text": b'DELETE FROM t WHERE s = "x"'})
+    custom.__enter__().__exit__(None, None, None)
+    record = records.to_record(custom, "svc", 0, 128, 4096)
+    assert record["name"] == "my own name" and record["attributes"]["db.query.text"] == "DELETE FROM t WHERE s = ?"
+
+
+def test_obfuscation_off_keeps_the_text():
+    records.SqlPolicy.obfuscate = False
+    try:
+        span = Span("sqlite", kind="client")
+        span.attributes.update({"db.system": "sqlite", "db.query.text": "SELECT 1   FROM t WHERE a = 'x'"})
+        span.__enter__().__exit__(None, None, None)
+        record = records.to_record(span, "svc", 0, 128, 4096)
+        assert record["attributes"]["db.query.text"] == "SELECT 1 FROM t WHERE a = 'x'"
+    finally:
+        records.SqlPolicy.obfuscate = True
+
+
+@pytest.mark.parametrize("message, expected", [
+    ('relation "no_such_table" does not exist\nLINE 1: SELECT * FROM no_such_table WHERE note = \'hunter2\'\n'
+     '                      ^\n', 'relation "?" does not exist\n'),
+    ("You have an error in your SQL syntax; check the manual near ''hunter2'' at line 1",
+     "You have an error in your SQL syntax; check the manual near '?' at line 1"),
+    ('duplicate key value violates unique constraint "users_email_key"\nDETAIL:  Key (email)=(alice@example.com) '
+     'already exists.', 'duplicate key value violates unique constraint "?"\nDETAIL:  Key (email)=(?) already exists.'),
+    ('invalid input syntax for type integer: "4111111111111111"', 'invalid input syntax for type integer: "?"'),
+])
+def test_database_error_messages_lose_quoted_data(message, expected):
+    assert records.scrub_db_error(message) == expected
+
+
+def test_exception_event_of_a_database_span_is_scrubbed_at_export():
+    span = Span("postgresql", kind="client")
+    span.attributes.update({"db.system": "postgresql", "db.query.text": "SELECT * FROM t WHERE s = 'hunter2'"})
+    span.__enter__()
+    span.record_exception(ValueError("LINE 1: SELECT * FROM t WHERE s = 'hunter2'\n ^"))
+    span.__exit__(None, None, None)
+    record = records.to_record(span, "svc", 0, 128, 4096)
+    assert "hunter2" not in repr(record) and record["events"][0]["name"] == "exception"
+
+
+def test_a_driver_error_reaching_another_span_is_scrubbed_too():
+    import psycopg2.errors
+
+    span = Span("GET /users", kind="server")
+    span.__enter__()
+    exc = psycopg2.errors.lookup("23505")("duplicate key\nDETAIL:  Key (email)=(alice@example.com) already exists.")
+    span.record_exception(exc)
+    span.__exit__(None, None, None)
+    record = records.to_record(span, "svc", 0, 128, 4096)
+    assert "alice@example.com" not in repr(record)
+    assert record["attributes"]["error.type"] == "psycopg2.errors.UniqueViolation"
+    plain = Span("work")
+    plain.__enter__()
+    plain.record_exception(ValueError("'kept' as it is"))
+    plain.__exit__(None, None, None)
+    assert records.to_record(plain, "svc", 0, 128, 4096)["attributes"]["exception.message"] == "'kept' as it is"

@@ -1,0 +1,133 @@
+"""The pure parts of the HTTP client mechanics: url.full without credentials or secrets, server address and
+port, span names, which header families the app already sets."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoinstr.integrations import _http
+from autoinstr.integrations._http import _buffered_families, describe_url, join_url, span_name
+
+
+@pytest.mark.parametrize("url,full,host,port", [
+    ("http://inventory.local/items/7", "http://inventory.local/items/7", "inventory.local", 80),
+    ("https://Inventory.Local:8443/x?y=1", "https://Inventory.Local:8443/x?y=1", "inventory.local", 8443),
+    ("HTTPS://api.example.com", "https://api.example.com", "api.example.com", 443),
+    ("http://user:secret@127.0.0.1:5000/data?via=requests", "http://127.0.0.1:5000/data?via=requests",
+     "127.0.0.1", 5000),
+    ("http://user@host/p", "http://host/p", "host", 80),
+    ("http://us%40er:p%40ss@host/p", "http://host/p", "host", 80),
+    ("http://[::1]:8080/v6", "http://[::1]:8080/v6", "::1", 8080),
+    ("http://u:p@[fe80::1]/v6", "http://[fe80::1]/v6", "fe80::1", 80),
+    ("http://host/search?q=shoes&token=abc123&api_key=k&page=2",
+     "http://host/search?q=shoes&token=REDACTED&api_key=REDACTED&page=2", "host", 80),
+    ("http://host/p?%70assword=hunter2#frag", "http://host/p?%70assword=REDACTED#frag", "host", 80),
+    ("http://host/p#frag?token=x", "http://host/p#frag?token=x", "host", 80),  # a fragment, not a query
+    ("http://host?password=x", "http://host?password=REDACTED", "host", 80),
+    ("http://host:notaport/", "http://host:notaport/", "host", 80),
+])
+def test_describe_url(url, full, host, port):
+    assert describe_url(url) == (full, host, port)
+    assert describe_url(url) == (full, host, port)  # from the cache, the same
+
+
+def test_describe_url_never_keeps_credentials_anywhere():
+    full, host, port = describe_url("https://alice:Sup3rS3cret@db.example.com:4443/a?session=abc")
+    assert "alice" not in full and "Sup3rS3cret" not in full and "abc" not in full
+    assert (host, port) == ("db.example.com", 4443)
+
+
+def test_describe_url_caches_are_bounded():
+    for i in range(3000):
+        describe_url("http://h%d.example/p?id=%d" % (i, i))
+    assert len(_http._urls) <= 1024 and len(_http._netlocs) <= 256
+
+
+@pytest.mark.parametrize("parts,url", [
+    (("http", "127.0.0.1", 80, "/a"), "http://127.0.0.1/a"),
+    (("http", "127.0.0.1", 8080, "/a?b=1"), "http://127.0.0.1:8080/a?b=1"),
+    (("https", "example.com", 443, "/"), "https://example.com/"),
+    (("https", "example.com", None, "/"), "https://example.com/"),
+    (("http", "::1", 9000, "/x"), "http://[::1]:9000/x"),
+    (("http", "proxy", 3128, "http://elsewhere/x"), "http://elsewhere/x"),  # absolute form through a proxy
+    (("http", "h", 80, "x"), "http://h/x"),
+    (("http", "h", 80, "*"), "http://h*"),
+])
+def test_join_url(parts, url):
+    assert join_url(*parts) == url
+
+
+def test_span_names_are_method_and_host_and_bounded(monkeypatch):
+    assert span_name("GET", "inventory.local") == "GET inventory.local"
+    assert span_name("POST", "") == "POST"
+    monkeypatch.setattr(_http.NamePool, "names", set())
+    monkeypatch.setattr(_http.NamePool, "limit", 3)
+    monkeypatch.setattr(_http, "_names", {})
+    names = [span_name("GET", "h%d" % i) for i in range(6)]
+    assert names[:3] == ["GET h0", "GET h1", "GET h2"] and set(names[3:]) == {"other"}
+
+
+def test_call_attributes_and_unknown_method(collected):
+    call = _http.Call("GET", "http://u:p@inventory.local:8080/items?token=t")
+    call.respond(200)
+    call.end()
+    odd = _http.Call("PURGE", "http://cache.local/x")
+    odd.respond(404)
+    odd.end()
+    first, second = (batch[0] for batch in collected)
+    assert first.name == "GET inventory.local" and first.kind == "client" and first.status == "ok"
+    assert first.attributes == {"http.request.method": "GET", "url.full": "http://inventory.local:8080/items?token=REDACTED",
+                                "server.address": "inventory.local", "server.port": 8080,
+                                "http.response.status_code": 200}
+    assert second.name == "HTTP cache.local" and second.status == "error"
+    assert second.attributes["http.request.method"] == "_OTHER"
+    assert second.attributes["http.request.method_original"] == "PURGE"
+    assert second.attributes["error.type"] == "404"
+
+
+@pytest.mark.parametrize("status,error", [(200, False), (302, False), (399, False), (400, True), (404, True),
+                                          (500, True), (503, True)])
+def test_client_status_rules(collected, status, error):
+    call = _http.Call("GET", "http://h/")
+    call.respond(status)
+    call.end()
+    span = collected[0][0]
+    assert (span.status == "error") is error
+    assert span.attributes.get("error.type") == (str(status) if error else None)
+
+
+def test_call_fail_records_the_exception_and_resends(collected):
+    call = _http.Call("GET", "http://h/")
+    call.attempts = 3
+    call.fail(ConnectionRefusedError(111, "Connection refused"))
+    call.end()  # a second end does nothing
+    assert len(collected) == 1
+    span = collected[0][0]
+    assert span.status == "error" and span.attributes["error.type"] == "ConnectionRefusedError"
+    assert span.attributes["http.request.resend_count"] == 2
+    assert [e["name"] for e in span.events] == ["exception"]
+
+
+@pytest.mark.parametrize("lines,families", [
+    ([b"GET / HTTP/1.1", b"Host: h"], frozenset()),
+    ([b"GET / HTTP/1.1", b"TraceParent: 00-x"], {"w3c"}),
+    ([b"GET / HTTP/1.1", b"tracestate: a=b", b"X-B3-Sampled: 1"], {"w3c", "b3"}),
+    ([b"GET / HTTP/1.1", b"baggage: k=v", b"b3: 1"], {"baggage", "b3"}),
+    ([b"GET http://traceparent:80/ HTTP/1.1", b"X-Traceparent-Not: 1"], frozenset()),
+    ([], frozenset()),
+])
+def test_buffered_families(lines, families):
+    assert _buffered_families(lines) == families
+
+
+def test_headers_to_add_skips_the_families_the_app_sets(collected):
+    from autoinstr.trace.propagation import Propagators
+    from autoinstr.trace.span import Span
+
+    Propagators.names = ("tracecontext", "baggage", "b3", "b3multi")
+    span = Span("x", kind="client")
+    everything = _http.headers_to_add(span)
+    assert set(everything) == {"traceparent", "b3", "X-B3-TraceId", "X-B3-SpanId", "X-B3-Sampled"}
+    assert set(_http.headers_to_add(span, ["TRACEPARENT", "content-type"])) == {"b3", "X-B3-TraceId", "X-B3-SpanId",
+                                                                              "X-B3-Sampled"}
+    assert set(_http.headers_to_add(span, ["x-b3-traceid"])) == {"traceparent"}
