@@ -34,6 +34,27 @@ if dpkg -s $db_packages >/dev/null 2>&1; then
 else
   echo "test.sh: could not install Debian's $db_packages; the tests on real PostgreSQL/MariaDB servers will skip"
 fi
+# The statsd end-to-end tests (integration/test_statsd.py): Graphite's carbon-cache and whisper from Debian,
+# Etsy's statsd daemon from npm into .npm-statsd/ (git-ignored), run with the machine's node. Once they are
+# all in, AUTOINSTR_REQUIRE_STATSD_SERVERS=1: those tests fail, never skip.
+statsd_packages="graphite-carbon python3-whisper"
+# shellcheck disable=SC2086
+if ! dpkg -s $statsd_packages >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # shellcheck disable=SC2086
+  apt_install $statsd_packages || true
+fi
+if [ ! -f .npm-statsd/node_modules/statsd/stats.js ] && command -v npm >/dev/null; then
+  mkdir -p .npm-statsd
+  npm install --prefix .npm-statsd --no-audit --no-fund --silent statsd@0.9.0 >/dev/null 2>&1 || true
+fi
+# shellcheck disable=SC2086
+if dpkg -s $statsd_packages >/dev/null 2>&1 && command -v node >/dev/null \
+   && [ -f .npm-statsd/node_modules/statsd/stats.js ]; then
+  export AUTOINSTR_REQUIRE_STATSD_SERVERS="${AUTOINSTR_REQUIRE_STATSD_SERVERS:-1}"
+else
+  echo "test.sh: could not install graphite-carbon/python3-whisper (Debian) or statsd (npm); the statsd" \
+       "end-to-end tests will skip"
+fi
 python3 -m venv .venv >/dev/null 2>&1 || python3 -m venv .venv
 # the test extra; without mysqlclient when it can't be built here (no libmariadb-dev): its tests skip then
 install_test_extra() {

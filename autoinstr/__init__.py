@@ -13,11 +13,14 @@ no-op (`span` is then a stand-in whose methods do nothing).
     ctx = autoinstr.extract(headers)  # ...and continue it on the other side:
     with autoinstr.span("consume", kind="consumer", parent=ctx): ...
 
+    autoinstr.metrics.increment("orders.placed", country="fr")   # custom statsd metrics (AUTOINSTR_STATSD)
+
 Importing this module imports no instrumented library and starts no thread.
 """
 
 from __future__ import annotations
 
+from autoinstr import metrics
 from autoinstr.trace.span import NoopSpan as _NoopSpan
 from autoinstr.trace.span import SpanContext
 
@@ -26,7 +29,8 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Dict, MutableMapping, Optional
 
 __version__ = "0.1.0"
-__all__ = ["span", "traced", "current_span", "inject", "extract", "stats", "flush", "SpanContext", "__version__"]
+__all__ = ["span", "traced", "current_span", "inject", "extract", "stats", "flush", "metrics", "SpanContext",
+           "__version__"]
 
 #: The span class: `autoinstr.span(name, *, kind="internal", parent=None, **attributes)`. The real one once
 #: the agent is loaded (autoinstr-run, or AUTOINSTR_ENABLED=true), a free stand-in otherwise.

@@ -58,6 +58,10 @@ def _load() -> None:
                          cfg.max_attribute_length)
     Sink.submit = _pipeline.submit
     Sink.submit_one = _pipeline.submit_one
+    if cfg.statsd:  # metrics: recorded on the request path, sent by the flush thread
+        from autoinstr.export import statsd
+
+        statsd.enable(cfg.statsd, cfg.service_name, cfg.statsd_prefix, cfg.statsd_tags, _pipeline)
 
     def before_fork() -> None:
         _quiet_fork_warning_for_our_threads()
@@ -196,6 +200,9 @@ def stats() -> Dict[str, Any]:
     out.update(_pipeline.stats())
     out["spans_unsampled"] = unsampled_count()
     out["spans_created"] = out["spans_sampled"] + out["spans_unsampled"]
+    statsd = sys.modules.get("autoinstr.export.statsd")
+    if statsd is not None and statsd.enabled:
+        out["statsd"] = statsd.stats()
     wsgi = sys.modules.get("autoinstr.integrations._wsgi")
     if wsgi is not None:  # span names beyond AUTOINSTR_MAX_SPAN_NAMES, named `other`
         out["span_names_overflow"] = wsgi.NamePool.overflow

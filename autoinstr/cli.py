@@ -1,4 +1,4 @@
-"""Command line: `autoinstr-run` (the launcher) and `autoinstr` (spans, report, and later collector, ui).
+"""Command line: `autoinstr-run` (the launcher) and `autoinstr` (spans, report, collector, and later ui).
 
 The launcher replaces itself with the user's command (exec): same pid, stdin/stdout/stderr, signals and
 exit code, with the start-up hook's folder first on PYTHONPATH so that every Python process the command
@@ -124,6 +124,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_report.add_argument("--since", type=float, default=0, help="only spans of the last N minutes")
     p_report.add_argument("--width", type=int, default=40, help="width of the waterfall bars")
 
+    p_coll = sub.add_parser("collector", help="receive spans from agents (msgpack, OTLP/HTTP) into a store")
+    _store_args(p_coll)
+    p_coll.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p_coll.add_argument("--port", type=int, default=4990, help="port to listen on (default: 4990)")
+    p_coll.add_argument("--token", help="bearer token agents must send (default: AUTOINSTR_COLLECTOR_TOKEN)")
+    p_coll.add_argument("--threads", "--workers", type=int, default=4, help="request threads (default: 4)")
+    p_coll.add_argument("--max-body-mb", type=float, default=None,
+                        help="largest request body, also decompressed (default: AUTOINSTR_COLLECTOR_MAX_BODY_MB, 16)")
+
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -137,6 +146,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             from autoinstr.report import print_report
 
             return print_report(_store_path(args), args.traces, args.since, args.width)
+        if args.command == "collector":
+            return _cmd_collector(args)
     except StoreError as exc:
         sys.stderr.write("autoinstr: %s\n" % exc)
         return 1
@@ -182,6 +193,23 @@ def _cmd_spans(args: Any) -> int:
                 rec["service"], rec["name"]))
     out.flush()
     return 0
+
+
+def _cmd_collector(args: Any) -> int:
+    from autoinstr.collector.serve import serve
+    from autoinstr.config import Config
+
+    cfg = Config()  # the collector's own settings (token, body limit, store retention), one warning per bad value
+    max_body_mb = cfg.collector_max_body_mb if args.max_body_mb is None else args.max_body_mb
+    if not 0 < max_body_mb <= 1024:
+        sys.stderr.write("autoinstr collector: --max-body-mb must be in (0, 1024]\n")
+        return 2
+    if not 0 <= args.port < 65536:
+        sys.stderr.write("autoinstr collector: --port must be in 0..65535\n")
+        return 2
+    return serve(args.host, args.port, _store_path(args), token=args.token or cfg.collector_token or None,
+                 threads=args.threads, max_body=int(max_body_mb * 1024 * 1024),
+                 retention_hours=cfg.store_retention_hours, store_max_mb=cfg.store_max_mb)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at interpreter start-up; annotations are strings here
     from typing import Dict, List, Mapping, Optional, Tuple
 
+OTLP_PROTOCOLS = ("http/protobuf", "http/json")
 EXPORTERS = ("local", "collector", "otlp", "zipkin", "jsonl", "console", "none")
 PROPAGATORS = ("tracecontext", "baggage", "b3", "b3multi")
 _TRUE = ("1", "true", "yes", "on")
@@ -91,6 +92,10 @@ class Config:
         "flush_interval", "max_queue_spans", "shutdown_timeout", "debug", "max_batch_spans",
         "max_attributes", "max_attribute_length", "store_retention_hours", "store_max_mb", "flush_on_sigterm",
         "trace_response_header", "sql_obfuscation", "max_span_names", "http_request_headers", "http_response_headers",
+        "collector_token", "collector_max_body_mb",
+        "otlp_traces_endpoint", "otlp_protocol", "otlp_compression", "otlp_headers", "export_timeout",
+        "resource_attributes",
+        "statsd_prefix", "statsd_tags",
         "sources", "warnings",
         "_emit", "_env",
     )
@@ -111,15 +116,32 @@ class Config:
         self.http_response_headers = self._names(("AUTOINSTR_HTTP_RESPONSE_HEADERS",
                                                    "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE"))
         self.max_span_names = int(self._float(("AUTOINSTR_MAX_SPAN_NAMES",), 500, 1, 1_000_000, integer=True))
-        self.service_name = self._str(("AUTOINSTR_SERVICE_NAME", "OTEL_SERVICE_NAME"), "") or default_service_name()
+        self.resource_attributes = self._pairs(("OTEL_RESOURCE_ATTRIBUTES",), secret=False)
+        self.service_name = (self._str(("AUTOINSTR_SERVICE_NAME", "OTEL_SERVICE_NAME"), "")
+                             or dict(self.resource_attributes).get("service.name") or default_service_name())
         self.exporters = self._choices(("AUTOINSTR_EXPORTER", "OTEL_TRACES_EXPORTER"), EXPORTERS, ("local",),
                                        aliases={"otlp_proto_http": "otlp"})
         self.store_path = self._str(("AUTOINSTR_STORE",), "") or default_store_path(e)
         self.jsonl_path = self._str(("AUTOINSTR_JSONL_PATH",), "autoinstr-spans.jsonl")
         self.collector_url = self._url(("AUTOINSTR_COLLECTOR_URL",), "http://127.0.0.1:4990")
+        self.collector_token = self._str(("AUTOINSTR_COLLECTOR_TOKEN",), "")  # agents send it; collector needs it
+        self.collector_max_body_mb = self._float(("AUTOINSTR_COLLECTOR_MAX_BODY_MB",), 16.0, 0.001, 1024.0)
         self.otlp_endpoint = self._url(("AUTOINSTR_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"), "http://127.0.0.1:4318")
-        self.zipkin_url = self._url(("AUTOINSTR_ZIPKIN_URL",), "http://127.0.0.1:9411/api/v2/spans")
+        self.otlp_traces_endpoint = self._url(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",), "")  # used as is
+        self.otlp_protocol = self._choices(("AUTOINSTR_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                                            "OTEL_EXPORTER_OTLP_PROTOCOL"), OTLP_PROTOCOLS, ("http/protobuf",),
+                                           single=True)[0]
+        self.otlp_compression = self._choices(("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+                                               "OTEL_EXPORTER_OTLP_COMPRESSION"), ("gzip", "none"), ("none",),
+                                              single=True)[0]
+        self.otlp_headers = self._pairs(("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"),
+                                        secret=True)
+        self.export_timeout = self._timeout()
+        self.zipkin_url = self._url(("AUTOINSTR_ZIPKIN_URL", "OTEL_EXPORTER_ZIPKIN_ENDPOINT"),
+                                    "http://127.0.0.1:9411/api/v2/spans")
         self.statsd = self._hostport(("AUTOINSTR_STATSD",))
+        self.statsd_prefix = self._statsd_prefix()
+        self.statsd_tags = self._choices(("AUTOINSTR_STATSD_TAGS",), ("dogstatsd", "none"), ("none",))[0]
         self.sample_rate = self._float(("AUTOINSTR_SAMPLE_RATE", "OTEL_TRACES_SAMPLER_ARG"), 1.0, 0.0, 1.0)
         self.rate_limit = self._float(("AUTOINSTR_RATE_LIMIT",), 0.0, 0.0, 1e9)
         self.propagators = self._choices(("AUTOINSTR_PROPAGATORS", "OTEL_PROPAGATORS"), PROPAGATORS,
@@ -210,9 +232,13 @@ class Config:
         return None
 
     def _choices(self, names: Tuple[str, ...], allowed: Tuple[str, ...], default: Tuple[str, ...],
-                 allow_none: bool = False, aliases: Optional[Dict[str, str]] = None) -> Tuple[str, ...]:
+                 allow_none: bool = False, aliases: Optional[Dict[str, str]] = None,
+                 single: bool = False) -> Tuple[str, ...]:
         name, value = self._raw(names)
         if value is None or name is None:
+            return default
+        if single and value.strip().lower() not in allowed:  # one value, not a list
+            self._warn(name, value, "is not one of %s" % ", ".join(allowed), default[0])
             return default
         picked: List[str] = []
         bad: List[str] = []
@@ -234,6 +260,70 @@ class Config:
             return used
         return tuple(picked) or default
 
+    def _pairs(self, names: Tuple[str, ...], secret: bool) -> Tuple[Tuple[str, str], ...]:
+        """`key=value,key2=value2` (W3C Baggage style, percent-decoded), as OTEL_EXPORTER_OTLP_HEADERS and
+        OTEL_RESOURCE_ATTRIBUTES are written. Bad entries are skipped with one warning; with `secret`
+        (header values: API keys) the warning shows no value."""
+        import urllib.parse
+
+        name, value = self._raw(names)
+        if value is None or name is None:
+            return ()
+        out: Dict[str, str] = {}
+        bad = 0
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            key, sep, val = item.partition("=")
+            key = urllib.parse.unquote(key.strip())
+            val = urllib.parse.unquote(val.strip())
+            if not sep or not key or (secret and (not _is_token(key) or any(c in val for c in "\r\n\0"))):
+                bad += 1
+                continue
+            out[key] = val
+        if bad:
+            shown = "(%d entr%s, values not shown)" % (len(value.split(",")), "y" if value.count(",") == 0 else "ies") \
+                if secret else value
+            self._warn(name, shown, "has %d entr%s that %s not key=value%s" % (
+                bad, "y" if bad == 1 else "ies", "is" if bad == 1 else "are", " (header names are tokens, values "
+                "one line)" if secret else ""), "the other entries")
+        return tuple(out.items())
+
+    def _timeout(self) -> float:
+        """AUTOINSTR_EXPORT_TIMEOUT in seconds, else OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT in milliseconds."""
+        name, value = self._raw(("AUTOINSTR_EXPORT_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                                 "OTEL_EXPORTER_OTLP_TIMEOUT"))
+        if value is None or name is None:
+            return 10.0
+        scale = 1.0 if name == "AUTOINSTR_EXPORT_TIMEOUT" else 1000.0
+        try:
+            number = float(value) / scale
+            if not number == number or number in (float("inf"), float("-inf")):
+                raise ValueError
+        except ValueError:
+            self._warn(name, value, "is not a number", 10.0 * scale)
+            return 10.0
+        if not 0.001 <= number <= 600.0:
+            used = min(max(number, 0.001), 600.0)
+            self._warn(name, value, "is outside %s..%s%s" % (0.001 * scale, 600 * scale, " ms" if scale > 1 else ""),
+                       used * scale)
+            return used
+        return number
+
+    def _statsd_prefix(self) -> str:
+        """Dot-separated components of letters, digits, `_` and `-` (Graphite-safe); else sanitized, warned."""
+        name, value = self._raw(("AUTOINSTR_STATSD_PREFIX",))
+        if value is None or name is None:
+            return "autoinstr"
+        parts = value.split(".")
+        if all(part and all(c.isascii() and (c.isalnum() or c in "_-") for c in part) for part in parts):
+            return value
+        from autoinstr.export.statsd import dotted
+
+        used = dotted(value)
+        self._warn(name, value, "is not a Graphite-safe dotted name", used)
+        return used
+
     # --------------------------------------------------------------------------------------- display
 
     def items(self) -> List[Tuple[str, object]]:
@@ -245,9 +335,18 @@ class Config:
             ("AUTOINSTR_STORE", self.store_path),
             ("AUTOINSTR_JSONL_PATH", self.jsonl_path),
             ("AUTOINSTR_COLLECTOR_URL", self.collector_url),
+            ("AUTOINSTR_COLLECTOR_TOKEN", "(hidden)" if self.collector_token else "(none)"),
             ("AUTOINSTR_OTLP_ENDPOINT", self.otlp_endpoint),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", self.otlp_traces_endpoint or "(endpoint + /v1/traces)"),
+            ("AUTOINSTR_OTLP_PROTOCOL", self.otlp_protocol),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", self.otlp_compression),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", ",".join("%s=(set)" % k for k, _ in self.otlp_headers) or "(none)"),
+            ("AUTOINSTR_EXPORT_TIMEOUT", self.export_timeout),
+            ("OTEL_RESOURCE_ATTRIBUTES", ",".join("%s=%s" % kv for kv in self.resource_attributes) or "(none)"),
             ("AUTOINSTR_ZIPKIN_URL", self.zipkin_url),
             ("AUTOINSTR_STATSD", statsd or "(disabled)"),
+            ("AUTOINSTR_STATSD_PREFIX", self.statsd_prefix),
+            ("AUTOINSTR_STATSD_TAGS", self.statsd_tags),
             ("AUTOINSTR_SAMPLE_RATE", self.sample_rate),
             ("AUTOINSTR_RATE_LIMIT", self.rate_limit or "0 (no limit)"),
             ("AUTOINSTR_PROPAGATORS", ",".join(self.propagators)),
@@ -268,6 +367,14 @@ class Config:
             ("AUTOINSTR_HTTP_RESPONSE_HEADERS", ",".join(self.http_response_headers) or "(none)"),
             ("AUTOINSTR_DEBUG", self.debug),
         ]
+
+
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _is_token(name: str) -> bool:
+    """An HTTP header name (RFC 9110 token)."""
+    return bool(name) and all(c in _TOKEN_CHARS for c in name)
 
 
 _current: Optional[Config] = None

@@ -125,9 +125,45 @@ def test_headers_to_add_skips_the_families_the_app_sets(collected):
     from autoinstr.trace.span import Span
 
     Propagators.names = ("tracecontext", "baggage", "b3", "b3multi")
-    span = Span("x", kind="client")
-    everything = _http.headers_to_add(span)
+    with Span("request"):
+        call = _http.Call("GET", "http://h/")
+    everything = _http.headers_to_add(call)
     assert set(everything) == {"traceparent", "b3", "X-B3-TraceId", "X-B3-SpanId", "X-B3-Sampled"}
-    assert set(_http.headers_to_add(span, ["TRACEPARENT", "content-type"])) == {"b3", "X-B3-TraceId", "X-B3-SpanId",
+    assert set(_http.headers_to_add(call, ["TRACEPARENT", "content-type"])) == {"b3", "X-B3-TraceId", "X-B3-SpanId",
                                                                               "X-B3-Sampled"}
-    assert set(_http.headers_to_add(span, ["x-b3-traceid"])) == {"traceparent"}
+    assert set(_http.headers_to_add(call, ["x-b3-traceid"])) == {"traceparent"}
+    assert everything["traceparent"] == "00-%032x-%016x-01" % (call.span.trace_id, call.span.span_id)
+
+
+def test_span_context_is_what_span_context_gives(collected):
+    from autoinstr.trace.propagation import extract
+    from autoinstr.trace.span import Sampling, Span
+
+    def same(span):
+        a, b = _http.span_context(span), span.context
+        assert (a.trace_id, a.span_id, a.sampled, a.tracestate, a.baggage) == (
+            b.trace_id, b.span_id, b.sampled, b.tracestate, b.baggage)
+
+    remote = extract({"traceparent": "00-%032x-%016x-01" % (5, 6), "tracestate": "a=b", "baggage": "k=v"})
+    unsampled = extract({"traceparent": "00-%032x-%016x-00" % (7, 8), "baggage": "k=w"})
+    baggage_only = extract({"baggage": "only=this"})
+    with Span("local-root") as root:
+        same(root)
+        with Span("child") as child:
+            same(child)
+    for parent in (remote, unsampled, baggage_only):
+        with Span("continued", kind="server", parent=parent) as root:
+            same(root)
+            with Span("child", kind="client") as child:
+                same(child)
+    Sampling.configure(0.0)  # unsampled local roots: ids drawn on demand
+    with Span("never") as root:
+        same(root)
+        with Span("child") as child:
+            same(child)
+    for sampled in (0.0, 1.0):  # a client span that starts a new trace: Call.context() knows it has no parent
+        Sampling.configure(sampled)
+        call = _http.Call("GET", "http://h/")
+        a, b = call.context(), call.span.context
+        assert call.fresh and (a.trace_id, a.span_id, a.sampled, a.tracestate, a.baggage) == (
+            b.trace_id, b.span_id, b.sampled, b.tracestate, b.baggage)

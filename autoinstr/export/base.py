@@ -6,6 +6,8 @@ An exporter receives lists of span records (dicts, as in DESIGN.md) on the flush
         name = "mine"
         def __init__(self, config): ...
         def export(self, records): ...     # raise on failure: the pipeline retries with backoff, then drops
+                                           # (an error with `retry_after` = seconds waits at least
+                                           #  that long; with `retryable` = False it is dropped at once)
         def shutdown(self): ...            # flush and release; called once at exit, within the deadline
         def after_fork(self): ...          # the forked child gets the same object: reopen sockets/files
         def destination(self): ...         # for `autoinstr-run --info`
@@ -29,6 +31,9 @@ EXPORTERS: Dict[str, str] = {
     "local": "autoinstr.export.local:LocalStoreExporter",
     "jsonl": "autoinstr.export.jsonl:JsonlExporter",
     "console": "autoinstr.export.console:ConsoleExporter",
+    "otlp": "autoinstr.export.otlp_exporter:OtlpExporter",
+    "zipkin": "autoinstr.export.zipkin:ZipkinExporter",
+    "collector": "autoinstr.export.collector:CollectorExporter",
 }
 
 

@@ -34,6 +34,7 @@ FORK_WAIT_S = 2.0  # how long a fork waits for the agent's I/O in progress (see 
 MAX_RETRIES = 3  # then the batch is dropped for that exporter (counted)
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
+RETRY_AFTER_MAX = 300.0  # a server's Retry-After is honoured up to this many seconds
 EARLY_FLUSH_DUTY = 0.25  # share of wall time early flushes may use; the rest waits for the interval
 
 
@@ -194,10 +195,16 @@ class _ExporterSlot:
                 self.errors += 1
                 self.last_error = "%s: %s" % (type(exc).__name__, exc)
                 item[1] = attempts = attempts + 1
-                if final and attempts <= MAX_RETRIES:  # at exit: retry at once, a little later
-                    time.sleep(0.1 * attempts)     # (the exit deadline bounds all of it)
+                # an exporter's error may say when to retry (`retry_after`: the server's Retry-After, in
+                # seconds) or that retrying is pointless (`retryable` False: the batch is dropped now)
+                retry_after = getattr(exc, "retry_after", None)
+                retry_after = min(float(retry_after), RETRY_AFTER_MAX) if isinstance(retry_after, (int, float)) \
+                    and retry_after > 0 else 0.0
+                permanent = getattr(exc, "retryable", True) is False
+                if final and attempts <= MAX_RETRIES and not permanent:  # at exit: retry at once, a little later
+                    time.sleep(max(0.1 * attempts, retry_after))  # (the exit deadline bounds all of it)
                     continue
-                if attempts > MAX_RETRIES or final:
+                if attempts > MAX_RETRIES or final or permanent:
                     self.pending.pop(0)
                     self.pending_spans -= len(records)
                     self.dropped += len(records)
@@ -207,7 +214,7 @@ class _ExporterSlot:
                     if final:
                         continue
                 else:
-                    item[2] = now + min(BACKOFF_MAX, BACKOFF_BASE * (2 ** (attempts - 1)))
+                    item[2] = now + max(retry_after, min(BACKOFF_MAX, BACKOFF_BASE * (2 ** (attempts - 1))))
                     _log.debug("exporter %s failed (%s), retry %d in %.1fs" % (
                         self.name, self.last_error, attempts, item[2] - now))
                 return
@@ -236,6 +243,8 @@ class _ExporterSlot:
 
 
 class Pipeline:
+    metrics_flush: Optional[Callable[[bool], None]] = None
+
     def __init__(self, exporter_factory: Callable[[], List[Exporter]], service: str, flush_interval: float = 1.0,
                  max_queue_spans: int = 10000, max_batch_spans: int = 1000, shutdown_timeout: float = 2.0,
                  max_attributes: int = 128, max_attribute_length: int = 4096) -> None:
@@ -314,6 +323,13 @@ class Pipeline:
         self._queued = queued
         if queued >= self._wake_at:
             self._wake_up()
+
+    def ensure_thread(self) -> None:
+        """Start the flush thread if it is not running (statsd metrics need it without any span)."""
+        if self._pid != os.getpid():
+            self._forked_behind_our_back()
+        if self._thread is None:
+            self._start_thread()
 
     def _wake_up(self) -> None:
         if self._pid != os.getpid():
@@ -420,6 +436,8 @@ class Pipeline:
         Work goes in chunks of about a batch: converted, then handed to the exporters, chunk after
         chunk. A deadline (the exit's) that cuts a large backlog short loses only what it did not reach."""
         batches = self._take()
+        if self.metrics_flush is not None:  # statsd (autoinstr.export.statsd.flush), on every flush
+            self.metrics_flush(final)
         if not self.slots:  # `none`: nothing to convert for
             self.flushes += 1
             return

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+from autoinstr.export import statsd as _statsd
 from autoinstr.integrations import is_suppressed
 from autoinstr.trace.span import Span, _get_current
 
@@ -97,6 +98,8 @@ def _failed(span: Span, exc: BaseException) -> None:
             attributes["db.response.status_code"] = str(code)
     finally:
         span.__exit__(None, None, None)
+        if _statsd.enabled:
+            _statsd.db_span(span)
 
 
 def _rows(span: Span, cursor: Any) -> None:
@@ -118,6 +121,8 @@ def run(attrs: Mapping[str, Any], name: str, statement: Any, cursor: Any, call: 
     except Exception:
         span = None
     if span is None:
+        if _statsd.enabled:
+            return _statsd.db_untraced(attrs, statement, call, args, kwargs)
         return call(*args, **kwargs)
     try:
         result = call(*args, **kwargs)
@@ -127,6 +132,8 @@ def run(attrs: Mapping[str, Any], name: str, statement: Any, cursor: Any, call: 
     if cursor is not None:
         _rows(span, cursor if cursor is not True else result)
     span.__exit__(None, None, None)
+    if _statsd.enabled:
+        _statsd.db_span(span)
     return result
 
 
@@ -138,6 +145,8 @@ async def run_async(attrs: Mapping[str, Any], name: str, statement: Any, cursor:
     except Exception:
         span = None
     if span is None:
+        if _statsd.enabled:
+            return await _statsd.db_untraced_async(attrs, statement, call, args, kwargs)
         return await call(*args, **kwargs)
     try:
         result = await call(*args, **kwargs)
@@ -147,6 +156,8 @@ async def run_async(attrs: Mapping[str, Any], name: str, statement: Any, cursor:
     if cursor is not None:
         _rows(span, cursor)
     span.__exit__(None, None, None)
+    if _statsd.enabled:
+        _statsd.db_span(span)
     return result
 
 
@@ -187,6 +198,8 @@ class TracedBlock:
                 _failed(span, exc)
             else:
                 span.__exit__(None, None, None)
+                if _statsd.enabled:
+                    _statsd.db_span(span)
 
     def __enter__(self) -> Any:
         self._open()

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import functools
 import importlib
+import weakref
 from contextvars import ContextVar
 
+from autoinstr.export import statsd as _statsd
 from autoinstr.integrations import _suppressed
 from autoinstr.integrations._wsgi import KNOWN_METHODS, NamePool, redact_query
 from autoinstr.trace.propagation import inject
-from autoinstr.trace.span import Span, _clock
+from autoinstr.trace.span import Span, SpanContext, _clock, current_span_var
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,6 +61,13 @@ _active_get = _active.get
 _active_set = _active.set
 _active_reset = _active.reset
 _suppressed_get = _suppressed.get
+_current_get = current_span_var.get
+
+
+def passing_through() -> bool:
+    """True when a request is not to be traced here: the agent's own traffic, or an inner layer of a logical
+    request an outer one traces (the hooks test the same inline: a call less on every request)."""
+    return _suppressed_get() or _active_get() is not None
 
 
 # ------------------------------------------------------------------------------------ URLs, names
@@ -163,14 +172,16 @@ class Call:
     """One logical request: its client span (started, not made current: nothing below it makes spans) and
     the number of requests put on the wire for it."""
 
-    __slots__ = ("span", "attempts")
+    __slots__ = ("span", "attempts", "fresh")
 
     def __init__(self, method: str, url: str) -> None:
         self.attempts = 0
         known = method in KNOWN_METHODS
-        span = self.span = Span(method if known else "HTTP", kind="client")
+        parent = _current_get()
+        self.fresh = parent is None  # the span is the root of a new trace: no tracestate, no baggage to pass on
+        span = self.span = Span(method if known else "HTTP", kind="client", parent=parent)
         if span._sampled:
-            full, host, port = describe_url(url)
+            full, host, port = _urls.get(url) or describe_url(url)  # the cache, without a call, when it hits
             attrs = span.attributes
             attrs["http.request.method"] = method if known else "_OTHER"
             if not known:
@@ -178,16 +189,21 @@ class Call:
             attrs["url.full"] = full
             if host:
                 attrs["server.address"] = host
-                span.name = span_name(method if known else "HTTP", host)
+                name = method if known else "HTTP"
+                span.name = _names.get((name, host)) or span_name(name, host)
             if port:
                 attrs["server.port"] = port
             span.end_ns = 0  # what start() and finish() would otherwise look up through Span.__getattr__
             span.start_ns = _clock()
+        elif _statsd.enabled:  # statsd counts unsampled requests too: their clock and host
+            _statsd.client_start(span, describe_url(url)[1])
 
     def respond(self, status: Any, resends: int = -1) -> None:
         """The final response's status (4xx/5xx: an error, error.type the code) and the resend count."""
         span = self.span
         if not span._sampled:
+            if _statsd.enabled and isinstance(status, int) and status >= 400:  # statsd counts errors of all calls
+                span.attributes["error.type"] = str(status)
             return
         attrs = span.attributes
         if isinstance(status, int):
@@ -210,41 +226,54 @@ class Call:
                 span.record_exception(exc)
                 if self.attempts > 1:
                     span.attributes["http.request.resend_count"] = self.attempts - 1
+        if _statsd.enabled:
+            _statsd.client_end(span, True)  # finishes the span (once) and records it
         span.finish()
 
     def end(self) -> None:
+        if _statsd.enabled:
+            _statsd.client_end(self.span)
         self.span.finish()  # a second call does nothing
 
+    def context(self) -> SpanContext:
+        """The span's context, for inject() (see span_context)."""
+        span = self.span
+        if self.fresh:
+            return SpanContext(span.trace_id, span.span_id, span._sampled, "", None)
+        return span_context(span)
 
-def traced_call(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict, describe: Describe,
+
+def traced_call(real: Callable[..., Any], self: Any, args: tuple, kwargs: dict, describe: Describe,
                 settle: Settle, prepare: Optional[Prepare] = None, error_status: Optional[ErrorStatus] = None) -> Any:
-    """Run one logical request in a client span, unless the agent's own traffic or an outer layer's.
+    """real(self, *args, **kwargs) as one logical request in a client span (the caller has checked that this
+    is neither the agent's own traffic nor an inner layer: see hook_method).
 
-    describe(instance, args, kwargs) -> (method, url), or None for what is not HTTP; prepare(call, instance,
-    args, kwargs) -> (args, kwargs) with the trace headers added (for clients not built on http.client);
+    describe(self, args, kwargs) -> (method, url), or None for what is not HTTP; prepare(call, self, args,
+    kwargs) -> (args, kwargs) with the trace headers added (for clients not built on http.client);
     settle(call, result) records the response and ends the span (now, or when the body is done)."""
-    if _suppressed_get() or _active_get() is not None:
-        return wrapped(*args, **kwargs)
     try:
-        what = describe(instance, args, kwargs)
+        what = describe(self, args, kwargs)
         if what is None:
-            return wrapped(*args, **kwargs)
+            return real(self, *args, **kwargs)
         call = Call(*what)
     except Exception:
-        return wrapped(*args, **kwargs)
+        return real(self, *args, **kwargs)
     if prepare is not None:
         try:
-            args, kwargs = prepare(call, instance, args, kwargs)
+            args, kwargs = prepare(call, self, args, kwargs)
         except Exception:
             pass
     token = _active_set(call)
     try:
-        result = wrapped(*args, **kwargs)
+        result = real(self, *args, **kwargs)
     except BaseException as exc:
         _reset(token)
         _fail(call, exc, error_status)
         raise
-    _reset(token)
+    try:
+        _active_reset(token)
+    except ValueError:
+        _active_set(None)
     try:
         settle(call, result)
     except Exception:
@@ -252,10 +281,38 @@ def traced_call(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs:
     return result
 
 
+def hook_method(cls: Any, name: str, describe: Describe, settle: Settle, prepare: Optional[Prepare] = None,
+                error_status: Optional[ErrorStatus] = None) -> None:
+    """Put on `cls`, in place of its method `name`, a plain function that makes each call one logical request
+    (traced_call). A plain function rather than a wrapt wrapper: these run on every request an app makes, and
+    wrapt's bound-wrapper objects and argument repacking cost about two microseconds more per call here. It
+    carries the method's name, docstring and `__wrapped__` (so inspect.signature still sees the real one)."""
+    real = cls.__dict__[name]
+    if getattr(real, "__autoinstr_real__", None) is not None:
+        return  # hooked already
+
+    def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if _suppressed_get() or _active_get() is not None:  # the agent's own traffic, or an inner layer
+            return real(self, *args, **kwargs)
+        return traced_call(real, self, args, kwargs, describe, settle, prepare, error_status)
+
+    functools.update_wrapper(hook, real)
+    hook.__autoinstr_real__ = real  # type: ignore[attr-defined]
+    setattr(cls, name, hook)
+
+
+def unhook_method(cls: Any, name: str) -> None:
+    """Undo hook_method; does nothing if the method is not hooked (or was replaced again since)."""
+    real = getattr(cls.__dict__.get(name), "__autoinstr_real__", None)
+    if real is not None:
+        setattr(cls, name, real)
+
+
 async def traced_call_async(wrapped: Callable[..., Awaitable[Any]], instance: Any, args: tuple, kwargs: dict,
                             describe: Describe, settle: Settle, prepare: Optional[Prepare] = None,
                             error_status: Optional[ErrorStatus] = None) -> Any:
-    """traced_call for a coroutine method: the span starts when the request is awaited, in the awaiting task."""
+    """traced_call for a coroutine method wrapped with wrapt (`wrapped` is bound already): the span starts when
+    the request is awaited, in the awaiting task."""
     if _suppressed_get() or _active_get() is not None:
         return await wrapped(*args, **kwargs)
     try:
@@ -302,9 +359,30 @@ def _fail(call: Call, exc: BaseException, error_status: Optional[ErrorStatus]) -
 
 # ----------------------------------------------------------------------------------- header helpers
 
-def headers_to_add(span: Span, present_names: Iterable[str] = ()) -> Dict[str, str]:
-    """The configured propagators' headers for `span`, less the families the app already sets itself."""
-    headers = inject({}, span)
+_slot_baggage = Span.__dict__["_baggage"].__get__  # a slot read that raises in C, without Span.__getattr__
+
+
+def span_context(span: Span) -> SpanContext:
+    """What `span.context` gives, for inject(), cheaper on the request path. Span.context reads the root's
+    tracestate and baggage with getattr and a default: for the root of a new trace, whose slots are unset, that
+    raises and catches through Span.__getattr__ twice, more than the rest of the injection together. A root
+    that continues a remote trace (parent_id set) has both slots set; another root has no tracestate, and
+    baggage only if the trace began from incoming baggage alone."""
+    root = span.root
+    if root.parent_id is not None:
+        tracestate, baggage = root._tracestate, root._baggage
+    else:
+        tracestate = ""
+        try:
+            baggage = _slot_baggage(root)
+        except AttributeError:
+            baggage = None
+    return SpanContext(root._trace_id, span.span_id, root._sampled, tracestate, baggage)
+
+
+def headers_to_add(call: Call, present_names: Iterable[str] = ()) -> Dict[str, str]:
+    """The configured propagators' headers for the call's span, less the families the app already sets."""
+    headers = inject({}, call.context())
     present = {_FAMILY[n] for n in (name.lower() for name in present_names) if n in _FAMILY}
     if present and headers:
         headers = {k: v for k, v in headers.items() if _FAMILY.get(k.lower()) not in present}
@@ -314,49 +392,44 @@ def headers_to_add(span: Span, present_names: Iterable[str] = ()) -> Dict[str, s
 # --------------------------------------------------------------------- http.client: the wire level
 
 _OWNED = "_autoinstr_call"  # on a connection: its own call (http.client used directly), until getresponse()
-_BODY = "_autoinstr_body"  # on a response: the call that ends with this body
 
 
 class Wire:
-    """The http.client hooks, shared: whichever of the requests, urllib3 and httpclient integrations is
-    patched first installs them, so injection works whatever the app disables. Only with the httpclient
-    integration on does a connection used directly (no outer layer) make a span of its own.
+    """The http.client hook, shared: whichever of the requests, urllib3 and httpclient integrations is patched
+    first installs it, so injection works whatever the app disables. Only with the httpclient integration on
+    does a connection used directly (no outer layer) make a span of its own.
 
-    Three hooks, each an attribute lookup or two when there is nothing to do: endheaders() (the request line
-    and the app's headers are buffered, nothing is sent yet: count the attempt, add the trace headers, start a
-    span of its own), getresponse() (the status of a span of its own) and HTTPResponse._close_conn() (the body
-    was read to its end, or the response closed: close() and the garbage collector go through it).
+    One hook on the class, HTTPConnection.endheaders: the request line and the app's headers are buffered and
+    nothing is sent yet, so it counts the attempt, adds the trace headers and starts a span of its own. It runs
+    on every request an app makes: a plain function put on the class (a wrapt wrapper costs about a
+    microsecond more per call), calling the one it replaced, marks read and set with getattr/setattr, never
+    through `__dict__` (that would turn an object's compact attribute storage into a dict for good).
 
-    They run on every request an app makes, so they are plain functions put on the classes (a wrapt
-    wrapper costs about a microsecond more per call here), each calling the function it replaced; and they
-    read and set their marks with getattr/setattr, never through `__dict__` (which would turn the objects'
-    compact attribute storage into a dict for good, slowing every later attribute access on them)."""
+    What only some requests need is put on those objects alone, as instance attributes that shadow the class's
+    method once: getresponse() on a connection with a span of its own (its status), and _close_conn() on a
+    response whose body the app has still to read (http.client calls it when the body has been read to its
+    end, and close() does, and so the garbage collector's close of a response dropped unread)."""
 
     installed = False
     own_spans = False
     response_class: Any = None
-    replaced: Dict[Tuple[Any, str], Any] = {}
+    hook: Any = None
 
 
 def install_wire() -> None:
-    """Hook http.client's request and response steps (once per process)."""
+    """Hook http.client's HTTPConnection.endheaders (once per process)."""
     if Wire.installed:
         return
     # from sys.modules: when http.client's own post-import hook runs, `http.client` is not yet an attribute
     # of the `http` package
     module = importlib.import_module("http.client")
-    global _real_endheaders, _real_getresponse, _real_close_conn
-    conn, resp = module.HTTPConnection, module.HTTPResponse
+    global _real_endheaders
+    conn = module.HTTPConnection
     _real_endheaders = conn.__dict__["endheaders"]
-    _real_getresponse = conn.__dict__["getresponse"]
-    _real_close_conn = resp.__dict__["_close_conn"]
-    for cls, name, hook, real in ((conn, "endheaders", _endheaders, _real_endheaders),
-                                  (conn, "getresponse", _getresponse, _real_getresponse),
-                                  (resp, "_close_conn", _close_conn, _real_close_conn)):
-        functools.update_wrapper(hook, real)  # name, docstring, __wrapped__ (and so the signature) of the real one
-        Wire.replaced[(cls, name)] = hook
-        setattr(cls, name, hook)
-    Wire.response_class = resp
+    functools.update_wrapper(_endheaders, _real_endheaders)  # name, docstring, __wrapped__ (the signature)
+    conn.endheaders = _endheaders
+    Wire.hook = (conn, "endheaders", _endheaders)
+    Wire.response_class = module.HTTPResponse
     Wire.installed = True
 
 
@@ -364,10 +437,9 @@ def uninstall_wire() -> None:
     """Undo install_wire (tests, benchmarks); a hook someone else has replaced since is left alone."""
     if not Wire.installed:
         return
-    for (cls, name), hook in list(Wire.replaced.items()):
-        if cls.__dict__.get(name) is hook:
-            setattr(cls, name, hook.__wrapped__)
-    Wire.replaced.clear()
+    cls, name, hook = Wire.hook
+    if cls.__dict__.get(name) is hook:
+        setattr(cls, name, hook.__wrapped__)
     Wire.installed = False
 
 
@@ -375,18 +447,79 @@ def end_with_body(call: Call, response: Any) -> None:
     """End `call` when this http.client response's body has been read to its end or the response closed;
     now if it already is, or if the object is not an http.client response (then its body cannot be watched)."""
     cls = Wire.response_class
-    if (cls is not None and isinstance(response, cls) and response.fp is not None and response.length != 0
-            and Wire.installed):
-        setattr(response, _BODY, call)
+    if cls is not None and isinstance(response, cls) and response.fp is not None and response.length != 0:
+        response._close_conn = _BodyWatch(response, call)
     else:
         call.end()
 
 
+class _BodyWatch:
+    """A response's own _close_conn until it runs: the class's one, then the end of the call. It holds the
+    response weakly: an instance attribute referring back to its object would leave it to the cyclic garbage
+    collector (its socket closed later than without the agent)."""
+
+    __slots__ = ("response", "call")
+
+    def __init__(self, response: Any, call: Call) -> None:
+        self.response = weakref.ref(response)
+        self.call = call
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        response = self.response()
+        try:
+            if response is None:  # cannot happen for a response closing itself; the span ends all the same
+                return None
+            try:
+                del response._close_conn  # the class's method again
+            except AttributeError:
+                pass
+            return type(response)._close_conn(response, *args, **kwargs)
+        finally:
+            try:
+                self.call.end()
+            except Exception:
+                pass
+
+
+class _ResponseWatch:
+    """The getresponse() of a connection with a span of its own, until it runs: the status, then the body."""
+
+    __slots__ = ("conn", "call")
+
+    def __init__(self, conn: Any, call: Call) -> None:
+        self.conn = weakref.ref(conn)
+        self.call = call
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        conn, call = self.conn(), self.call
+        if conn is None:
+            call.end()
+            raise ReferenceError("connection gone")  # not reachable: the app calls this on its connection
+        _forget(conn)
+        try:
+            response = type(conn).getresponse(conn, *args, **kwargs)
+        except BaseException as exc:  # timeouts waiting for the answer land here
+            call.fail(exc)
+            raise
+        try:
+            call.respond(response.status)
+            end_with_body(call, response)
+        except Exception:
+            call.end()
+        return response
+
+
+def _forget(conn: Any) -> None:
+    """The connection's own call is over (or superseded): its plain getresponse() again."""
+    setattr(conn, _OWNED, None)
+    try:
+        del conn.getresponse
+    except AttributeError:
+        pass
+
+
 def _real_endheaders(self: Any, *args: Any, **kwargs: Any) -> Any:  # replaced by install_wire
     raise NotImplementedError
-
-
-_real_getresponse = _real_close_conn = _real_endheaders
 
 
 def _endheaders(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -396,7 +529,7 @@ def _endheaders(self: Any, *args: Any, **kwargs: Any) -> Any:
     if call is not None:  # one attempt of an outer layer's logical request
         call.attempts += 1
         try:
-            _inject_buffered(self, call.span)
+            _inject_buffered(self, call)
         except Exception:
             pass
         return _real_endheaders(self, *args, **kwargs)
@@ -404,14 +537,14 @@ def _endheaders(self: Any, *args: Any, **kwargs: Any) -> Any:
         return _real_endheaders(self, *args, **kwargs)
     stale = getattr(self, _OWNED, None)
     if stale is not None:  # the previous request on this connection never got to getresponse()
-        setattr(self, _OWNED, None)
+        _forget(self)
         stale.end()
     try:
         call = Call(*_buffered_request(self))
     except Exception:
         return _real_endheaders(self, *args, **kwargs)
     try:
-        _inject_buffered(self, call.span)
+        _inject_buffered(self, call)
     except Exception:
         pass
     try:
@@ -419,7 +552,11 @@ def _endheaders(self: Any, *args: Any, **kwargs: Any) -> Any:
     except BaseException as exc:
         call.fail(exc)
         raise
-    setattr(self, _OWNED, call)
+    try:
+        setattr(self, _OWNED, call)
+        self.getresponse = _ResponseWatch(self, call)
+    except Exception:
+        call.end()
     return result
 
 
@@ -432,18 +569,24 @@ def _buffered_request(conn: Any) -> Tuple[str, str]:
     return method, join_url(scheme, str(host), port, target)
 
 
-def _inject_buffered(conn: Any, span: Span) -> None:
-    """Add the trace headers to the request being built, unless the app put a header of the same family."""
-    headers = inject({}, span)
+def _inject_buffered(conn: Any, call: Call) -> None:
+    """Add the trace headers to the request being built, unless the app put a header of the same family (looked
+    for in one lowercased copy of the buffered head, with C loops, not Python ones)."""
+    headers = inject({}, call.context())
     if not headers:
         return
     buffer = getattr(conn, "_buffer", None)
-    present = _buffered_families(buffer)
+    present = _NONE
+    if buffer:
+        head = b"\n".join(buffer).lower()
+        # find(), not `in`: bytes.__contains__ first tries its argument as an int, and fails, raising inside
+        if head.find(b"\nt") >= 0 or head.find(b"\nb") >= 0 or head.find(b"\nx-b3") >= 0:
+            present = frozenset(family for marker, family in _MARKERS if head.find(marker) >= 0)
     # straight into the buffer, as putheader() would put them (our names and values are plain ASCII tokens,
     # checked when they were parsed or made): putheader's checks cost more than the rest of the injection
     add = buffer.append if buffer.__class__ is list else None
     for name, value in headers.items():
-        if present is _NONE or _FAMILY.get(name.lower()) not in present:
+        if not present or _FAMILY.get(name.lower()) not in present:
             if add is not None:
                 add(("%s: %s" % (name, value)).encode("latin-1"))
             else:
@@ -454,45 +597,8 @@ _MARKERS = tuple((("\n%s:" % name).encode(), family) for name, family in _FAMILY
 
 
 def _buffered_families(buffer: Any) -> FrozenSet[str]:
-    """Families of the trace headers among the header lines http.client has buffered (b"Name: value"),
-    searched in one lowercased copy of the head (C loops, not Python ones)."""
+    """Families of the trace headers among the header lines http.client has buffered (b"Name: value")."""
     if not buffer:
         return _NONE
     head = b"\n".join(buffer).lower()
-    if b"\nt" not in head and b"\nb" not in head and b"\nx-b3" not in head:
-        return _NONE
-    found = {family for marker, family in _MARKERS if marker in head}
-    return frozenset(found) if found else _NONE
-
-
-def _getresponse(self: Any, *args: Any, **kwargs: Any) -> Any:
-    call = getattr(self, _OWNED, None)
-    if call is None:
-        return _real_getresponse(self, *args, **kwargs)
-    setattr(self, _OWNED, None)
-    try:
-        response = _real_getresponse(self, *args, **kwargs)
-    except BaseException as exc:  # timeouts waiting for the answer land here
-        call.fail(exc)
-        raise
-    try:
-        call.respond(response.status)
-        end_with_body(call, response)
-    except Exception:
-        call.end()
-    return response
-
-
-def _close_conn(self: Any, *args: Any, **kwargs: Any) -> Any:
-    """HTTPResponse._close_conn: the body was read to its end, or the response closed (by the app, or by the
-    garbage collector): the call watching it ends."""
-    try:
-        return _real_close_conn(self, *args, **kwargs)
-    finally:
-        try:
-            call = getattr(self, _BODY, None)
-            if call is not None:
-                setattr(self, _BODY, None)
-                call.end()
-        except Exception:  # also runs from the garbage collector, at interpreter exit too
-            pass
+    return frozenset(family for marker, family in _MARKERS if head.find(marker) >= 0)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 from urllib.parse import unquote_plus
 
 from autoinstr import config
+from autoinstr.export import statsd as _statsd
 from autoinstr.integrations import is_suppressed
 from autoinstr.trace.propagation import extract
 from autoinstr.trace.span import Span, current_span_var
@@ -97,6 +98,8 @@ def set_route(route: str, environ: Optional[Dict[str, Any]] = None, span: Any = 
         if span is None:
             span = environ.get(ENVIRON_KEY) if environ is not None else None
         if span.__class__ is not Span or not span._sampled:
+            if _statsd.enabled and span.__class__ is Span:  # statsd counts unsampled requests per route too
+                span.attributes["http.route"] = route
             return
         attrs = span.attributes
         method = attrs.get("http.request.method", "GET")
@@ -349,6 +352,8 @@ class _Request:
                 except ValueError:  # finished from another context (a server's writer thread): its own
                     pass
             self.span.finish()
+            if _statsd.enabled:
+                _statsd.server_request(self.span, self.status_code)
 
     def body(self, result: Any, environ: Dict[str, Any]) -> Any:
         file_wrapper = environ.get("wsgi.file_wrapper")

@@ -36,7 +36,7 @@ def _prepare(call: Call, instance: Any, args: tuple, kwargs: dict) -> Tuple[tupl
     given = kwargs.get("headers")
     headers = CIMultiDict(given) if given is not None else CIMultiDict()  # a copy: the app's stays as it is
     defaults = getattr(instance, "headers", None) or ()  # the session's default headers count as the app's
-    add = headers_to_add(call.span, list(headers.keys()) + list(defaults))
+    add = headers_to_add(call, list(headers.keys()) + list(defaults))
     if not add:
         return args, kwargs
     for name, value in add.items():

@@ -32,6 +32,7 @@ from functools import partial
 from types import FunctionType, ModuleType
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from autoinstr.export import statsd as _statsd
 from autoinstr.integrations._wrapping import unwrap, wrap
 from autoinstr.integrations._wsgi import server_span, set_route, wsgi_call_wrapper
 from autoinstr.trace.span import Span, current_span_var
@@ -84,7 +85,7 @@ def _resolve_request(wrapped: Callable[..., Any], instance: Any, args: tuple, kw
     try:
         request = args[0] if args else kwargs.get("request")
         span = server_span(getattr(request, "META", None))
-        if span is not None and span.sampled:
+        if span is not None and (span.sampled or _statsd.enabled):  # statsd: routes of unsampled requests too
             route = _route_of(match)
             if route is not None:
                 set_route(route, span=span)

@@ -8,13 +8,12 @@ included; an HTTPError (4xx/5xx) is recorded as that status and reaches the app 
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Optional, Tuple
 
-from autoinstr.integrations._http import Call, Wire, end_with_body, install_wire, traced_call
-from autoinstr.integrations._wrapping import unwrap, wrap
+from autoinstr.integrations._http import Call, Wire, end_with_body, hook_method, install_wire, unhook_method
 
 
-def _describe_open(instance: Any, args: tuple, kwargs: dict) -> Optional[Tuple[str, str]]:
+def _describe_open(opener: Any, args: tuple, kwargs: dict) -> Optional[Tuple[str, str]]:
     fullurl = args[0] if args else kwargs["fullurl"]
     data = args[1] if len(args) > 1 else kwargs.get("data")
     if isinstance(fullurl, str):
@@ -38,20 +37,16 @@ def _error_status(exc: BaseException) -> Optional[int]:
     return code if isinstance(code, int) and hasattr(exc, "hdrs") else None
 
 
-def _open(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    return traced_call(wrapped, instance, args, kwargs, _describe_open, _settle_open, error_status=_error_status)
-
-
 def patch(module: ModuleType) -> None:
     if module.__name__ == "http.client":
         install_wire()
         Wire.own_spans = True
     elif module.__name__ == "urllib.request":
-        wrap(module, "OpenerDirector.open", _open)
+        hook_method(module.OpenerDirector, "open", _describe_open, _settle_open, error_status=_error_status)
 
 
 def unpatch(module: ModuleType) -> None:
     if module.__name__ == "http.client":
         Wire.own_spans = False
     elif module.__name__ == "urllib.request":
-        unwrap(module, "OpenerDirector.open")
+        unhook_method(module.OpenerDirector, "open")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable, Optional, Tuple
 
-from autoinstr.integrations._http import Call, headers_to_add, traced_call, traced_call_async
+from autoinstr.integrations._http import Call, headers_to_add, hook_method, traced_call_async, unhook_method
 from autoinstr.integrations._wrapping import unwrap, wrap
 
 _BODY = "_autoinstr_body"
@@ -23,7 +23,7 @@ def _describe(instance: Any, args: tuple, kwargs: dict) -> Optional[Tuple[str, s
 
 def _prepare(call: Call, instance: Any, args: tuple, kwargs: dict) -> Tuple[tuple, dict]:
     request = args[0] if args else kwargs["request"]
-    add = headers_to_add(call.span, request.headers.keys())
+    add = headers_to_add(call, request.headers.keys())
     if not add:
         return args, kwargs
     headers = request.headers.copy()
@@ -43,10 +43,6 @@ def _settle(call: Call, response: Any) -> None:
         call.end()
     else:
         setattr(response, _BODY, call)
-
-
-def _send(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    return traced_call(wrapped, instance, args, kwargs, _describe, _settle, _prepare)
 
 
 def _async_send(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -84,12 +80,13 @@ def _end_body(response: Any) -> None:
 
 
 def patch(module: ModuleType) -> None:  # httpx
-    wrap(module, "Client.send", _send)
-    wrap(module, "AsyncClient.send", _async_send)
+    hook_method(module.Client, "send", _describe, _settle, _prepare)
+    wrap(module, "AsyncClient.send", _async_send)  # a coroutine function: wrapt keeps it one
     wrap(module, "Response.close", _close)
     wrap(module, "Response.aclose", _aclose)
 
 
 def unpatch(module: ModuleType) -> None:
-    for path in ("Client.send", "AsyncClient.send", "Response.close", "Response.aclose"):
+    unhook_method(module.Client, "send")
+    for path in ("AsyncClient.send", "Response.close", "Response.aclose"):
         unwrap(module, path)

@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from types import ModuleType
 from typing import Any, Callable, Optional
 
+from autoinstr.export import statsd as _statsd
 from autoinstr.integrations._wrapping import unwrap, wrap
 from autoinstr.integrations._wsgi import server_span, set_route, wsgi_call_wrapper
 
@@ -52,12 +53,14 @@ def _after_request(request: Any, response: Any) -> None:
     if not isinstance(attrs, dict):
         return
     span = server_span(attrs.get("environ") or getattr(request, "environ", None))
-    if span is None or not span.sampled:
+    if span is None or not (span.sampled or _statsd.enabled):  # statsd: routes of unsampled requests too
         return
     route = attrs.get("matched_route")
     pattern = getattr(route, "pattern", None) if route is not None else None
     if isinstance(pattern, str):
         set_route(pattern if pattern.startswith("/") else "/" + pattern, span=span)
+    if not span.sampled:
+        return
     exc = attrs.get("exception")
     if response is not None and isinstance(exc, BaseException):
         code = _status_code(response)

@@ -6,13 +6,12 @@ never touched. With stream=True the span ends when the body has been read or the
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Optional, Tuple
 
-from autoinstr.integrations._http import Call, end_with_body, install_wire, traced_call
-from autoinstr.integrations._wrapping import unwrap, wrap
+from autoinstr.integrations._http import Call, end_with_body, hook_method, install_wire, unhook_method
 
 
-def _describe(instance: Any, args: tuple, kwargs: dict) -> Optional[Tuple[str, str]]:
+def _describe(session: Any, args: tuple, kwargs: dict) -> Optional[Tuple[str, str]]:
     request = args[0] if args else kwargs["request"]
     return str(request.method), str(request.url)
 
@@ -25,14 +24,10 @@ def _settle(call: Call, response: Any) -> None:
         end_with_body(call, getattr(response.raw, "_fp", None))
 
 
-def _send(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    return traced_call(wrapped, instance, args, kwargs, _describe, _settle)
-
-
 def patch(module: ModuleType) -> None:  # requests.sessions
     install_wire()
-    wrap(module, "Session.send", _send)
+    hook_method(module.Session, "send", _describe, _settle)
 
 
 def unpatch(module: ModuleType) -> None:
-    unwrap(module, "Session.send")
+    unhook_method(module.Session, "send")

@@ -6,25 +6,21 @@ preload_content=False the span ends when the body has been read or the response 
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Optional, Tuple
 
-from autoinstr.integrations._http import Call, end_with_body, install_wire, join_url, traced_call
-from autoinstr.integrations._wrapping import unwrap, wrap
+from autoinstr.integrations._http import Call, end_with_body, hook_method, install_wire, join_url, unhook_method
 
 
-def _method_url(args: tuple, kwargs: dict) -> Tuple[str, str]:
+def _describe_manager(manager: Any, args: tuple, kwargs: dict) -> Optional[Tuple[str, str]]:
     method = args[0] if args else kwargs["method"]
-    url = args[1] if len(args) > 1 else kwargs["url"]
+    url = args[1] if len(args) > 1 else kwargs["url"]  # an absolute URL
     return str(method), str(url)
 
 
-def _describe_manager(instance: Any, args: tuple, kwargs: dict) -> Optional[Tuple[str, str]]:
-    return _method_url(args, kwargs)  # an absolute URL
-
-
-def _describe_pool(instance: Any, args: tuple, kwargs: dict) -> Optional[Tuple[str, str]]:
-    method, url = _method_url(args, kwargs)  # a path (an absolute URL through a proxy)
-    return method, join_url(str(instance.scheme), str(instance.host), instance.port, url)
+def _describe_pool(pool: Any, args: tuple, kwargs: dict) -> Optional[Tuple[str, str]]:
+    method = args[0] if args else kwargs["method"]
+    url = args[1] if len(args) > 1 else kwargs["url"]  # a path (an absolute URL through a proxy)
+    return str(method), join_url(str(pool.scheme), str(pool.host), pool.port, str(url))
 
 
 def _settle(call: Call, response: Any) -> None:
@@ -32,24 +28,16 @@ def _settle(call: Call, response: Any) -> None:
     end_with_body(call, getattr(response, "_fp", None))  # preload_content=True: read already, ends now
 
 
-def _manager_urlopen(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    return traced_call(wrapped, instance, args, kwargs, _describe_manager, _settle)
-
-
-def _pool_urlopen(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    return traced_call(wrapped, instance, args, kwargs, _describe_pool, _settle)
-
-
 def patch(module: ModuleType) -> None:
     install_wire()
     if module.__name__ == "urllib3.poolmanager":
-        wrap(module, "PoolManager.urlopen", _manager_urlopen)
+        hook_method(module.PoolManager, "urlopen", _describe_manager, _settle)
     elif module.__name__ == "urllib3.connectionpool":
-        wrap(module, "HTTPConnectionPool.urlopen", _pool_urlopen)
+        hook_method(module.HTTPConnectionPool, "urlopen", _describe_pool, _settle)
 
 
 def unpatch(module: ModuleType) -> None:
     if module.__name__ == "urllib3.poolmanager":
-        unwrap(module, "PoolManager.urlopen")
+        unhook_method(module.PoolManager, "urlopen")
     elif module.__name__ == "urllib3.connectionpool":
-        unwrap(module, "HTTPConnectionPool.urlopen")
+        unhook_method(module.HTTPConnectionPool, "urlopen")

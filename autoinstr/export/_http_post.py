@@ -1,0 +1,184 @@
+"""One HTTP POST for the exporters that ship over HTTP (otlp, zipkin, collector), with http.client.
+
+    status, headers, body = post(url, body, headers, timeout, gzip_body=False)   # any status
+    send(url, body, headers, timeout, gzip_body=False, what="otlp")              # raises ExportError unless 2xx
+
+ExportError carries what the pipeline needs to decide (see pipeline._ExporterSlot._send):
+- `retry_after`: seconds the server asked us to wait (Retry-After on 429/503), or None;
+- `retryable`: False for a request the server will never accept (4xx other than 408/429, 3xx): the batch
+  is dropped at once instead of being retried.
+Messages name the URL (without userinfo) and the status, never a header value (they hold API keys).
+
+Every call runs on the agent's flush or sender thread, whose context is marked suppressed, so our own
+http.client integration does not trace it. No proxies, no redirects; the response is read up to
+MAX_RESPONSE bytes; each socket operation is bounded by `timeout`, and so is the whole exchange.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import time
+import urllib.parse
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, Mapping, Optional, Tuple
+
+MAX_RESPONSE = 64 * 1024
+MAX_RETRY_AFTER = 3600.0
+_RETRY_STATUSES = frozenset((408, 429, 502, 503, 504))
+
+
+class ExportError(Exception):
+    """A failed export; `retry_after` (seconds or None) and `retryable` guide the pipeline."""
+
+    def __init__(self, message: str, status: int = 0, retry_after: Optional[float] = None,
+                 retryable: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.retryable = retryable
+
+
+def safe_url(url: str) -> str:
+    """The URL without userinfo or query (either may hold credentials), for messages."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = "[%s]" % host
+        netloc = host + (":%d" % parts.port if parts.port else "")
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        return "<invalid url>"
+
+
+def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+    """Retry-After as seconds from now: delta-seconds or an HTTP-date; None when absent or invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER) if len(value) < 12 else MAX_RETRY_AFTER
+    try:
+        from email.utils import parsedate_to_datetime
+
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return min(max(0.0, when - (time.time() if now is None else now)), MAX_RETRY_AFTER)
+
+
+def _connection(url: str, timeout: float) -> Tuple[http.client.HTTPConnection, str]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if scheme not in ("http", "https") or not host:
+        raise ExportError("not an http(s) URL: %s" % safe_url(url), retryable=False)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ExportError("bad port in %s" % safe_url(url), retryable=False) from None
+    path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    conn: http.client.HTTPConnection
+    if scheme == "https":
+        import ssl
+
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    return conn, path
+
+
+def post(url: str, body: bytes, headers: Optional[Mapping[str, str]] = None, timeout: float = 10.0,
+         gzip_body: bool = False) -> Tuple[int, Dict[str, str], bytes]:
+    """POST `body`; returns (status, response headers with lower-case names, up to MAX_RESPONSE bytes of
+    the response). Network failures raise ExportError (retryable)."""
+    send_headers = {"User-Agent": _user_agent(), "Connection": "close"}
+    send_headers.update(headers or {})
+    if gzip_body:
+        body = gzip.compress(body, compresslevel=6)
+        send_headers["Content-Encoding"] = "gzip"
+    conn, path = _connection(url, timeout)
+    deadline = time.monotonic() + max(timeout, 0.001)
+    suppressed = _suppress()  # already so on the agent's threads; also when the exit flush runs on the main one
+    try:
+        conn.request("POST", path, body=body, headers=send_headers)
+        if time.monotonic() > deadline:
+            raise TimeoutError("timed out sending")
+        response = conn.getresponse()
+        chunks = []
+        size = 0
+        while size < MAX_RESPONSE and time.monotonic() <= deadline:
+            chunk = response.read1(MAX_RESPONSE - size) if hasattr(response, "read1") else response.read(
+                MAX_RESPONSE - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, b"".join(chunks)
+    except ExportError:
+        raise
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise ExportError("POST %s failed: %s: %s" % (safe_url(url), type(exc).__name__, str(exc)[:200])) from None
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            pass
+        _unsuppress(suppressed)
+
+
+def send(url: str, body: bytes, headers: Optional[Mapping[str, str]] = None, timeout: float = 10.0,
+         gzip_body: bool = False) -> Tuple[int, Dict[str, str], bytes]:
+    """post(), raising ExportError unless the server answered 2xx."""
+    status, response_headers, data = post(url, body, headers, timeout, gzip_body)
+    if 200 <= status < 300:
+        return status, response_headers, data
+    excerpt = data[:200].decode("utf-8", "replace").replace("\n", " ").strip()
+    message = "HTTP %d from %s%s" % (status, safe_url(url), (": " + excerpt) if excerpt else "")
+    if status in _RETRY_STATUSES or status >= 500:
+        raise ExportError(message, status, parse_retry_after(response_headers.get("retry-after"))
+                          if status in (429, 503) else None)
+    raise ExportError(message + " (not retried)", status, retryable=False)
+
+
+def _suppress() -> Any:
+    """Mark this context as the agent's own I/O (integrations then trace nothing); a token to undo it."""
+    try:
+        from autoinstr.integrations import _suppressed
+
+        return _suppressed, _suppressed.set(True)
+    except Exception:
+        return None
+
+
+def _unsuppress(state: Any) -> None:
+    if state is not None:
+        try:
+            state[0].reset(state[1])
+        except Exception:
+            pass
+
+
+def _user_agent() -> str:
+    try:
+        from autoinstr import __version__
+
+        return "autoinstr/%s" % __version__
+    except Exception:
+        return "autoinstr"
+
+
+def probe(url: str, timeout: float = 1.0) -> Tuple[bool, str]:
+    """Can a TCP connection to the URL's host and port be made? (for `autoinstr-run --info`)"""
+    import socket
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return True, "reachable"
+    except (OSError, ValueError) as exc:
+        return False, "unreachable (%s)" % (exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)

@@ -1,0 +1,87 @@
+"""`collector`: span records as msgpack batches, POSTed to the autoinstr collector.
+
+    POST {AUTOINSTR_COLLECTOR_URL}/v1/spans
+    Content-Type: application/msgpack          (a msgpack array of span records, as in DESIGN.md)
+    Content-Encoding: gzip                     (bodies over 1 KiB)
+    Authorization: Bearer {AUTOINSTR_COLLECTOR_TOKEN}   (when set)
+
+HTTP goes through the exporters' shared helper (_http_post): a 2xx is success; a 5xx, 408, a timeout or a
+connection error raises a retryable ExportError (the pipeline retries with backoff), 429/503 with the
+server's Retry-After; any other 4xx means the collector refuses this batch as it is (bad token, too large,
+invalid), which sending again cannot change: the ExportError says so (`retryable` False) and the pipeline
+drops the batch at once, with one warning line. msgpack and the socket work run on the export thread only.
+"""
+
+from __future__ import annotations
+
+from autoinstr.export import _http_post
+from autoinstr.export.base import Exporter
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Tuple
+
+    from autoinstr.config import Config
+
+SPANS_PATH = "/v1/spans"
+GZIP_OVER = 1024
+ExportError = _http_post.ExportError
+
+
+class CollectorExporter(Exporter):
+    name = "collector"
+
+    def __init__(self, config: Config) -> None:
+        from urllib.parse import urlsplit
+
+        import msgpack  # noqa: F401  (fail here, at set-up, rather than on every batch)
+
+        self.base = config.collector_url.rstrip("/")
+        self.url = self.base + SPANS_PATH
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("AUTOINSTR_COLLECTOR_URL %r is not an http(s) URL" % _http_post.safe_url(self.base))
+        self.timeout = float(getattr(config, "export_timeout", 10.0) or 10.0)
+        self.headers = {"Content-Type": "application/msgpack"}
+        if config.collector_token:
+            self.headers["Authorization"] = "Bearer " + config.collector_token
+        self.rejected = 0  # spans the collector refused with a 4xx (dropped, not retried)
+
+    def export(self, records: List[Dict[str, Any]]) -> None:
+        if not records:
+            return
+        import msgpack
+
+        body = msgpack.packb(records, use_bin_type=True)
+        try:
+            _http_post.send(self.url, body, self.headers, self.timeout, gzip_body=len(body) > GZIP_OVER)
+        except ExportError as exc:
+            if exc.retryable:
+                raise
+            self.rejected += len(records)
+            if exc.status in (401, 403):
+                raise ExportError("%s (check AUTOINSTR_COLLECTOR_TOKEN)" % exc, exc.status, retryable=False) from None
+            raise
+
+    def destination(self) -> str:
+        return _http_post.safe_url(self.url)
+
+    def probe(self) -> Tuple[bool, str]:
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.base)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        try:
+            conn = cls(parts.hostname or "", parts.port, timeout=2.0)
+        except Exception as exc:
+            return False, "%s: %s" % (type(exc).__name__, exc)
+        try:
+            conn.request("GET", (parts.path or "") + "/healthz")
+            resp = conn.getresponse()
+            resp.read(1024)
+            return resp.status == 200, "healthz answered %d" % resp.status
+        except Exception as exc:
+            return False, "unreachable (%s: %s)" % (type(exc).__name__, exc)
+        finally:
+            conn.close()
