@@ -239,7 +239,9 @@ class Call:
         """The span's context, for inject() (see span_context)."""
         span = self.span
         if self.fresh:
-            return SpanContext(span.trace_id, span.span_id, span._sampled, "", None)
+            if span._sampled:  # a sampled new trace's root: its own ids are set
+                return SpanContext(span._trace_id, span.span_id, True, "", None)
+            return SpanContext(span.trace_id, span.span_id, False, "", None)
         return span_context(span)
 
 

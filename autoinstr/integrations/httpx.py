@@ -7,13 +7,12 @@ shows what was sent. A streamed response's span ends when the body has been read
 
 from __future__ import annotations
 
+import weakref
 from types import ModuleType
 from typing import Any, Callable, Optional, Tuple
 
 from autoinstr.integrations._http import Call, headers_to_add, hook_method, traced_call_async, unhook_method
 from autoinstr.integrations._wrapping import unwrap, wrap
-
-_BODY = "_autoinstr_body"
 
 
 def _describe(instance: Any, args: tuple, kwargs: dict) -> Optional[Tuple[str, str]]:
@@ -41,52 +40,59 @@ def _settle(call: Call, response: Any) -> None:
     call.respond(response.status_code, len(response.history))
     if response.is_closed:  # read inside send() (stream=False)
         call.end()
-    else:
-        setattr(response, _BODY, call)
+    else:  # streamed: this response's own close()/aclose() (iterating to the end calls them) end the span
+        watch = _CloseWatch(response, call)
+        response.close = watch.close
+        response.aclose = watch.aclose
 
 
 def _async_send(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
     return traced_call_async(wrapped, instance, args, kwargs, _describe, _settle, _prepare)
 
 
-def _close(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        _end_body(instance)
+class _CloseWatch:
+    """close() and aclose() of one streamed response, until either runs: the class's method, then the end of
+    the call. Instance attributes, so the responses read inside send() pay nothing; the response is held
+    weakly (an attribute referring back to its object would leave it to the cyclic garbage collector)."""
 
+    __slots__ = ("response", "call")
 
-def _aclose(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    if getattr(instance, _BODY, None) is None:
-        return wrapped(*args, **kwargs)
-    return _aclose_then_end(wrapped(*args, **kwargs), instance)
+    def __init__(self, response: Any, call: Call) -> None:
+        self.response = weakref.ref(response)
+        self.call = call
 
+    def _restore(self) -> Any:
+        response = self.response()
+        if response is not None:
+            for name in ("close", "aclose"):
+                try:
+                    delattr(response, name)  # the class's methods again
+                except AttributeError:
+                    pass
+        return response
 
-async def _aclose_then_end(closing: Any, response: Any) -> None:
-    try:
-        return await closing
-    finally:
-        _end_body(response)
+    def close(self) -> None:
+        response = self._restore()
+        try:
+            if response is not None:
+                type(response).close(response)
+        finally:
+            self.call.end()
 
-
-def _end_body(response: Any) -> None:
-    try:
-        call = getattr(response, _BODY, None)
-        if call is not None:
-            setattr(response, _BODY, None)
-            call.end()
-    except Exception:
-        pass
+    async def aclose(self) -> None:
+        response = self._restore()
+        try:
+            if response is not None:
+                await type(response).aclose(response)
+        finally:
+            self.call.end()
 
 
 def patch(module: ModuleType) -> None:  # httpx
     hook_method(module.Client, "send", _describe, _settle, _prepare)
     wrap(module, "AsyncClient.send", _async_send)  # a coroutine function: wrapt keeps it one
-    wrap(module, "Response.close", _close)
-    wrap(module, "Response.aclose", _aclose)
 
 
 def unpatch(module: ModuleType) -> None:
     unhook_method(module.Client, "send")
-    for path in ("AsyncClient.send", "Response.close", "Response.aclose"):
-        unwrap(module, path)
+    unwrap(module, "AsyncClient.send")
