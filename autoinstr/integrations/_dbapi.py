@@ -238,28 +238,21 @@ class TracedBlock:
 
 # ------------------------------------------------------------------------- methods wrapped in place
 
-def execute_wrapper(attributes: Callable[[Any], Mapping[str, Any]], keyword: str = "query",
-                    is_async: bool = False) -> Wrapper:
-    """A wrapt wrapper for a cursor's execute-like method; `attributes(cursor)` gives the connection's."""
-
-    if is_async:
-        def async_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-            try:
-                attrs = attributes(instance)
-                statement = statement_of(args, kwargs, keyword)
-            except Exception:
-                return wrapped(*args, **kwargs)
-            return run_async(attrs, attrs["db.system"], statement, instance, wrapped, *args, **kwargs)
-
-        return async_wrapper
+def execute_wrapper(attributes: Callable[[Any], Mapping[str, Any]], keyword: str = "query", is_async: bool = False,
+                    render: Optional[Callable[[Any, Any], Any]] = None) -> Wrapper:
+    """A wrapt wrapper for a cursor's execute-like method; `attributes(cursor)` gives the connection's,
+    `render(cursor, statement)` the statement's text when it is not a string (psycopg's sql.Composed)."""
+    runner = run_async if is_async else run
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
         try:
             attrs = attributes(instance)
             statement = statement_of(args, kwargs, keyword)
+            if render is not None:
+                statement = render(instance, statement)
         except Exception:
             return wrapped(*args, **kwargs)
-        return run(attrs, attrs["db.system"], statement, instance, wrapped, *args, **kwargs)
+        return runner(attrs, attrs["db.system"], statement, instance, wrapped, *args, **kwargs)
 
     return wrapper
 
@@ -283,47 +276,43 @@ def procedure(attrs: Mapping[str, Any], name: Any) -> Tuple[Dict[str, Any], str]
     return dict(attrs, **{"db.stored_procedure.name": name}), "CALL %s" % name
 
 
-def block_wrapper(attributes: Callable[[Any], Mapping[str, Any]],
-                  keyword: str = "statement") -> Wrapper:
-    """A wrapt wrapper for a method returning a context manager (psycopg's `cursor.copy()`)."""
-
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-        manager = wrapped(*args, **kwargs)
-        try:
-            return TracedBlock(manager, attributes(instance), statement_of(args, kwargs, keyword))
-        except Exception:
-            return manager
-
-    return wrapper
+def operation_attributes(attrs: Mapping[str, Any], operation: str) -> Dict[str, Any]:
+    out = dict(attrs)
+    out["db.operation.name"] = operation
+    return out
 
 
 def operation_wrapper(operation: str, attributes: Callable[[Any], Mapping[str, Any]],
                       is_async: bool = False) -> Wrapper:
     """A wrapt wrapper for a connection's commit/rollback: a span named after the operation."""
-
-    def attrs_of(instance: Any) -> Dict[str, Any]:
-        attrs = dict(attributes(instance))
-        attrs["db.operation.name"] = operation
-        return attrs
-
-    if is_async:
-        def async_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-            try:
-                attrs = attrs_of(instance)
-            except Exception:
-                return wrapped(*args, **kwargs)
-            return run_async(attrs, operation, None, None, wrapped, *args, **kwargs)
-
-        return async_wrapper
+    runner = run_async if is_async else run
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
         try:
-            attrs = attrs_of(instance)
+            attrs = operation_attributes(attributes(instance), operation)
         except Exception:
             return wrapped(*args, **kwargs)
-        return run(attrs, operation, None, None, wrapped, *args, **kwargs)
+        return runner(attrs, operation, None, None, wrapped, *args, **kwargs)
 
     return wrapper
+
+
+class TracedTransactions:
+    """commit() and rollback() as spans, for the traced subclass of a C connection type (whose methods
+    cannot be wrapped in place); the subclass's `_autoinstr_attributes()` gives the connection's."""
+
+    __slots__ = ()
+
+    def _autoinstr_attributes(self) -> Mapping[str, Any]:
+        raise NotImplementedError
+
+    def commit(self) -> Any:
+        attrs = operation_attributes(self._autoinstr_attributes(), "COMMIT")
+        return run(attrs, "COMMIT", None, None, super().commit)  # type: ignore[misc]
+
+    def rollback(self) -> Any:
+        attrs = operation_attributes(self._autoinstr_attributes(), "ROLLBACK")
+        return run(attrs, "ROLLBACK", None, None, super().rollback)  # type: ignore[misc]
 
 
 def connect_attributes(system: str, namespace: Any = None, address: Any = None, port: Any = None) -> DbAttributes:

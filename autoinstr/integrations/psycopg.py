@@ -35,20 +35,6 @@ def _statement(cursor: Any, statement: Any) -> Any:
         return "?"
 
 
-def _execute(is_async: bool) -> Callable[..., Any]:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-        try:
-            attrs = _cursor_attributes(instance)
-            statement = _statement(instance, _dbapi.statement_of(args, kwargs))
-        except Exception:
-            return wrapped(*args, **kwargs)
-        if is_async:
-            return _dbapi.run_async(attrs, SYSTEM, statement, instance, wrapped, *args, **kwargs)
-        return _dbapi.run(attrs, SYSTEM, statement, instance, wrapped, *args, **kwargs)
-
-    return wrapper
-
-
 def _copy(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
     manager = wrapped(*args, **kwargs)
     try:
@@ -90,8 +76,10 @@ def patch(module: ModuleType) -> None:  # psycopg
     connection = getattr(module, "Connection", None)
     alias_of_connect = connection is not None and getattr(getattr(module, "connect", None), "__func__", 0) is getattr(
         connection.connect, "__func__", None)
-    sync_cursor = {"execute": _execute(False), "executemany": _execute(False), "copy": _copy}
-    async_cursor = {"execute": _execute(True), "executemany": _execute(True), "copy": _copy}
+    execute = _dbapi.execute_wrapper(_cursor_attributes, render=_statement)
+    execute_async = _dbapi.execute_wrapper(_cursor_attributes, is_async=True, render=_statement)
+    sync_cursor = {"execute": execute, "executemany": execute, "copy": _copy}
+    async_cursor = {"execute": execute_async, "executemany": execute_async, "copy": _copy}
     for name in ("Cursor", "ServerCursor", "ClientCursor", "RawCursor", "RawServerCursor"):
         cls = getattr(module, name, None)
         if cls is not None:

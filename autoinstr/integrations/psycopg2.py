@@ -59,8 +59,11 @@ def _traced_cursor_class(factory: Any) -> Any:
     return factory  # a factory function: its cursors are left alone
 
 
-class _TracedConnection:
+class _TracedConnection(_dbapi.TracedTransactions):
     __slots__ = ()
+
+    def _autoinstr_attributes(self) -> _dbapi.DbAttributes:
+        return _attributes(self)
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         # cursor(name=None, cursor_factory=None, withhold=False, scrollable=None)
@@ -70,18 +73,6 @@ class _TracedConnection:
             factory = kwargs.get("cursor_factory") or self.cursor_factory or _extensions.cursor  # type: ignore[attr-defined]
             kwargs["cursor_factory"] = _traced_cursor_class(factory)
         return super().cursor(*args, **kwargs)  # type: ignore[misc]
-
-    def commit(self) -> Any:
-        return _dbapi.run(_operation(self, "COMMIT"), "COMMIT", None, None, super().commit)  # type: ignore[misc]
-
-    def rollback(self) -> Any:
-        return _dbapi.run(_operation(self, "ROLLBACK"), "ROLLBACK", None, None, super().rollback)  # type: ignore[misc]
-
-
-def _operation(connection: Any, operation: str) -> _dbapi.DbAttributes:
-    attrs = dict(_attributes(connection))
-    attrs["db.operation.name"] = operation
-    return attrs
 
 
 def _dsn_attributes(args: tuple, kwargs: dict) -> _dbapi.DbAttributes:

@@ -52,8 +52,11 @@ def _traced_cursor_class(factory: Any) -> Any:
     return factory  # a factory function: its cursors are left alone
 
 
-class _TracedConnection:
+class _TracedConnection(_dbapi.TracedTransactions):
     __slots__ = ()
+
+    def _autoinstr_attributes(self) -> _dbapi.DbAttributes:
+        return _attributes(self)
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         if "factory" in kwargs:
@@ -74,18 +77,6 @@ class _TracedConnection:
 
     def executescript(self, script: Any, *args: Any) -> Any:
         return _dbapi.run(_attributes(self), SYSTEM, script, None, super().executescript, script, *args)  # type: ignore[misc]
-
-    def commit(self) -> Any:
-        return _dbapi.run(_operation(self, "COMMIT"), "COMMIT", None, None, super().commit)  # type: ignore[misc]
-
-    def rollback(self) -> Any:
-        return _dbapi.run(_operation(self, "ROLLBACK"), "ROLLBACK", None, None, super().rollback)  # type: ignore[misc]
-
-
-def _operation(connection: Any, operation: str) -> _dbapi.DbAttributes:
-    attrs = dict(_attributes(connection))
-    attrs["db.operation.name"] = operation
-    return attrs
 
 
 _TRACED_CURSOR = _dbapi.traced_class(_sqlite3.Cursor, _TracedCursor)
