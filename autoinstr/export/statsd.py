@@ -29,7 +29,7 @@ from _thread import _local, allocate_lock
 from itertools import count
 
 from autoinstr.integrations import _suppressed
-from autoinstr.trace.span import _clock, _get_current, _read_end, _read_start
+from autoinstr.trace.span import _clock, _get_current
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -211,15 +211,11 @@ def client_end(span: Any, failed: bool = False) -> None:
     """An outgoing request ends (`failed`: with an exception): finish its span (once) and record it. Errors:
     exceptions and 4xx/5xx responses."""
     try:
-        try:
-            if _read_end(span):
-                return  # finished already
-        except AttributeError:
-            pass
-        try:
-            start = _read_start(span)
-        except AttributeError:
-            return
+        if span.end_ns:
+            return  # finished already
+        start = span.start_ns
+        if not start:
+            return  # never started
         now = _clock()
         span.finish(now)
         attrs = span.attributes

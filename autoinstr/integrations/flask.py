@@ -5,10 +5,10 @@ A Flask app served by a server autoinstr does not know is traced through Flask._
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Tuple
 
 from autoinstr.integrations._wrapping import unwrap, wrap
-from autoinstr.integrations._wsgi import server_span, set_route, wsgi_call_wrapper
+from autoinstr.integrations._wsgi import ENVIRON_KEY, set_route, wsgi_call_wrapper
 from autoinstr.trace.span import Span
 
 _request_context_var: Any = None  # flask.globals._cv_request (Flask >= 2.2), looked up once at patch time
@@ -29,15 +29,16 @@ def _current_request() -> Any:
 def _dispatch_request(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
     try:
         request = _current_request()
-        span = server_span(request.environ)
+        span = request.environ.get(ENVIRON_KEY)
+        if span.__class__ is not Span:  # no server span: nothing to name
+            return wrapped(*args, **kwargs)
         rule = request.url_rule
         if rule is None or request.routing_exception is not None:  # 404/405: no route, no view
             return wrapped(*args, **kwargs)
         set_route(rule.rule, span=span)
-        if span is None or not span.sampled:
+        if not span._sampled:
             return wrapped(*args, **kwargs)
-        view = instance.view_functions.get(rule.endpoint)
-        name = getattr(view, "__qualname__", None) or str(rule.endpoint or "view")
+        name = _view_name(instance, rule.endpoint)
         view_span = Span(name)
         view_span.attributes["code.function"] = name
         view_span.__enter__()
@@ -53,6 +54,21 @@ def _dispatch_request(wrapped: Callable[..., Any], instance: Any, args: tuple, k
         raise
     view_span.__exit__(None, None, None)
     return result
+
+
+_view_names: Dict[Tuple[int, Any], str] = {}
+
+
+def _view_name(app: Any, endpoint: Any) -> str:
+    """The view function's qualified name, looked up once per (app, endpoint)."""
+    key = (id(app), endpoint)
+    name = _view_names.get(key)
+    if name is None:
+        view = app.view_functions.get(endpoint)
+        name = getattr(view, "__qualname__", None) or str(endpoint or "view")
+        if len(_view_names) < 4096:
+            _view_names[key] = name
+    return name
 
 
 def _is_client_error(exc: BaseException) -> bool:

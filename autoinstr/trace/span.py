@@ -205,7 +205,6 @@ class Span:
             self.root = self
             self._sampled = True
             self._finished = None
-            self.end_ns = 0
             self.parent_id = None
         elif parent.__class__ is Span:
             root = self.root = parent.root
@@ -225,6 +224,7 @@ class Span:
         self.span_id = _bits(64) or 1
         self._status = "ok"
         self._events = None
+        self.start_ns = self.end_ns = 0  # set: reads of a recorded span never take __getattr__'s detour
 
     def _bad_parent(self, parent: Any, name: Any) -> None:
         """`parent=` got something that is neither a span, a SpanContext nor None: start a new trace
@@ -327,25 +327,20 @@ class Span:
     def start(self) -> Span:
         """Start the clock without making this span the current one (use `with` for that, or
         autoinstr.trace.tracer.activate). Starting twice does nothing the second time."""
-        try:
-            if _read_start(self):
-                return self
-        except AttributeError:  # not started: read past __getattr__, whose fallback costs a raise
-            pass
-        self.start_ns = _clock()
+        if self._sampled and self.start_ns:
+            return self
+        self.start_ns = _clock()  # unsampled spans too: the statsd metrics time every request
         return self
 
     def finish(self, end_ns: int = 0) -> None:
         """End a span started with start() (not needed with `with`); a second call does nothing."""
-        try:
-            if _read_end(self):
+        if self._sampled:
+            if self.end_ns:
                 return
-        except AttributeError:
-            pass
-        self.end_ns = end_ns or _clock()
-        if self.root._sampled:
+            self.end_ns = end_ns or _clock()
             self._on_end()
         else:
+            self.end_ns = end_ns or _clock()
             next(_unsampled)
 
     def _on_end(self) -> None:
@@ -466,11 +461,6 @@ def _format_stack(exc: BaseException) -> str:
     if len(text) <= MAX_STACK_CHARS:
         return text
     return text[: MAX_STACK_CHARS // 4] + "\n...\n" + text[-MAX_STACK_CHARS * 3 // 4:]
-
-
-# The slots' own readers: AttributeError when unset, without the detour through Span.__getattr__.
-_read_start = Span.start_ns.__get__  # type: ignore[attr-defined]
-_read_end = Span.end_ns.__get__  # type: ignore[attr-defined]
 
 
 class Limits:
