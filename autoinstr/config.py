@@ -264,11 +264,11 @@ class Config:
         """`key=value,key2=value2` (W3C Baggage style, percent-decoded), as OTEL_EXPORTER_OTLP_HEADERS and
         OTEL_RESOURCE_ATTRIBUTES are written. Bad entries are skipped with one warning; with `secret`
         (header values: API keys) the warning shows no value."""
-        import urllib.parse
-
         name, value = self._raw(names)
         if value is None or name is None:
             return ()
+        import urllib.parse  # only when set: it costs milliseconds of start-up
+
         out: Dict[str, str] = {}
         bad = 0
         for item in value.split(","):

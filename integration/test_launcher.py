@@ -514,3 +514,15 @@ def test_empty_pythonpath_entry_still_means_the_current_folder(sandbox, pythonpa
     assert (plain.returncode, plain.stdout) == (0, "7\n"), "setup: plain python finds helper_mod via ''"
     proc = sandbox.run(["python", "sub/uses_helper.py"], env=env)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "7\n", "")
+
+
+def test_startup_adds_only_a_few_small_stdlib_modules(sandbox):
+    """Start-up cost is mostly imports: loading the agent may add its own modules and these few small
+    ones, nothing like `re`, `urllib.parse`, `json`, `threading` or `importlib.util` (milliseconds each)."""
+    probe = "import sys; print(' '.join(sorted(sys.modules)))"
+    plain = set(sandbox.ok(["python", "-c", probe], launcher=False).stdout.split())
+    loaded = set(sandbox.ok(["python", "-c", probe], launcher=False,
+                            env=sandbox.env(AUTOINSTR_ENABLED="true")).stdout.split())
+    added = {m for m in loaded - plain if m.split(".")[0] != "autoinstr"}
+    assert added <= {"__future__", "_contextvars", "contextvars", "_random", "atexit"}, sorted(added)
+    assert "autoinstr.bootstrap" in loaded

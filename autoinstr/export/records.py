@@ -6,7 +6,6 @@ becomes the documented record: hex ids, wall-clock nanoseconds, bounded JSON-saf
 
 from __future__ import annotations
 
-import re
 import time
 
 TYPE_CHECKING = False
@@ -214,17 +213,27 @@ def _sql_summary(name: Any, attrs: Dict[str, Any]) -> Any:
 # ("Key (email)=(a@b.c)"); MySQL shows the text near a syntax error in single quotes. On a database span,
 # with obfuscation on, echo lines go and anything quoted or keyed becomes ?. Identifiers in quotes go
 # too: the span has db.collection.name for that.
-_ECHO_LINE = re.compile(r"^[ \t]*(?:LINE \d+:.*|\^[ \t]*)$\n?", re.MULTILINE)
-_SINGLE_QUOTED = re.compile(r"'[^\n]*'")  # first to last quote of a line: nested quoting cannot escape
-_DOUBLE_QUOTED = re.compile(r'"[^"\n]*"')
-_KEY_VALUES = re.compile(r"\)=\([^\n]*\)")
+_scrub_patterns: Any = None  # compiled on first use: `re` costs milliseconds of start-up
+
+
+def _patterns() -> Any:
+    global _scrub_patterns
+    if _scrub_patterns is None:
+        import re
+
+        _scrub_patterns = (
+            (re.compile(r"^[ \t]*(?:LINE \d+:.*|\^[ \t]*)$\n?", re.MULTILINE), ""),  # PostgreSQL's echo
+            (re.compile(r"'[^\n]*'"), "'?'"),  # first to last quote of a line: nested quoting cannot escape
+            (re.compile(r'"[^"\n]*"'), '"?"'),
+            (re.compile(r"\)=\([^\n]*\)"), ")=(?)"),  # DETAIL: Key (email)=(value)
+        )
+    return _scrub_patterns
 
 
 def scrub_db_error(text: str) -> str:
-    text = _ECHO_LINE.sub("", text)
-    text = _SINGLE_QUOTED.sub("'?'", text)
-    text = _DOUBLE_QUOTED.sub('"?"', text)
-    return _KEY_VALUES.sub(")=(?)", text)
+    for pattern, replacement in _patterns():
+        text = pattern.sub(replacement, text)
+    return text
 
 
 # Errors from these packages may quote statements and data, on whatever span records them (a driver's

@@ -245,50 +245,19 @@ class Call:
         return span_context(span)
 
 
-def traced_call(real: Callable[..., Any], self: Any, args: tuple, kwargs: dict, describe: Describe,
-                settle: Settle, prepare: Optional[Prepare] = None, error_status: Optional[ErrorStatus] = None) -> Any:
-    """real(self, *args, **kwargs) as one logical request in a client span (the caller has checked that this
-    is neither the agent's own traffic nor an inner layer: see hook_method).
-
-    describe(self, args, kwargs) -> (method, url), or None for what is not HTTP; prepare(call, self, args,
-    kwargs) -> (args, kwargs) with the trace headers added (for clients not built on http.client);
-    settle(call, result) records the response and ends the span (now, or when the body is done)."""
-    try:
-        what = describe(self, args, kwargs)
-        if what is None:
-            return real(self, *args, **kwargs)
-        call = Call(*what)
-    except Exception:
-        return real(self, *args, **kwargs)
-    if prepare is not None:
-        try:
-            args, kwargs = prepare(call, self, args, kwargs)
-        except Exception:
-            pass
-    token = _active_set(call)
-    try:
-        result = real(self, *args, **kwargs)
-    except BaseException as exc:
-        _reset(token)
-        _fail(call, exc, error_status)
-        raise
-    try:
-        _active_reset(token)
-    except ValueError:
-        _active_set(None)
-    try:
-        settle(call, result)
-    except Exception:
-        call.end()
-    return result
-
-
 def hook_method(cls: Any, name: str, describe: Describe, settle: Settle, prepare: Optional[Prepare] = None,
                 error_status: Optional[ErrorStatus] = None) -> None:
     """Put on `cls`, in place of its method `name`, a plain function that makes each call one logical request
-    (traced_call). A plain function rather than a wrapt wrapper: these run on every request an app makes, and
-    wrapt's bound-wrapper objects and argument repacking cost about two microseconds more per call here. It
-    carries the method's name, docstring and `__wrapped__` (so inspect.signature still sees the real one)."""
+    in a client span, unless it is the agent's own traffic or an inner layer of a request traced already.
+
+    describe(self, args, kwargs) -> (method, url), or None for what is not HTTP; prepare(call, self, args,
+    kwargs) -> (args, kwargs) with the trace headers added (for clients not built on http.client);
+    settle(call, result) records the response and ends the span (now, or when the body is done);
+    error_status(exc) -> the status an exception carries (urllib's HTTPError), or None.
+
+    A plain function rather than a wrapt wrapper, and all in one frame: these run on every request an app
+    makes, and wrapt's bound-wrapper objects and argument repacking cost about two microseconds more per call
+    here. It carries the method's name, docstring and `__wrapped__` (inspect.signature sees the real one)."""
     real = cls.__dict__[name]
     if getattr(real, "__autoinstr_real__", None) is not None:
         return  # hooked already
@@ -296,7 +265,34 @@ def hook_method(cls: Any, name: str, describe: Describe, settle: Settle, prepare
     def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
         if _suppressed_get() or _active_get() is not None:  # the agent's own traffic, or an inner layer
             return real(self, *args, **kwargs)
-        return traced_call(real, self, args, kwargs, describe, settle, prepare, error_status)
+        try:
+            what = describe(self, args, kwargs)
+            if what is None:
+                return real(self, *args, **kwargs)
+            call = Call(*what)
+        except Exception:
+            return real(self, *args, **kwargs)
+        if prepare is not None:
+            try:
+                args, kwargs = prepare(call, self, args, kwargs)
+            except Exception:
+                pass
+        token = _active_set(call)
+        try:
+            result = real(self, *args, **kwargs)
+        except BaseException as exc:
+            _reset(token)
+            _fail(call, exc, error_status)
+            raise
+        try:
+            _active_reset(token)
+        except ValueError:  # reset from another context than it was set in: forget the call there
+            _active_set(None)
+        try:
+            settle(call, result)
+        except Exception:
+            call.end()
+        return result
 
     functools.update_wrapper(hook, real)
     hook.__autoinstr_real__ = real  # type: ignore[attr-defined]
@@ -313,7 +309,7 @@ def unhook_method(cls: Any, name: str) -> None:
 async def traced_call_async(wrapped: Callable[..., Awaitable[Any]], instance: Any, args: tuple, kwargs: dict,
                             describe: Describe, settle: Settle, prepare: Optional[Prepare] = None,
                             error_status: Optional[ErrorStatus] = None) -> Any:
-    """traced_call for a coroutine method wrapped with wrapt (`wrapped` is bound already): the span starts when
+    """hook_method's logic for a coroutine method wrapped with wrapt (`wrapped` is bound already): the span starts when
     the request is awaited, in the awaiting task."""
     if _suppressed_get() or _active_get() is not None:
         return await wrapped(*args, **kwargs)
@@ -574,7 +570,11 @@ def _buffered_request(conn: Any) -> Tuple[str, str]:
 def _inject_buffered(conn: Any, call: Call) -> None:
     """Add the trace headers to the request being built, unless the app put a header of the same family (looked
     for in one lowercased copy of the buffered head, with C loops, not Python ones)."""
-    headers = inject({}, call.context())
+    span = call.span
+    if call.fresh and span._sampled:  # Call.context(), inline: this runs on every request
+        headers = inject({}, SpanContext(span._trace_id, span.span_id, True, "", None))
+    else:
+        headers = inject({}, call.context())
     if not headers:
         return
     buffer = getattr(conn, "_buffer", None)
