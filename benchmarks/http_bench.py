@@ -2,15 +2,15 @@
 server with the HTTP client integrations patched (traced) and unpatched (plain: the libraries' own code, as
 without the agent), in alternating rounds, and writes a results file.
 
-    python benchmarks/http_bench.py [--out benchmarks/results/http.md] [--rounds 30] [--requests 300]
+    python benchmarks/http_bench.py [--out benchmarks/results/http.md] [--rounds 40] [--requests 300]
 
 Runs in the interpreter that runs it (the project's .venv, where the clients are installed). The driver runs
 under `autoinstr-run`, exporting to a jsonl file in a temporary folder. The timed part of a round is the calls
 alone, as the app's thread sees them: no flush runs during a round (flush interval and batch size set out of
 reach); the export of a traced round's spans (the flush thread's work, off the request path) is timed on its
-own right after it and reported beside, per call, so no round pays for another's. The server is a plain asyncio process on 127.0.0.1
-(keep-alive, a fixed 5-byte answer, `HELLO` instead of `hello` when a traceparent arrived: every round checks
-that traced calls carried one and plain calls did not).
+own right after it and reported beside, per call, so no round pays for another's. The server is a plain
+asyncio process on 127.0.0.1 (keep-alive, a fixed 5-byte answer, `HELLO` instead of `hello` when a
+traceparent arrived: every round checks that traced calls carried one and plain calls did not).
 
 The target (issue 5): a traced `requests.get` costs at most 20 us more than untraced, judged on the median
 of the paired round differences (rounds alternate plain/traced, so each pair saw the same machine load).
@@ -131,7 +131,8 @@ for r in range(ROUNDS):
                 f0 = time.perf_counter_ns()
                 autoinstr.flush(timeout=10)
                 export_us.append((time.perf_counter_ns() - f0) / N / 1000)
-    print("[http] round %d/%d" % (r + 1, ROUNDS), file=sys.stderr, flush=True)
+    if (r + 1) % 50 == 0:
+        print("[http] round %d/%d" % (r + 1, ROUNDS), file=sys.stderr, flush=True)
 traced(False)
 print("RESULT " + json.dumps({"results": results, "export_us": export_us, "stats": autoinstr.stats()}))
 '''
@@ -146,7 +147,7 @@ def free_port() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(HERE, "results", "http.md"))
-    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--requests", type=int, default=300)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="autoinstr-http-bench-") as folder:

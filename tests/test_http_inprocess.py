@@ -529,3 +529,22 @@ def test_aiohttp_params_and_base_url_make_the_full_url(collected, patched, serve
     (span,) = spans_of(collected)
     assert span.attributes["url.full"] == server.url + "/echo?q=1"
     assert seen[0][0] == "/echo?q=1"
+
+
+def test_urllib3_pool_request_is_one_span_and_urlopen_leaves_it_to_http_client(collected, patched, server, seen):
+    pool = urllib3.HTTPConnectionPool("127.0.0.1", server.server_address[1],
+                                      retries=urllib3.Retry(total=2, status_forcelist=[503], backoff_factor=0,
+                                                            raise_on_status=False))
+    with Span("request"):
+        assert pool.request("GET", "/echo", fields={"q": "1"}).status == 200
+        assert pool.request("GET", "/status/503").status == 503
+    first, retried = spans_of(collected)
+    port = server.server_address[1]
+    assert first.attributes["url.full"] == "http://127.0.0.1:%d/echo" % port  # fields= are not in it
+    assert retried.attributes["http.request.resend_count"] == 2 and retried.name == "GET 127.0.0.1"
+    collected.clear()
+    with Span("request"):
+        assert pool.urlopen("GET", "/status/503").status == 503  # a pool's urlopen: what requests calls
+    spans = spans_of(collected)
+    assert len(spans) == 3 and all(s.attributes["http.response.status_code"] == 503 for s in spans)
+    assert len({dict(h)["traceparent"] for _, h in seen[-3:]}) == 3  # one span per attempt, via http.client

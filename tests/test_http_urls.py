@@ -167,3 +167,22 @@ def test_span_context_is_what_span_context_gives(collected):
         a, b = call.context(), call.span.context
         assert call.fresh and (a.trace_id, a.span_id, a.sampled, a.tracestate, a.baggage) == (
             b.trace_id, b.span_id, b.sampled, b.tracestate, b.baggage)
+
+
+@pytest.mark.parametrize("names", _http._TRACEPARENT_ONLY + (("b3", "tracecontext", "baggage"), ("b3multi",)))
+def test_the_wire_adds_what_inject_gives(collected, names):
+    """_inject_buffered's shortcut for a new trace's root and the default propagators, and its general path,
+    put on the wire exactly the headers propagation.inject() gives for the span."""
+    from autoinstr.trace.propagation import Propagators, inject
+
+    class Conn:  # what http.client has buffered when endheaders() runs
+        def __init__(self) -> None:
+            self._buffer = [b"GET /x HTTP/1.1", b"Host: h", b"Accept-Encoding: identity"]
+
+    Propagators.names = names
+    call = _http.Call("GET", "http://h/x")
+    assert call.fresh
+    conn = Conn()
+    _http._inject_buffered(conn, call)
+    expected = inject({}, call.span.context)
+    assert conn._buffer[3:] == [("%s: %s" % kv).encode() for kv in expected.items()]

@@ -35,7 +35,7 @@ from contextvars import ContextVar
 from autoinstr.export import statsd as _statsd
 from autoinstr.integrations import _suppressed
 from autoinstr.integrations._wsgi import KNOWN_METHODS, NamePool, redact_query
-from autoinstr.trace.propagation import inject
+from autoinstr.trace.propagation import Propagators, format_traceparent, inject
 from autoinstr.trace.span import Span, SpanContext, _clock, current_span_var
 
 TYPE_CHECKING = False
@@ -52,9 +52,9 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 # it propagates that family itself (B3 single and multi are one family: two B3 contexts would conflict)
 _FAMILY = {"traceparent": "w3c", "tracestate": "w3c", "baggage": "baggage", "b3": "b3", "x-b3-traceid": "b3",
            "x-b3-spanid": "b3", "x-b3-sampled": "b3", "x-b3-flags": "b3", "x-b3-parentspanid": "b3"}
-_FAMILY_BYTES = {k.encode(): v for k, v in _FAMILY.items()}
-_LONGEST = max(len(k) for k in _FAMILY)
 _NONE: FrozenSet[str] = frozenset()
+# propagator lists that write a traceparent alone for a new trace's root (no tracestate, no baggage to carry)
+_TRACEPARENT_ONLY = (("tracecontext", "baggage"), ("tracecontext",), ("baggage", "tracecontext"))
 
 _active: ContextVar[Optional[Call]] = ContextVar("autoinstr.http_call", default=None)
 _active_get = _active.get
@@ -62,12 +62,6 @@ _active_set = _active.set
 _active_reset = _active.reset
 _suppressed_get = _suppressed.get
 _current_get = current_span_var.get
-
-
-def passing_through() -> bool:
-    """True when a request is not to be traced here: the agent's own traffic, or an inner layer of a logical
-    request an outer one traces (the hooks test the same inline: a call less on every request)."""
-    return _suppressed_get() or _active_get() is not None
 
 
 # ------------------------------------------------------------------------------------ URLs, names
@@ -182,17 +176,22 @@ class Call:
         span = self.span = Span(method if known else "HTTP", kind="client", parent=parent)
         if span._sampled:
             full, host, port = _urls.get(url) or describe_url(url)  # the cache, without a call, when it hits
-            attrs = span.attributes
-            attrs["http.request.method"] = method if known else "_OTHER"
-            if not known:
-                attrs["http.request.method_original"] = method
-            attrs["url.full"] = full
-            if host:
-                attrs["server.address"] = host
-                name = method if known else "HTTP"
-                span.name = _names.get((name, host)) or span_name(name, host)
-            if port:
-                attrs["server.port"] = port
+            if known and host and port:  # the common case, on every request: one dict, built at once
+                span.attributes = {"http.request.method": method, "url.full": full, "server.address": host,
+                                   "server.port": port}
+                span.name = _names.get((method, host)) or span_name(method, host)
+            else:
+                attrs = span.attributes
+                attrs["http.request.method"] = method if known else "_OTHER"
+                if not known:
+                    attrs["http.request.method_original"] = method
+                attrs["url.full"] = full
+                if host:
+                    attrs["server.address"] = host
+                    name = method if known else "HTTP"
+                    span.name = _names.get((name, host)) or span_name(name, host)
+                if port:
+                    attrs["server.port"] = port
             span.end_ns = 0  # what start() and finish() would otherwise look up through Span.__getattr__
             span.start_ns = _clock()
         elif _statsd.enabled:  # statsd counts unsampled requests too: their clock and host
@@ -258,7 +257,8 @@ def hook_method(cls: Any, name: str, describe: Describe, settle: Settle, prepare
     A plain function rather than a wrapt wrapper, and all in one frame: these run on every request an app
     makes, and wrapt's bound-wrapper objects and argument repacking cost about two microseconds more per call
     here. It carries the method's name, docstring and `__wrapped__` (inspect.signature sees the real one)."""
-    real = cls.__dict__[name]
+    own = name in cls.__dict__  # else inherited: the hook goes on `cls` alone, its bases keep theirs
+    real = cls.__dict__[name] if own else getattr(cls, name)
     if getattr(real, "__autoinstr_real__", None) is not None:
         return  # hooked already
 
@@ -296,21 +296,26 @@ def hook_method(cls: Any, name: str, describe: Describe, settle: Settle, prepare
 
     functools.update_wrapper(hook, real)
     hook.__autoinstr_real__ = real  # type: ignore[attr-defined]
+    hook.__autoinstr_own__ = own  # type: ignore[attr-defined]
     setattr(cls, name, hook)
 
 
 def unhook_method(cls: Any, name: str) -> None:
     """Undo hook_method; does nothing if the method is not hooked (or was replaced again since)."""
-    real = getattr(cls.__dict__.get(name), "__autoinstr_real__", None)
+    hook = cls.__dict__.get(name)
+    real = getattr(hook, "__autoinstr_real__", None)
     if real is not None:
-        setattr(cls, name, real)
+        if hook.__autoinstr_own__:
+            setattr(cls, name, real)
+        else:
+            delattr(cls, name)
 
 
 async def traced_call_async(wrapped: Callable[..., Awaitable[Any]], instance: Any, args: tuple, kwargs: dict,
                             describe: Describe, settle: Settle, prepare: Optional[Prepare] = None,
                             error_status: Optional[ErrorStatus] = None) -> Any:
-    """hook_method's logic for a coroutine method wrapped with wrapt (`wrapped` is bound already): the span starts when
-    the request is awaited, in the awaiting task."""
+    """hook_method's logic for a coroutine method wrapped with wrapt (`wrapped` is bound already): the span
+    starts when the request is awaited, in the awaiting task."""
     if _suppressed_get() or _active_get() is not None:
         return await wrapped(*args, **kwargs)
     try:
@@ -572,7 +577,10 @@ def _inject_buffered(conn: Any, call: Call) -> None:
     for in one lowercased copy of the buffered head, with C loops, not Python ones)."""
     span = call.span
     if call.fresh and span._sampled:  # Call.context(), inline: this runs on every request
-        headers = inject({}, SpanContext(span._trace_id, span.span_id, True, "", None))
+        if Propagators.names in _TRACEPARENT_ONLY:  # and what inject() gives then (a test holds them equal)
+            headers = {"traceparent": format_traceparent(span._trace_id, span.span_id, True)}
+        else:
+            headers = inject({}, SpanContext(span._trace_id, span.span_id, True, "", None))
     else:
         headers = inject({}, call.context())
     if not headers:
