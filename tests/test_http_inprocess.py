@@ -548,3 +548,33 @@ def test_urllib3_pool_request_is_one_span_and_urlopen_leaves_it_to_http_client(c
     spans = spans_of(collected)
     assert len(spans) == 3 and all(s.attributes["http.response.status_code"] == 503 for s in spans)
     assert len({dict(h)["traceparent"] for _, h in seen[-3:]}) == 3  # one span per attempt, via http.client
+
+
+def test_with_an_integration_off_the_layer_below_takes_over(collected, server, seen):
+    """AUTOINSTR_DISABLED_INTEGRATIONS: httpclient off, requests still makes its span and sends the context;
+    requests off, http.client makes one span per request it sends."""
+    import requests.sessions
+
+    from autoinstr.integrations import httpclient as i_httpclient
+    from autoinstr.integrations import requests as i_requests
+
+    i_requests.patch(requests.sessions)  # installs the wire hook; http.client makes no span of its own
+    try:
+        with Span("request"):
+            requests.get(server.url + "/redirect", timeout=5)
+        (span,) = spans_of(collected)
+        assert span.attributes["http.request.resend_count"] == 1
+        assert {dict(h)["traceparent"].split("-")[2] for _, h in seen} == {"%016x" % span.span_id}
+        i_requests.unpatch(requests.sessions)
+        i_httpclient.patch(http.client)
+        collected.clear()
+        seen.clear()
+        with Span("request"):
+            requests.get(server.url + "/redirect", timeout=5)
+        spans = spans_of(collected)
+        assert [s.attributes["http.response.status_code"] for s in spans] == [302, 200]
+        assert [dict(h)["traceparent"].split("-")[2] for _, h in seen] == ["%016x" % s.span_id for s in spans]
+    finally:
+        i_requests.unpatch(requests.sessions)
+        i_httpclient.unpatch(http.client)
+        _http.uninstall_wire()
