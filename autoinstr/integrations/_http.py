@@ -501,6 +501,10 @@ class _ResponseWatch:
         _forget(conn)
         try:
             response = type(conn).getresponse(conn, *args, **kwargs)
+        except TypeError:  # a caller trying a signature first (urllib3 1.26: getresponse(buffering=True))
+            setattr(conn, _OWNED, call)
+            conn.getresponse = self  # still waiting for the real call
+            raise
         except BaseException as exc:  # timeouts waiting for the answer land here
             call.fail(exc)
             raise

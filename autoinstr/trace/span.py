@@ -206,6 +206,8 @@ class Span:
             self._sampled = True
             self._finished = None
             self.parent_id = None
+            self._tracestate = ""  # set: `context` (injected into every outgoing call) reads them
+            self._baggage = None
         elif parent.__class__ is Span:
             root = self.root = parent.root
             if not root._sampled:  # every span keeps the decision: one load, not two, in enter and exit
@@ -244,6 +246,7 @@ class Span:
         if not ctx.trace_id:
             trace_id = self._trace_id = _bits(128) or 1
             self.parent_id = None
+            self._tracestate = ""
             self._sampled = Sampling.decide(trace_id)
         else:
             self._trace_id = ctx.trace_id
