@@ -524,5 +524,7 @@ def test_startup_adds_only_a_few_small_stdlib_modules(sandbox):
     loaded = set(sandbox.ok(["python", "-c", probe], launcher=False,
                             env=sandbox.env(AUTOINSTR_ENABLED="true")).stdout.split())
     added = {m for m in loaded - plain if m.split(".")[0] != "autoinstr"}
-    assert added <= {"__future__", "_contextvars", "contextvars", "_random", "atexit"}, sorted(added)
+    # (itertools and _collections are built into the interpreter: on 3.13 plain start-up has not loaded them yet)
+    small = {"__future__", "_contextvars", "contextvars", "_random", "atexit", "itertools", "_collections"}
+    assert added <= small, sorted(added)
     assert "autoinstr.bootstrap" in loaded
