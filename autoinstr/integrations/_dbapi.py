@@ -358,3 +358,11 @@ def traced_class(base: type, mixin: type) -> type:
                                                   "__autoinstr_traced__": True, "__doc__": base.__doc__})
         _classes[key] = cls
     return cls
+
+
+def traced_factory(factory: Any, base: type, mixin: type) -> Any:
+    """What to hand a driver asking for `factory` (a class derived from `base`, or a factory function):
+    the traced subclass of the class; a function is left alone (its objects go untraced)."""
+    if isinstance(factory, type) and issubclass(factory, base):
+        return traced_class(factory, mixin)
+    return factory

@@ -54,9 +54,7 @@ class _TracedCursor:
 
 
 def _traced_cursor_class(factory: Any) -> Any:
-    if isinstance(factory, type) and issubclass(factory, _extensions.cursor):
-        return _dbapi.traced_class(factory, _TracedCursor)
-    return factory  # a factory function: its cursors are left alone
+    return _dbapi.traced_factory(factory, _extensions.cursor, _TracedCursor)
 
 
 class _TracedConnection(_dbapi.TracedTransactions):
