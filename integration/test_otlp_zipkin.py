@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import base64
 import gzip
-import http.server
 import json
 import os
 import sys
-import threading
-import time
 
 import pytest
 
@@ -22,6 +19,7 @@ from google.protobuf import json_format  # noqa: E402
 from google.protobuf import unknown_fields as pb_unknown  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from ai_test_helpers import loopback_receivers  # noqa: E402
 from test_zipkin import zipkin_validator  # noqa: E402
 
 from autoinstr.export import otlp  # noqa: E402
@@ -66,53 +64,7 @@ server.shutdown()
 """
 
 
-class Receiver:
-    """A tiny HTTP server on a free 127.0.0.1 port; `responses` scripts the first answers."""
-
-    def __init__(self, responses=()):
-        self.requests = []  # (monotonic time, path, headers, raw body, status answered)
-        self.responses = list(responses)
-        self.lock = threading.Lock()
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with owner.lock:
-                    status, headers = owner.responses.pop(0) if owner.responses else (200, {})
-                    owner.requests.append((time.monotonic(), self.path, {k.lower(): v for k, v in self.headers.items()},
-                                           body, status))
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = "http://127.0.0.1:%d" % self.port
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver():
-    made = []
-
-    def make(responses=()):
-        r = Receiver(responses)
-        made.append(r)
-        return r
-    yield make
-    for r in made:
-        r.close()
+receiver = pytest.fixture(loopback_receivers)
 
 
 def run_app(sandbox, exporter, **env):

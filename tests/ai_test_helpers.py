@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import threading
+import time
 
 from autoinstr.export.base import Exporter
 
@@ -48,3 +50,53 @@ class BlockingExporter(MemoryExporter):
         self.entered.set()
         self.release.wait(30)
         super().export(records)
+
+
+class LoopbackReceiver:
+    """A tiny HTTP server on a free 127.0.0.1 port recording each POST as (monotonic time, path, headers,
+    raw body, status answered); `responses` scripts the first answers as (status, headers)."""
+
+    def __init__(self, responses=()):
+        self.requests: list = []
+        self.responses = list(responses)
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with owner.lock:
+                    status, headers = owner.responses.pop(0) if owner.responses else (200, {})
+                    owner.requests.append((time.monotonic(), self.path, {k.lower(): v for k, v in self.headers.items()},
+                                           body, status))
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def loopback_receivers():
+    """Body of a `receiver` fixture: a factory of LoopbackReceivers, all closed afterwards."""
+    made = []
+
+    def make(responses=()):
+        r = LoopbackReceiver(responses)
+        made.append(r)
+        return r
+    yield make
+    for r in made:
+        r.close()

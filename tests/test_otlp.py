@@ -8,6 +8,7 @@ import gzip
 import json
 
 import pytest
+from ai_test_helpers import loopback_receivers
 from google.protobuf import json_format
 from google.protobuf import unknown_fields as pb_unknown
 from google.protobuf.message import Message
@@ -428,52 +429,7 @@ def test_generated_round_trips(rs):
 
 # ------------------------------------------------------------------------ exporter, HTTP and pipeline
 
-class Receiver:
-    """A loopback HTTP server recording requests; `responses` scripts the answers (status, headers)."""
-
-    def __init__(self, responses=()):
-        import http.server
-        import threading
-
-        self.requests = []
-        self.responses = list(responses)
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                owner.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-                status, headers = owner.responses.pop(0) if owner.responses else (200, {})
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver():
-    made = []
-
-    def make(responses=()):
-        r = Receiver(responses)
-        made.append(r)
-        return r
-    yield make
-    for r in made:
-        r.close()
+receiver = pytest.fixture(loopback_receivers)
 
 
 def otlp_exporter(env):
@@ -489,7 +445,7 @@ def test_exporter_protobuf_gzip_headers(receiver):
                          "OTEL_EXPORTER_OTLP_HEADERS": "x-api-key=se%20cret,Authorization=Bearer abc",
                          "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test,service.name=ignored"})
     exp.export(RECORDS)
-    [(path, headers, body)] = r.requests
+    [(_, path, headers, body, _)] = r.requests
     assert path == "/v1/traces"
     assert headers["content-type"] == "application/x-protobuf" and headers["content-encoding"] == "gzip"
     assert headers["x-api-key"] == "se cret" and headers["authorization"] == "Bearer abc"
@@ -511,7 +467,7 @@ def test_exporter_json_and_traces_endpoint(receiver):
     exp = otlp_exporter({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": r.url + "/custom/path",
                          "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
     exp.export(RECORDS)
-    [(path, headers, body)] = r.requests
+    [(_, path, headers, body, _)] = r.requests
     assert path == "/custom/path" and headers["content-type"] == "application/json"
     assert "content-encoding" not in headers
     assert otlp.decode_json(body) == RECORDS
