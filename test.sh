@@ -55,6 +55,23 @@ else
   echo "test.sh: could not install graphite-carbon/python3-whisper (Debian) or statsd (npm); the statsd" \
        "end-to-end tests will skip"
 fi
+# Headless Chromium for the UI tests (driven by Playwright for Python with executable_path) and wrk for the
+# load tests and benchmarks, from Debian. Once they are in, AUTOINSTR_REQUIRE_BROWSER=1 / AUTOINSTR_REQUIRE_WRK=1:
+# those tests fail, never skip.
+if ! dpkg -s chromium chromium-driver wrk >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt_install chromium chromium-driver || true
+  apt_install wrk || true
+fi
+if command -v chromium >/dev/null; then
+  export AUTOINSTR_REQUIRE_BROWSER="${AUTOINSTR_REQUIRE_BROWSER:-1}"
+else
+  echo "test.sh: could not install Debian's chromium; the UI browser tests will skip"
+fi
+if command -v wrk >/dev/null; then
+  export AUTOINSTR_REQUIRE_WRK="${AUTOINSTR_REQUIRE_WRK:-1}"
+else
+  echo "test.sh: could not install Debian's wrk; the load tests will skip"
+fi
 python3 -m venv .venv >/dev/null 2>&1 || python3 -m venv .venv
 # the test extra; without mysqlclient when it can't be built here (no libmariadb-dev): its tests skip then
 install_test_extra() {

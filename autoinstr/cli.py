@@ -1,4 +1,4 @@
-"""Command line: `autoinstr-run` (the launcher) and `autoinstr` (spans, report, collector, and later ui).
+"""Command line: `autoinstr-run` (the launcher) and `autoinstr` (spans, report, collector, ui).
 
 The launcher replaces itself with the user's command (exec): same pid, stdin/stdout/stderr, signals and
 exit code, with the start-up hook's folder first on PYTHONPATH so that every Python process the command
@@ -133,6 +133,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_coll.add_argument("--max-body-mb", type=float, default=None,
                         help="largest request body, also decompressed (default: AUTOINSTR_COLLECTOR_MAX_BODY_MB, 16)")
 
+    p_ui = sub.add_parser("ui", help="the web UI over a store: services, endpoints, traces, search, SQL, service map")
+    _store_args(p_ui)
+    p_ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p_ui.add_argument("--port", type=int, default=4991, help="port to listen on (default: 4991)")
+    p_ui.add_argument("--threads", type=int, default=4, help="request threads (default: 4)")
+
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -148,6 +154,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return print_report(_store_path(args), args.traces, args.since, args.width)
         if args.command == "collector":
             return _cmd_collector(args)
+        if args.command == "ui":
+            return _cmd_ui(args)
     except StoreError as exc:
         sys.stderr.write("autoinstr: %s\n" % exc)
         return 1
@@ -210,6 +218,15 @@ def _cmd_collector(args: Any) -> int:
     return serve(args.host, args.port, _store_path(args), token=args.token or cfg.collector_token or None,
                  threads=args.threads, max_body=int(max_body_mb * 1024 * 1024),
                  retention_hours=cfg.store_retention_hours, store_max_mb=cfg.store_max_mb)
+
+
+def _cmd_ui(args: Any) -> int:
+    from autoinstr.ui.serve import serve
+
+    if not 0 <= args.port < 65536:
+        sys.stderr.write("autoinstr ui: --port must be in 0..65535\n")
+        return 2
+    return serve(args.host, args.port, _store_path(args), threads=max(1, args.threads))
 
 
 if __name__ == "__main__":  # pragma: no cover

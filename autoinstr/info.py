@@ -21,6 +21,16 @@ def _service_of(command: List[str]) -> str:
     return os.path.basename(command[0])
 
 
+def _without_credentials(value: object) -> object:
+    """A URL's user:password and query (either may hold credentials) are never printed."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    from autoinstr.export._http_post import safe_url
+
+    shown = safe_url(value)
+    return shown if shown == value.rstrip("/") or shown == value else shown + "  (credentials/query hidden)"
+
+
 def print_info(env: Dict[str, str], command: List[str]) -> int:
     from autoinstr import __version__, integrations
     from autoinstr.config import Config
@@ -41,7 +51,7 @@ def print_info(env: Dict[str, str], command: List[str]) -> int:
     for name, value in cfg.items():
         source = cfg.sources.get(name)
         note = "" if source is None else ("  (from %s)" % source if source != name else "  (set)")
-        out.write("  %-33s %s%s\n" % (name, value, note))
+        out.write("  %-33s %s%s\n" % (name, _without_credentials(value), note))
     for line in cfg.warnings:
         out.write("  warning: %s\n" % line)
 

@@ -4,7 +4,8 @@ callable, with and without the agent, in one run (rounds alternated), written to
     python benchmarks/web_bench.py [--out benchmarks/results/web.md] [--rounds 5] [--requests 5000]
 
 Runs in the interpreter that runs it (the project's .venv, where the frameworks are installed): "without"
-is plain `python`, "with" is `autoinstr-run python` exporting to a jsonl file in a temporary folder. The
+is plain `python`, "with" is `autoinstr-run python` exporting (by default to the embedded store, the agent's
+default exporter; --exporter jsonl for a file) into a temporary folder. The
 target (issue 3): a traced GET /hello costs at most 25 us more than untraced.
 """
 
@@ -114,13 +115,14 @@ print("RESULT " + json.dumps({{"us": us, "stats": stats}}))
 """
 
 
-def run_variant(framework: str, traced: bool, n: int, folder: str) -> Dict[str, object]:
+def run_variant(framework: str, traced: bool, n: int, folder: str, exporter: str = "local") -> Dict[str, object]:
     script = os.path.join(folder, "drive_%s.py" % framework.replace("-", "_"))
     with open(script, "w") as f:
         f.write(DRIVER.format(app=APPS[framework]))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOINSTR_", "OTEL_"))}
     env.pop("PYTHONPATH", None)
-    env.update(AUTOINSTR_EXPORTER="jsonl", AUTOINSTR_JSONL_PATH=os.path.join(folder, "%s.jsonl" % framework),
+    env.update(AUTOINSTR_EXPORTER=exporter, AUTOINSTR_JSONL_PATH=os.path.join(folder, "%s.jsonl" % framework),
+               AUTOINSTR_STORE=os.path.join(folder, "%s.db" % framework),
                AUTOINSTR_SERVICE_NAME="bench")
     cmd = ([os.path.join(BIN, "autoinstr-run")] if traced else []) + [sys.executable, script, str(n)]
     out = subprocess.run(cmd, env=env, cwd=folder, capture_output=True, text=True, timeout=600)
@@ -128,6 +130,21 @@ def run_variant(framework: str, traced: bool, n: int, folder: str) -> Dict[str, 
     if out.returncode != 0 or not lines:
         raise RuntimeError("%s (%s) failed: %s" % (framework, "traced" if traced else "plain", out.stderr[-800:]))
     return json.loads(lines[-1])
+
+
+def count_server_spans(folder: str, framework: str) -> int:
+    """Server spans the traced runs exported (to the store or the jsonl file): none lost."""
+    store = os.path.join(folder, "%s.db" % framework)
+    if os.path.exists(store):
+        import sqlite3
+
+        with sqlite3.connect(store) as db:
+            return int(db.execute("SELECT count(*) FROM spans WHERE kind = 'server'").fetchone()[0])
+    try:
+        with open(os.path.join(folder, "%s.jsonl" % framework)) as f:
+            return sum(1 for line in f if '"kind":"server"' in line)
+    except FileNotFoundError:  # no integration for it (yet): nothing traced
+        return 0
 
 
 def available(framework: str) -> bool:
@@ -144,24 +161,22 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "results", "web.md"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=5000)
+    ap.add_argument("--frameworks", default=",".join(APPS), help="comma-separated subset of: " + ", ".join(APPS))
+    ap.add_argument("--exporter", default="local", help="AUTOINSTR_EXPORTER for the traced runs (default: local, "
+                    "the default exporter: the embedded store)")
     args = ap.parse_args()
-    frameworks = [f for f in APPS if available(f)]
+    frameworks = [f for f in args.frameworks.split(",") if f in APPS and available(f)]
     results: Dict[str, Dict[str, List[float]]] = {f: {"plain": [], "traced": []} for f in frameworks}
     exported: Dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="autoinstr-web-bench-") as folder:
         for r in range(args.rounds):
             for framework in frameworks:
                 for traced in (False, True):
-                    res = run_variant(framework, traced, args.requests, folder)
+                    res = run_variant(framework, traced, args.requests, folder, args.exporter)
                     results[framework]["traced" if traced else "plain"].append(float(res["us"]))  # type: ignore
             print("[web] round %d/%d done" % (r + 1, args.rounds), file=sys.stderr)
         for framework in frameworks:
-            path = os.path.join(folder, "%s.jsonl" % framework)
-            try:
-                with open(path) as f:
-                    exported[framework] = sum(1 for line in f if '"kind":"server"' in line)
-            except FileNotFoundError:  # no integration for it (yet): nothing traced
-                exported[framework] = 0
+            exported[framework] = count_server_spans(folder, framework)
     rows = []
     for framework in frameworks:
         plain, traced = results[framework]["plain"], results[framework]["traced"]
@@ -175,8 +190,8 @@ def main() -> int:
         "- date: %s UTC" % time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "- machine: %s, %d CPUs, Python %s" % (platform.platform(), os.cpu_count() or 0, platform.python_version()),
         "- method: each framework's app called through its WSGI callable, %d requests per process after 500 warm-up "
-        "requests, %d rounds, plain and traced processes alternated; traced = `autoinstr-run`, jsonl export"
-        % (args.requests, args.rounds),
+        "requests, %d rounds, plain and traced processes alternated; traced = `autoinstr-run`, exporter `%s`"
+        % (args.requests, args.rounds, args.exporter),
         "",
         "| framework | plain us/request (best) | traced us/request (best) | added us (best) | added us (median) | "
         "server spans exported | target <= 25 us |",

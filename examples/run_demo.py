@@ -2,7 +2,9 @@
 port, drives a few hundred requests at the shop from this (untraced) process, then stops both with
 SIGTERM (the agent flushes on it) and says what was served.
 
-    python examples/run_demo.py REQUESTS DATA_DIR
+    python examples/run_demo.py REQUESTS DATA_DIR [SECONDS]
+
+With SECONDS, the requests are spread over about that long (the UI's charts then show them over time).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def wait_ready(port: int, proc: subprocess.Popen, deadline_s: float = 30.0) -> N
     raise SystemExit("a demo service did not start listening on port %d" % port)
 
 
-def main(requests_wanted: int, data_dir: str) -> None:
+def main(requests_wanted: int, data_dir: str, seconds: float = 0.0) -> None:
     os.makedirs(data_dir, exist_ok=True)
     sys.path.insert(0, HERE)
     import inventory as inventory_app
@@ -62,7 +64,12 @@ def main(requests_wanted: int, data_dir: str) -> None:
             + [("GET", "/orders")] + [("POST", "/checkout/%d" % i) for i in (2, 7)]
         codes: dict = {}
         conn = http.client.HTTPConnection("127.0.0.1", shop_port, timeout=10)
-        for _ in range(requests_wanted):
+        began = time.monotonic()
+        for done in range(requests_wanted):
+            if seconds:
+                lag = began + seconds * done / requests_wanted - time.monotonic()
+                if lag > 0:
+                    time.sleep(lag)
             method, path = rng.choice(plan)
             conn.request(method, path)
             response = conn.getresponse()
@@ -83,4 +90,5 @@ def main(requests_wanted: int, data_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 300, sys.argv[2] if len(sys.argv) > 2 else ".demo")
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 300, sys.argv[2] if len(sys.argv) > 2 else ".demo",
+         float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)

@@ -43,7 +43,7 @@ DECODE_SLOTS = 2  # requests decoding and validating at once; the others wait (t
 _STATUS_TEXT = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
                 411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type",
                 500: "Internal Server Error", 503: "Service Unavailable"}
-_ROUTES = {SPANS_PATH: "POST", OTLP_PATH: "POST", STATS_PATH: "GET", HEALTH_PATH: "GET", "/": "GET"}
+_ROUTES = {SPANS_PATH: "POST", OTLP_PATH: "POST", STATS_PATH: "GET", HEALTH_PATH: "GET", "/": "GET", "/v1/": "GET"}
 
 Response = Tuple[int, List[Tuple[str, str]], bytes]
 
@@ -106,6 +106,8 @@ class CollectorApp:
         self._log_window = 0.0
         self._log_count = 0
         self._log_suppressed = 0
+        self._ui: Any = None
+        self._ui_lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------- WSGI
 
@@ -116,13 +118,17 @@ class CollectorApp:
         except Exception:  # a bug here must cost one request, never the server
             log.exception("collector: internal error")
             status, headers, body = _json(500, {"error": "internal", "detail": "internal error"})
-        headers = headers + [("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
+        headers = headers + [("Content-Length", str(len(body)))]
+        if not any(name == "Cache-Control" for name, _ in headers):
+            headers.append(("Cache-Control", "no-store"))
         start_response("%d %s" % (status, _STATUS_TEXT.get(status, "")), headers)
         return [body]
 
     def handle(self, environ: Dict[str, Any]) -> Response:
         path = environ.get("PATH_INFO") or "/"
         method = (environ.get("REQUEST_METHOD") or "GET").upper()
+        if method in ("GET", "HEAD") and _is_ui_path(path, environ.get("HTTP_ACCEPT") or ""):
+            return self.ui(environ)
         allowed = _ROUTES.get(path)
         if allowed is None:
             return _json(404, {"error": "not_found", "detail": "no such endpoint; see GET /"})
@@ -132,7 +138,7 @@ class CollectorApp:
             return _json(405, {"error": "method_not_allowed", "detail": "use %s" % allowed}, [("Allow", allowed)])
         if path == HEALTH_PATH:
             return _json(200, {"status": "ok"})
-        if path == "/":
+        if path in ("/", "/v1/"):
             return _json(200, self.index())
         if not self._authorized(environ):
             self.stats.reject("unauthorized")
@@ -148,8 +154,39 @@ class CollectorApp:
                 "endpoints": {"POST " + SPANS_PATH: "span records, application/msgpack or application/json",
                               "POST " + OTLP_PATH: "OTLP/HTTP traces, application/x-protobuf or application/json",
                               "GET " + STATS_PATH: "ingest counters",
-                              "GET " + HEALTH_PATH: "liveness"},
+                              "GET " + HEALTH_PATH: "liveness",
+                              "GET /": "the web UI, for a browser (Accept: text/html)"},
                 "max_body_bytes": self.max_body, "auth": "bearer" if self.token else "none"}
+
+    # ------------------------------------------------------------------------------ web UI
+
+    def ui(self, environ: Dict[str, Any]) -> Response:
+        """The web UI over this collector's store (started on first use). With a token set it needs the token
+        too: as a bearer token, or as the password of HTTP Basic auth (what a browser can send)."""
+        if self.token is not None and not (self._authorized(environ) or self._basic_authorized(environ)):
+            return (401, [("Content-Type", "text/plain; charset=utf-8"),
+                          ("WWW-Authenticate", 'Basic realm="autoinstr", charset="UTF-8"')],
+                    b"the collector's token is required (as the password)\n")
+        with self._ui_lock:
+            if self._ui is None:
+                from autoinstr.ui.app import UIApp
+
+                self._ui = UIApp(self.store_path)
+        return self._ui.respond(environ)
+
+    def _basic_authorized(self, environ: Dict[str, Any]) -> bool:
+        import base64
+        import binascii
+
+        header = environ.get("HTTP_AUTHORIZATION") or ""
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            password = base64.b64decode(value.strip(), validate=True).partition(b":")[2]
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(hashlib.sha256(password).digest(), self.token_digest)
 
     # ------------------------------------------------------------------------------ ingest
 
@@ -268,8 +305,17 @@ class CollectorApp:
                  s["rejected_spans"], json.dumps(s["rejected_by_reason"], sort_keys=True))
 
     def close(self) -> None:
+        with self._ui_lock:
+            if self._ui is not None:
+                self._ui.close()
         with self.store_lock:
             self.store.close()
+
+
+def _is_ui_path(path: str, accept: str) -> bool:
+    from autoinstr.ui.app import is_ui_path
+
+    return is_ui_path(path, accept)
 
 
 def _suppress() -> None:

@@ -18,6 +18,7 @@ import os
 import time
 from _collections import deque
 from _thread import allocate_lock  # `threading` itself is imported when the flush thread starts
+from itertools import count
 
 from autoinstr import _log
 from autoinstr.export.records import records_of
@@ -34,8 +35,13 @@ FORK_WAIT_S = 2.0  # how long a fork waits for the agent's I/O in progress (see 
 MAX_RETRIES = 3  # then the batch is dropped for that exporter (counted)
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
+DESTINATION_BACKOFF_MAX = 10.0  # a destination failing for long is tried this often: it recovers within it
 RETRY_AFTER_MAX = 300.0  # a server's Retry-After is honoured up to this many seconds
+SHUTDOWN_GRACE_S = 0.1  # at exit, with app threads still running, spans ending this soon are still exported
 EARLY_FLUSH_DUTY = 0.25  # share of wall time early flushes may use; the rest waits for the interval
+# an exporter raising one of these has a bug (a failing destination raises OSError, ExportError, sqlite3's
+# errors...): it is disabled at once, with one warning, rather than retried for ever
+_BUGS = (TypeError, AttributeError, KeyError, IndexError, NameError, AssertionError, RecursionError)
 
 
 def _chunks(batches: List[List[Span]], size: int) -> List[List[List[Span]]]:
@@ -88,6 +94,11 @@ class _ExporterSlot:
         self.taken_spans = 0  # written by the sender
         self.pending: List[List[Any]] = []  # [records, attempts, not_before]
         self.pending_spans = 0
+        # the destination's backoff, not only the batch's: when the failing batch is trimmed or dropped,
+        # the next one waits too, so a dead destination under load is not tried at every flush
+        self.not_before = 0.0
+        self.failures_in_a_row = 0
+        self.disabled = False  # the exporter failed with a bug of its own (see _BUGS): it is no longer called
         self.max_pending = max_pending_spans
         self.exported = 0
         self.errors = 0
@@ -107,7 +118,7 @@ class _ExporterSlot:
 
     def offer(self, records: List[Dict[str, Any]]) -> None:
         backlog = self.inbox_spans - self.taken_spans + self.pending_spans
-        if backlog + len(records) > self.max_pending * 2:
+        if self.disabled or backlog + len(records) > self.max_pending * 2:
             self.dropped_backlog += len(records)
             return
         self.inbox.append(records)
@@ -151,6 +162,8 @@ class _ExporterSlot:
         assert wake is not None
         while not self._final:
             due = min((item[2] for item in self.pending), default=None)
+            if due is not None:
+                due = max(due, self.not_before)
             wake.wait(None if due is None else max(0.0, due - time.monotonic()))
             wake.clear()
             if self._final:
@@ -186,14 +199,18 @@ class _ExporterSlot:
         while self.pending:
             item = self.pending[0]
             records, attempts, not_before = item
-            if not final and now < not_before:
+            if not final and now < max(not_before, self.not_before):
                 return
             try:
                 with self.io_lock:
                     self.exporter.export(records)
             except Exception as exc:
                 self.errors += 1
+                self.failures_in_a_row += 1
                 self.last_error = "%s: %s" % (type(exc).__name__, exc)
+                if isinstance(exc, _BUGS):
+                    self._disable()
+                    return
                 item[1] = attempts = attempts + 1
                 # an exporter's error may say when to retry (`retry_after`: the server's Retry-After, in
                 # seconds) or that retrying is pointless (`retryable` False: the batch is dropped now)
@@ -204,6 +221,10 @@ class _ExporterSlot:
                 if final and attempts <= MAX_RETRIES and not permanent:  # at exit: retry at once, a little later
                     time.sleep(max(0.1 * attempts, retry_after))  # (the exit deadline bounds all of it)
                     continue
+                if not permanent:
+                    backoff = min(DESTINATION_BACKOFF_MAX,
+                                  BACKOFF_BASE * (2 ** (min(self.failures_in_a_row, 16) - 1)))
+                    self.not_before = now + max(retry_after, backoff)
                 if attempts > MAX_RETRIES or final or permanent:
                     self.pending.pop(0)
                     self.pending_spans -= len(records)
@@ -221,6 +242,19 @@ class _ExporterSlot:
             self.pending.pop(0)
             self.pending_spans -= len(records)
             self.exported += len(records)
+            self.failures_in_a_row = 0
+            self.not_before = 0.0
+
+    def _disable(self) -> None:
+        """A bug in the exporter, not a failing destination: retrying cannot help. Its spans are dropped
+        (counted) from now on; the other exporters go on."""
+        self.disabled = True
+        dropped = self.pending_spans
+        self.dropped += dropped
+        self.pending, self.pending_spans = [], 0
+        _log.warn_once("export-disabled-" + self.name, "exporter %s failed (%s); it is disabled, its spans are "
+                       "dropped and counted in autoinstr.stats(); the other exporters go on"
+                       % (self.name, self.last_error))
 
     # ---------------------------------------------------------------------------------- other
 
@@ -232,6 +266,7 @@ class _ExporterSlot:
         self.inbox = deque()
         self.inbox_spans = self.taken_spans = self.pending_spans = 0
         self.pending = []
+        self.not_before, self.failures_in_a_row = 0.0, 0
         self.exported = self.errors = self.dropped = self.dropped_backlog = 0
         self.offers = self.done = 0
         self.io_lock = allocate_lock()
@@ -261,7 +296,9 @@ class Pipeline:
         self._fork_held: List[Any] = []
         self._slots: Optional[List[_ExporterSlot]] = None  # built on the flush thread, at first use
         self.submitted = 0
-        self.dropped_queue_full = 0
+        self._full_drops = count()  # next() on it is atomic: exact under any number of request threads
+        self._full_drops_reads = 0
+        self._full_drops_lock = allocate_lock()
         self.dropped_conversion = 0
         self.dropped_shutdown = 0
         self.flushes = 0
@@ -296,6 +333,18 @@ class Pipeline:
                     self._slots = [_ExporterSlot(e, self.max_queue) for e in self._exporter_factory()]
         return self._slots
 
+    @property
+    def dropped_queue_full(self) -> int:
+        """Spans dropped because the queue was full (request threads count them, without a lock)."""
+        with self._full_drops_lock:  # reading advances the counter too: the reads are subtracted
+            value = next(self._full_drops) - self._full_drops_reads
+            self._full_drops_reads += 1
+        return value
+
+    @dropped_queue_full.setter
+    def dropped_queue_full(self, value: int) -> None:
+        self._full_drops, self._full_drops_reads = count(value), 0
+
     # ----------------------------------------------------------------------- request thread side
 
     def submit(self, spans: List[Span]) -> None:
@@ -306,7 +355,9 @@ class Pipeline:
         Exact counts (submitted, exported) are kept by the flush thread."""
         queued = self._queued + len(spans)
         if queued > self._limit:
-            self.dropped_queue_full += len(spans)
+            drop = self._full_drops.__next__
+            for _ in spans:
+                drop()
             return
         self._buffer.append(spans)
         self._queued = queued
@@ -317,7 +368,7 @@ class Pipeline:
         """submit() for a local trace of one span, queued as is (no list: the commonest case, made cheap)."""
         queued = self._queued + 1
         if queued > self._limit:
-            self.dropped_queue_full += 1
+            self._full_drops.__next__()
             return
         self._buffer.append(span)
         self._queued = queued
@@ -426,9 +477,33 @@ class Pipeline:
             self._stopped.set()
 
     def _final_flush(self) -> None:
+        if self._app_threads_alive():
+            # A server stopped by a signal may be finishing a request on another thread right now (the
+            # client has its response; the span ends as the server closes it): take what ends meanwhile.
+            grace_end = time.monotonic() + SHUTDOWN_GRACE_S
+            while True:
+                if self._buffer:
+                    self.flush_once()
+                if time.monotonic() >= grace_end:
+                    break
+                time.sleep(0.01)
+        self._limit = -1  # from now on, spans are dropped (counted)
         self.flush_once(final=True)
         for slot in self.slots:
             slot.finish()
+
+    @staticmethod
+    def _app_threads_alive() -> bool:
+        """Threads of the app besides the one exiting (a server's request threads), not the agent's."""
+        try:
+            import threading
+
+            me = threading.current_thread()
+            main = threading.main_thread()
+            return any(t is not me and t is not main and t.is_alive() and not t.name.startswith("autoinstr-")
+                       for t in threading.enumerate())
+        except Exception:
+            return False
 
     def flush_once(self, final: bool = False) -> None:
         """Export what is queued now, and retry what is due (everything, once, when final).
@@ -507,15 +582,19 @@ class Pipeline:
         if self._pid != os.getpid():
             self._forked_behind_our_back()
         if self._thread is None and not self._buffer:
-            return True
+            # nothing finished yet, but a request may be ending on another thread (see _final_flush)
+            grace_end = time.monotonic() + SHUTDOWN_GRACE_S
+            while not self._buffer and time.monotonic() < grace_end and self._app_threads_alive():
+                time.sleep(0.01)
+            if not self._buffer:
+                return True
         if (self._thread is None and not self._start_thread()) or not self._thread.is_alive():
             # no flush thread and none can start now (spans made during interpreter exit): flush here
             self._stopping = True
             self._limit = -1
             self._final_flush()
             return True
-        self._stopping = True
-        self._limit = -1
+        self._stopping = True  # spans are still taken until the flush thread's last take (_final_flush)
         self._urgent.set()
         self._wake.set()
         if self._stopped.wait(deadline):
@@ -568,6 +647,7 @@ class Pipeline:
         self._init_process_state()
         self._not_before_ns = time.perf_counter_ns()
         self.submitted = self.dropped_queue_full = self.dropped_conversion = self.dropped_shutdown = 0
+        self._full_drops_lock = allocate_lock()
         self.flushes = 0
         for slot in self._slots or []:
             slot.reset_after_fork()  # its sender thread, if any, starts again with the child's first flush

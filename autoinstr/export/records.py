@@ -112,39 +112,49 @@ def clean_attributes(attrs: Dict[Any, Any], max_count: int, limit: int) -> Dict[
 
 def to_record(span: Span, service: str, offset: int, max_attributes: int, max_length: int) -> Dict[str, Any]:
     start = span.start_ns
-    parent_id = span.parent_id
-    events: List[Dict[str, Any]] = []
     raw_events = span._events
-    if raw_events:
-        for ev in raw_events:
-            events.append({"name": _text(ev.get("name", ""), MAX_NAME_LENGTH),
-                           "time_ns": int(ev.get("time_mono_ns", start)) + offset,
-                           "attributes": clean_attributes(ev.get("attributes") or {}, max_attributes, max_length)})
+    events: List[Dict[str, Any]] = [] if not raw_events else [
+        {"name": _text(ev.get("name", ""), MAX_NAME_LENGTH),
+         "time_ns": int(ev.get("time_mono_ns", start)) + offset,
+         "attributes": clean_attributes(ev.get("attributes") or {}, max_attributes, max_length)}
+        for ev in raw_events]
     name = span.name
-    kind = span.kind
     attrs = span.attributes
-    derived = None
-    if attrs and "db.query.text" in attrs:
-        name, derived = _sql_summary(name, attrs)
-    if span._status == "error" and SqlPolicy.obfuscate:
-        attrs = _scrubbed_errors(attrs, events, derived is not None)
-    cleaned = clean_attributes(attrs, max_attributes, max_length) if attrs else {}
-    if derived is not None:  # the statement as summarized, operation and table unless the span had its own
-        cleaned["db.query.text"] = derived["db.query.text"]
-        for key in ("db.operation.name", "db.collection.name"):
-            if key in derived and not cleaned.get(key):
-                cleaned[key] = derived[key]
+    error = span._status == "error"
+    if attrs:
+        derived = None
+        if "db.query.text" in attrs:
+            name, derived = _sql_summary(name, attrs)
+        if error and SqlPolicy.obfuscate:
+            attrs = _scrubbed_errors(attrs, events, derived is not None)
+        cleaned = clean_attributes(attrs, max_attributes, max_length)
+        if derived is not None:  # the statement as summarized, operation and table unless the span had its own
+            cleaned["db.query.text"] = derived["db.query.text"]
+            for key in ("db.operation.name", "db.collection.name"):
+                if key in derived and not cleaned.get(key):
+                    cleaned[key] = derived[key]
+    else:
+        cleaned = {}
+        if error and events and SqlPolicy.obfuscate:
+            _scrubbed_errors(attrs, events, False)
+    if name.__class__ is not str or not 0 < len(name) <= MAX_NAME_LENGTH:
+        name = _text(name, MAX_NAME_LENGTH) or "unnamed"
+    parent_id = span.parent_id
+    end = span.end_ns
+    kind = span.kind
+    root = span.root
+    if root is span:  # see _unlink_root
+        _unlink_root(span)
     return {
-        "trace_id": "%032x" % span.root._trace_id,
+        "trace_id": "%032x" % root._trace_id,
         "span_id": "%016x" % span.span_id,
         "parent_id": "%016x" % parent_id if parent_id else None,
-        "name": name if name.__class__ is str and 0 < len(name) <= MAX_NAME_LENGTH
-        else (_text(name, MAX_NAME_LENGTH) or "unnamed"),
+        "name": name,
         "kind": kind if kind in _KINDS else "internal",
         "service": service,
         "start_ns": start + offset,
-        "duration_ns": max(0, (span.end_ns or start) - start),
-        "status": "error" if span._status == "error" else "ok",
+        "duration_ns": end - start if end > start else 0,
+        "status": "error" if error else "ok",
         "attributes": cleaned,
         "events": events,
     }
@@ -290,9 +300,9 @@ def records_of(batches: List[List[Span]], service: str, max_attributes: int, max
             if span.start_ns < not_before_ns:
                 continue
             try:
-                out.append(to_record(span, service, offset, max_attributes, max_length))
+                out.append(to_record(span, service, offset, max_attributes, max_length))  # (unlinks the root)
             except Exception as exc:
                 if errors is not None:
                     errors.append("%s: %s" % (type(exc).__name__, exc))
-            _unlink_root(span)
+                _unlink_root(span)
     return out

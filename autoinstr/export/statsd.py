@@ -553,9 +553,10 @@ def send(lines: List[str]) -> None:
         return
     for datagram in datagrams:
         try:
-            sock.sendto(datagram, _State.address)
+            sock.send(datagram)
             _State.datagrams += 1
-        except OSError:  # no server, buffer full, unreachable: the metrics are lost, counted
+        except OSError:  # no server (refused: the socket is connected, so the kernel tells), buffer full,
+            # unreachable: the metrics are lost, counted
             _State.send_errors += 1
 
 
@@ -570,7 +571,14 @@ def _socket() -> Any:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
         sock = socket.socket(family, kind, proto)
-        sock.setblocking(False)
+        try:
+            sock.setblocking(False)
+            # connected: a missing server's "port unreachable" then fails a later send (counted), where an
+            # unconnected socket's sendto would lose it silently; a server that comes back is used at once
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
     except OSError as exc:
         _State.resolve_after = time.monotonic() + 60.0
         from autoinstr import _log

@@ -1,25 +1,142 @@
-"""Shared patch mechanics: wrap a module attribute with wrapt, and undo it, once for every integration."""
+"""Shared patch mechanics: wrap a module attribute with wrapt, and undo it, once for every integration.
+
+Every wrapper is guarded: an exception of the agent's own making (the wrapper failing before, around or
+after the wrapped call) never reaches the app. The call then completes as without the agent (the wrapped
+function is called, or its result or exception is handed back as it came), and the integration is turned
+off with one warning (autoinstr.integrations.disable): from then on its wrappers pass straight through.
+The app's own exceptions, raised by the wrapped call, pass unchanged.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Tuple
 
 import wrapt
 
+Wrapper = Callable[[Callable[..., Any], Any, tuple, dict], Any]
 
-def wrap(module: ModuleType, path: str, wrapper: Callable[[Callable[..., Any], Any, tuple, dict], Any]) -> None:
+_NOT_CALLED, _RETURNED, _RAISED = 0, 1, 2
+
+
+def wrap(module: ModuleType, path: str, wrapper: Wrapper) -> None:
     """Wrap `module.<path>` (e.g. "Class.method") with a wrapt-style wrapper(wrapped, instance, args, kwargs)."""
-    wrapt.wrap_function_wrapper(module, path, wrapper)
+    wrapt.wrap_function_wrapper(module, path, guarded(wrapper, integration_of(wrapper, module)))
 
 
-def unwrap(module: ModuleType, path: str) -> None:
-    """Put back what wrap() replaced; does nothing if it is not wrapped."""
+def integration_of(wrapper: Any, module: ModuleType) -> Optional[str]:
+    """The integration a wrapper belongs to: named by its module (autoinstr.integrations.<name>), else
+    (shared helpers such as _dbapi) by the instrumented module's top-level package."""
+    try:
+        from autoinstr.integrations import INTEGRATIONS
+
+        own = (getattr(wrapper, "__module__", None) or "").rpartition(".")[2]
+        if own in INTEGRATIONS:
+            return own
+        top = module.__name__.partition(".")[0]
+        for name, (triggers, _, _) in INTEGRATIONS.items():
+            if any(t.partition(".")[0] == top for t in triggers):
+                return name
+    except Exception:
+        pass
+    return None
+
+
+def guarded(wrapper: Wrapper, integration: Optional[str]) -> Wrapper:
+    """`wrapper`, made unable to hurt the call it wraps (see the module's docstring). Coroutine and
+    async-generator wrappers are returned as they are: their code runs after this guard has returned."""
+    if inspect.iscoroutinefunction(wrapper) or inspect.isasyncgenfunction(wrapper):
+        return wrapper
+    from autoinstr import integrations
+
+    failed = integrations._failed
+    disabled = integrations._disabled
+
+    def guard(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+        if integration in failed or integration in disabled:
+            return wrapped(*args, **kwargs)
+        outcome: list = [_NOT_CALLED, None]
+
+        def call(*a: Any, **kw: Any) -> Any:
+            try:
+                result = wrapped(*a, **kw)
+            except BaseException as exc:
+                outcome[0], outcome[1] = _RAISED, exc
+                raise
+            outcome[0], outcome[1] = _RETURNED, result
+            return result
+
+        try:
+            return wrapper(call, instance, args, kwargs)
+        except Exception as exc:
+            state, value = outcome
+            if state == _RAISED and exc is value:
+                raise  # the app's own exception, unchanged
+            _disable(integration, wrapper, exc)
+            if state == _RAISED:
+                raise value from None  # the agent failed while handling the app's exception: the app's wins
+            if state == _RETURNED:
+                return value
+            return wrapped(*args, **kwargs)
+
+    guard.__wrapped__ = wrapper  # type: ignore[attr-defined]
+    return guard
+
+
+def _disable(integration: Optional[str], wrapper: Any, exc: BaseException) -> None:
+    reason = "%s raised %s: %s" % (getattr(wrapper, "__qualname__", "a wrapper"), type(exc).__name__,
+                                   str(exc)[:200])
+    try:
+        from autoinstr import _log, integrations
+
+        if integration is not None:
+            integrations.disable(integration, reason)
+        else:
+            _log.warn_once("wrapper-%s" % id(wrapper), "an integration's wrapper failed (%s); the app goes on"
+                           % reason)
+    except Exception:
+        pass
+
+
+def _owner(module: ModuleType, path: str) -> Tuple[Any, str]:
     *parents, name = path.split(".")
     owner: Any = module
     for part in parents:
         owner = getattr(owner, part)
+    return owner, name
+
+
+def replace(module: ModuleType, path: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Put the plain function make(original) in place of `module.<path>`, for the hottest paths (a wrapt
+    wrapper costs more than half a microsecond per call there); unwrap() puts the original back."""
+    owner, name = _owner(module, path)
+    own = hasattr(owner, "__dict__") and name in owner.__dict__
+    original = owner.__dict__[name] if own else getattr(owner, name)
+    if getattr(original, "__autoinstr_replaced__", None) is not None:
+        return  # replaced already
+    replacement = make(original)
+    try:
+        functools.update_wrapper(replacement, original)
+    except (AttributeError, TypeError):
+        pass
+    replacement.__autoinstr_replaced__ = original  # type: ignore[attr-defined]
+    replacement.__autoinstr_own__ = own  # type: ignore[attr-defined]
+    setattr(owner, name, replacement)
+
+
+def unwrap(module: ModuleType, path: str) -> None:
+    """Put back what wrap() or replace() changed; does nothing if it is not wrapped."""
+    owner, name = _owner(module, path)
     # read the raw attribute: through a class, wrapt would hand back a bound wrapper
     current = owner.__dict__.get(name) if hasattr(owner, "__dict__") else getattr(owner, name, None)
     if isinstance(current, wrapt.FunctionWrapper):
         setattr(owner, name, current.__wrapped__)
+        return
+    original = getattr(current, "__autoinstr_replaced__", None)
+    if original is not None:
+        if getattr(current, "__autoinstr_own__", True):
+            setattr(owner, name, original)
+        else:
+            delattr(owner, name)

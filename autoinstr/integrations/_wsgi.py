@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 from _thread import get_ident
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from time import perf_counter_ns as _clock  # the spans' clock (autoinstr.trace.span)
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import unquote_plus
 
 from autoinstr import config
@@ -156,28 +157,33 @@ def call_traced(app: Callable[..., Any], environ: Dict[str, Any], start_response
     if ENVIRON_KEY in environ or is_suppressed():
         return app(environ, start_response)
     try:
-        token, state = _begin(environ, start_response)
+        token, response = _begin(environ, start_response)
     except Exception:  # the agent failing must not fail the request
         return app(environ, start_response)
     try:
-        result = app(environ, state.start_response)
+        result = app(environ, response._start_response)
     except BaseException as exc:
         _reset(token)
-        state.fail(exc)
+        response._fail(exc)
         raise
-    # The span stays current until the body is done (see _Request.finish): the server sends the body in
+    # The span stays current until the body is done (see _Response._finish): the server sends the body in
     # this same context, and every contextvar write would also cost the app's own contextvars (Flask's)
     # their lookup cache.
-    state.token = token
-    return state.body(result, environ)
+    response._token = token
+    return response._answer(result, environ)
 
 
-def wsgi_call_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    """A wrapt wrapper for a framework's `__call__(environ, start_response)`: apps served by a server we
-    do not know still get their server span."""
-    if len(args) != 2 or kwargs:
-        return wrapped(*args, **kwargs)
-    return call_traced(wrapped, args[0], args[1])
+def wsgi_method(original: Callable[..., Any]) -> Callable[..., Any]:
+    """A framework's `__call__(self, environ, start_response)` that makes the server span, so apps served
+    by a server we do not know are traced too. A plain function (see _wrapping.replace): a wrapt wrapper
+    costs more than half a microsecond on every request."""
+
+    def __call__(self: Any, environ: Any, start_response: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:
+            return original(self, environ, start_response, *args, **kwargs)
+        return call_traced(original.__get__(self), environ, start_response)
+
+    return __call__
 
 
 def wrap_app_argument(position: int, name: str) -> Callable[..., Any]:
@@ -203,7 +209,7 @@ def _reset(token: Any) -> None:
         _set_current(None)
 
 
-def _begin(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Tuple[Any, _Request]:
+def _begin(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Tuple[Any, _Response]:
     # most requests carry no trace context: four dict lookups instead of the propagators' parsing
     carries = ("HTTP_TRACEPARENT" in environ or "HTTP_B3" in environ or "HTTP_X_B3_TRACEID" in environ
                or "HTTP_BAGGAGE" in environ)
@@ -218,15 +224,10 @@ def _begin(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Tuple
         if method == "_OTHER":
             attrs["http.request.method_original"] = raw_method
         attrs["url.path"] = environ.get("PATH_INFO") or "/"
-        attrs["url.scheme"] = environ.get("wsgi.url_scheme") or "http"
         query = environ.get("QUERY_STRING")
         if query:
             attrs["url.query"] = redact_query(query)
-        host, port = _server_of(environ)
-        if host:
-            attrs["server.address"] = host
-        if port:
-            attrs["server.port"] = port
+        attrs.update(_connection_attributes(environ))
         client = environ.get("REMOTE_ADDR")
         if client:
             attrs["client.address"] = client
@@ -236,32 +237,44 @@ def _begin(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Tuple
         length = environ.get("CONTENT_LENGTH")
         if length and length.isdigit():
             attrs["http.request.body.size"] = int(length)
-        protocol = environ.get("SERVER_PROTOCOL") or ""
-        if protocol.startswith("HTTP/"):
-            attrs["network.protocol.version"] = protocol[5:]
         for name, key in _CAPTURE_REQUEST:
             value = environ.get(key)
             if isinstance(value, str):
                 attrs["http.request.header." + name] = ["REDACTED" if name in _SECRET_HEADERS else value]
-    state = _Request(span, start_response)
-    span.start()
+    response = _Response(span, start_response)
+    span.start_ns = _clock()  # (span.start() without its checks: a new span; unsampled too, for statsd)
     token = _set_current(span)
-    return token, state
+    return token, response
 
 
-_hosts: Dict[Tuple[str, str], Tuple[str, int]] = {}
+_connections: Dict[Tuple[Any, Any, Any], Dict[str, Any]] = {}
+
+
+def _connection_attributes(environ: Dict[str, Any]) -> Dict[str, Any]:
+    """url.scheme, server.address and server.port (as the client addressed them: the Host header, else
+    the server's own) and network.protocol.version: the same for every request of a (Host, scheme,
+    protocol), so worked out once each (a bounded cache: hostile Host headers cannot grow it past 256)."""
+    key = (environ.get("HTTP_HOST"), environ.get("wsgi.url_scheme"), environ.get("SERVER_PROTOCOL"))
+    found = _connections.get(key)
+    if found is None:
+        host, port = _parse_server(environ)
+        found = {"url.scheme": environ.get("wsgi.url_scheme") or "http"}
+        if host:
+            found["server.address"] = host
+        if port:
+            found["server.port"] = port
+        protocol = environ.get("SERVER_PROTOCOL") or ""
+        if protocol.__class__ is str and protocol.startswith("HTTP/"):
+            found["network.protocol.version"] = protocol[5:]
+        if len(_connections) < 256:
+            _connections[key] = found
+    return found
 
 
 def _server_of(environ: Dict[str, Any]) -> Tuple[str, int]:
-    """server.address and server.port as the client addressed them (Host header), else the server's own;
-    parsed once per distinct Host (a bounded cache: hostile Host headers cannot grow it past 256)."""
-    key = (environ.get("HTTP_HOST") or "", environ.get("wsgi.url_scheme") or "")
-    found = _hosts.get(key)
-    if found is None:
-        found = _parse_server(environ)
-        if len(_hosts) < 256:
-            _hosts[key] = found
-    return found
+    """server.address and server.port as the client addressed them (Host header), else the server's own."""
+    found = _connection_attributes(environ)
+    return found.get("server.address", ""), found.get("server.port", 0)
 
 
 def _parse_server(environ: Dict[str, Any]) -> Tuple[str, int]:
@@ -283,50 +296,57 @@ def _default_port(environ: Dict[str, Any]) -> int:
     return 443 if environ.get("wsgi.url_scheme") == "https" else 80
 
 
-class _Request:
-    """One request's span bookkeeping: the status from start_response, the end of the body."""
+class _Response:
+    """One request's span bookkeeping (the status from start_response, the end of the body) and, once the
+    app has answered, its response iterable, timed: the span ends when it is exhausted or closed. One
+    object per request. Its own names start with `_`: any other attribute is the app's result's.
+    While the server pulls chunks, the request's span is current, so spans made by a streaming
+    generator are its children."""
 
-    __slots__ = ("span", "real_start_response", "status_code", "done", "token", "thread")
+    __slots__ = ("_span", "_real_start_response", "_status_code", "_done", "_token", "_thread", "_result")
 
     def __init__(self, span: Span, start_response: Callable[..., Any]) -> None:
-        self.span = span
-        self.real_start_response = start_response
-        self.status_code = 0
-        self.done = False
-        self.token: Any = None
-        self.thread = get_ident()
+        self._span = span
+        self._real_start_response = start_response
+        self._status_code = 0
+        self._done = False
+        self._token: Any = None
+        self._thread = get_ident()
 
-    def start_response(self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
+    def _start_response(self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
         try:
             code = int(str(status)[:3])
-            self.status_code = code
-            span = self.span
+            self._status_code = code
+            span = self._span
             if span._sampled:
-                span.attributes["http.response.status_code"] = code
+                attrs = span.attributes
+                attrs["http.response.status_code"] = code
                 if code >= 500:
                     span.set_status("error")
-                    span.attributes.setdefault("error.type", str(code))
+                    attrs.setdefault("error.type", str(code))
                 for name, value in headers:
-                    lower = name.lower()
-                    if lower == "content-length" and str(value).isdigit():
-                        span.attributes["http.response.body.size"] = int(value)
-                    if lower in _CAPTURE_RESPONSE:
-                        key = "http.response.header." + lower
-                        shown = "REDACTED" if lower in _SECRET_HEADERS else str(value)
-                        span.attributes[key] = span.attributes.get(key, []) + [shown]
+                    # most headers are neither Content-Length nor allow-listed: no lower() for them
+                    if len(name) == 14 and name.lower() == "content-length" and str(value).isdigit():
+                        attrs["http.response.body.size"] = int(value)
+                    if _CAPTURE_RESPONSE:
+                        lower = name.lower()
+                        if lower in _CAPTURE_RESPONSE:
+                            key = "http.response.header." + lower
+                            shown = "REDACTED" if lower in _SECRET_HEADERS else str(value)
+                            attrs[key] = attrs.get(key, []) + [shown]
         except Exception:
             pass
         if _RESPONSE_HEADERS:
             headers = self._with_trace_headers(headers)
         if exc_info is not None:  # as the server's own start_response would: re-raise if already sent
-            return self.real_start_response(status, headers, exc_info)
-        return self.real_start_response(status, headers)
+            return self._real_start_response(status, headers, exc_info)
+        return self._real_start_response(status, headers)
 
     def _with_trace_headers(self, headers: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
         """AUTOINSTR_TRACE_RESPONSE_HEADER: `traceresponse` (W3C Trace Context level 2) and Server-Timing,
         so a browser's developer tools show the trace id and the server's time to the first byte."""
         try:
-            span = self.span
+            span = self._span
             context = span.context
             value = "00-%032x-%016x-%s" % (context.trace_id, context.span_id, "01" if context.sampled else "00")
             elapsed_ms = span.duration_ns / 1e6 if span.sampled else 0.0
@@ -335,33 +355,35 @@ class _Request:
         except Exception:
             return headers
 
-    def fail(self, exc: BaseException) -> None:
-        span = self.span
+    def _fail(self, exc: BaseException) -> None:
+        span = self._span
         span.record_exception(exc)
-        if span.sampled and not self.status_code:
+        if span.sampled and not self._status_code:
             span.attributes["http.response.status_code"] = 500
-        self.finish()
+        self._finish()
 
-    def finish(self) -> None:
-        if not self.done:
-            self.done = True
-            token, self.token = self.token, None
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            token, self._token = self._token, None
             if token is not None:
                 try:
                     _reset_current(token)
                 except ValueError:  # finished from another context (a server's writer thread): its own
                     pass
-            self.span.finish()
+            self._span.finish()
             if _statsd.enabled:
-                _statsd.server_request(self.span, self.status_code)
+                _statsd.server_request(self._span, self._status_code)
 
-    def body(self, result: Any, environ: Dict[str, Any]) -> Any:
+    def _answer(self, result: Any, environ: Dict[str, Any]) -> Any:
+        """What the server gets: this object around `result`, or a wsgi.file_wrapper result itself."""
         file_wrapper = environ.get("wsgi.file_wrapper")
-        if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
+        if file_wrapper is not None and isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
             return self._hook_close(result)  # keep the server's sendfile path
-        if hasattr(result, "__len__"):
-            return _SizedBody(result, self)
-        return _Body(result, self)
+        self._result = result
+        if hasattr(result, "__len__"):  # servers use len() for Content-Length: keep it
+            self.__class__ = _SizedResponse
+        return self
 
     def _hook_close(self, result: Any) -> Any:
         original = getattr(result, "close", None)
@@ -371,49 +393,51 @@ class _Request:
                 if original is not None:
                     original()
             finally:
-                self.finish()
+                self._finish()
         try:
             result.close = close
         except Exception:
-            self.finish()  # cannot know when it ends: end the span now rather than never
+            self._finish()  # cannot know when it ends: end the span now rather than never
         return result
 
-
-class _Body:
-    """The app's response iterable, timed: the span ends when it is exhausted or closed. While the
-    server pulls chunks, the request's span is current, so spans made by a streaming generator are its
-    children."""
-
-    __slots__ = ("_result", "_request", "_iterator")
-
-    def __init__(self, result: Iterable[bytes], request: _Request) -> None:
-        self._result = result
-        self._request = request
-        self._iterator: Optional[Iterator[bytes]] = None
-
-    def __iter__(self) -> _Body:
-        return self
-
-    def __next__(self) -> bytes:
-        request = self._request
+    def __iter__(self) -> Iterator[bytes]:
+        # A generator: the chunks pass through `yield from` without a Python call of ours per chunk, and
+        # the end of the body is its return, not a StopIteration raised through our code.
         # The request's span is current here already (the app's generator may have made one of its own
         # spans current across a yield: that is its business), unless the server sends the body from
-        # another thread: then the span is made current around each chunk.
-        token = _set_current(request.span) if get_ident() != request.thread else None
+        # another thread (see _chunks_elsewhere).
+        if get_ident() != self._thread:
+            yield from self._chunks_elsewhere()
+            return
         try:
-            if self._iterator is None:
-                self._iterator = iter(self._result)
-            return next(self._iterator)
-        except StopIteration:
-            request.finish()
+            yield from self._result
+        except GeneratorExit:  # the server stopped iterating: the span ends at close(), as servers must call it
             raise
         except BaseException as exc:
-            request.span.record_exception(exc)
-            request.finish()
+            self._span.record_exception(exc)
+            self._finish()
             raise
-        finally:
-            if token is not None:
+        self._finish()
+
+    def _chunks_elsewhere(self) -> Iterator[bytes]:
+        """The body sent from another thread than the app's: the span is made current around each chunk."""
+        iterator = iter(self._result)
+        while True:
+            token = _set_current(self._span)
+            try:
+                chunk = next(iterator)
+            except GeneratorExit:
+                raise
+            except StopIteration:
+                self._finish()
+                return
+            except BaseException as exc:
+                self._span.record_exception(exc)
+                self._finish()
+                raise
+            finally:
                 _reset(token)
+            yield chunk
 
     def close(self) -> None:
         try:
@@ -421,13 +445,15 @@ class _Body:
             if close is not None:
                 close()
         finally:
-            self._request.finish()
+            self._finish()
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") and name in _Response.__slots__:  # a slot not set yet: not the result's
+            raise AttributeError(name)
         return getattr(self._result, name)
 
 
-class _SizedBody(_Body):
+class _SizedResponse(_Response):
     __slots__ = ()
 
     def __len__(self) -> int:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable
 
-from autoinstr.integrations._wrapping import unwrap, wrap
-from autoinstr.integrations._wsgi import set_route, wsgi_call_wrapper
+from autoinstr.integrations._wrapping import replace, unwrap, wrap
+from autoinstr.integrations._wsgi import set_route, wsgi_method
 from autoinstr.trace.span import Span, current_span_var
 
 
@@ -54,7 +54,7 @@ def _make_callback(wrapped: Callable[..., Any], instance: Any, args: tuple, kwar
 
 
 def patch(module: ModuleType) -> None:  # bottle
-    wrap(module, "Bottle.__call__", wsgi_call_wrapper)
+    replace(module, "Bottle.__call__", wsgi_method)
     wrap(module, "Router.match", _match)
     wrap(module, "Route._make_callback", _make_callback)
 

@@ -33,8 +33,8 @@ from types import FunctionType, ModuleType
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from autoinstr.export import statsd as _statsd
-from autoinstr.integrations._wrapping import unwrap, wrap
-from autoinstr.integrations._wsgi import server_span, set_route, wsgi_call_wrapper
+from autoinstr.integrations._wrapping import replace, unwrap, wrap
+from autoinstr.integrations._wsgi import server_span, set_route, wsgi_method
 from autoinstr.trace.span import Span, current_span_var
 
 try:
@@ -274,7 +274,7 @@ def _response_for_exception(wrapped: Callable[..., Any], instance: Any, args: tu
 def patch(module: ModuleType) -> None:
     name = module.__name__
     if name == "django.core.handlers.wsgi":
-        wrap(module, "WSGIHandler.__call__", wsgi_call_wrapper)
+        replace(module, "WSGIHandler.__call__", wsgi_method)
     elif name == "django.core.handlers.base":
         wrap(module, "BaseHandler.resolve_request", _resolve_request)
         wrap(module, "BaseHandler.make_view_atomic", _make_view_atomic)

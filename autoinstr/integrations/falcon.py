@@ -14,8 +14,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable, Optional
 
-from autoinstr.integrations._wrapping import unwrap, wrap
-from autoinstr.integrations._wsgi import server_span, set_route, wsgi_call_wrapper
+from autoinstr.integrations._wrapping import replace, unwrap, wrap
+from autoinstr.integrations._wsgi import server_span, set_route, wsgi_method
 
 
 def _get_responder(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -69,7 +69,7 @@ def _status_code(status: Any) -> Optional[int]:
 
 
 def patch(module: ModuleType) -> None:  # falcon.app
-    wrap(module, "App.__call__", wsgi_call_wrapper)
+    replace(module, "App.__call__", wsgi_method)
     wrap(module, "App._get_responder", _get_responder)
     wrap(module, "App._handle_exception", _handle_exception)
 

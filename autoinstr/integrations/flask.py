@@ -7,8 +7,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable, Dict, Tuple
 
-from autoinstr.integrations._wrapping import unwrap, wrap
-from autoinstr.integrations._wsgi import ENVIRON_KEY, set_route, wsgi_call_wrapper
+from autoinstr.integrations._wrapping import replace, unwrap
+from autoinstr.integrations._wsgi import ENVIRON_KEY, set_route, wsgi_method
 from autoinstr.trace.span import Span
 
 _request_context_var: Any = None  # flask.globals._cv_request (Flask >= 2.2), looked up once at patch time
@@ -26,34 +26,40 @@ def _current_request() -> Any:
     return request._get_current_object()
 
 
-def _dispatch_request(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    try:
-        request = _current_request()
-        span = request.environ.get(ENVIRON_KEY)
-        if span.__class__ is not Span:  # no server span: nothing to name
-            return wrapped(*args, **kwargs)
-        rule = request.url_rule
-        if rule is None or request.routing_exception is not None:  # 404/405: no route, no view
-            return wrapped(*args, **kwargs)
-        set_route(rule.rule, span=span)
-        if not span._sampled:
-            return wrapped(*args, **kwargs)
-        name = _view_name(instance, rule.endpoint)
-        view_span = Span(name)
-        view_span.attributes["code.function"] = name
-        view_span.__enter__()
-    except Exception:
-        return wrapped(*args, **kwargs)
-    try:
-        result = wrapped(*args, **kwargs)
-    except Exception as exc:
-        if not _is_client_error(exc):
-            view_span.record_exception(exc)
-            span.record_exception(exc)
+def _traced_dispatch(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Flask.dispatch_request (a plain function, see _wrapping.replace): names the server span after the
+    matched rule and runs the view in a span of its own."""
+
+    def dispatch_request(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            request = _current_request()
+            span = request.environ.get(ENVIRON_KEY)
+            if span.__class__ is not Span:  # no server span: nothing to name
+                return original(self, *args, **kwargs)
+            rule = request.url_rule
+            if rule is None or request.routing_exception is not None:  # 404/405: no route, no view
+                return original(self, *args, **kwargs)
+            set_route(rule.rule, span=span)
+            if not span._sampled:
+                return original(self, *args, **kwargs)
+            name = _view_name(self, rule.endpoint)
+            view_span = Span(name)
+            view_span.attributes["code.function"] = name
+            view_span.__enter__()
+        except Exception:
+            return original(self, *args, **kwargs)
+        try:
+            result = original(self, *args, **kwargs)
+        except Exception as exc:
+            if not _is_client_error(exc):
+                view_span.record_exception(exc)
+                span.record_exception(exc)
+            view_span.__exit__(None, None, None)
+            raise
         view_span.__exit__(None, None, None)
-        raise
-    view_span.__exit__(None, None, None)
-    return result
+        return result
+
+    return dispatch_request
 
 
 _view_names: Dict[Tuple[int, Any], str] = {}
@@ -85,8 +91,8 @@ def patch(module: ModuleType) -> None:  # flask.app
         _request_context_var = _cv_request
     except ImportError:  # older Flask: the proxy it is
         _request_context_var = None
-    wrap(module, "Flask.__call__", wsgi_call_wrapper)
-    wrap(module, "Flask.dispatch_request", _dispatch_request)
+    replace(module, "Flask.__call__", wsgi_method)
+    replace(module, "Flask.dispatch_request", _traced_dispatch)
 
 
 def unpatch(module: ModuleType) -> None:

@@ -20,8 +20,8 @@ from types import ModuleType
 from typing import Any, Callable, Optional
 
 from autoinstr.export import statsd as _statsd
-from autoinstr.integrations._wrapping import unwrap, wrap
-from autoinstr.integrations._wsgi import server_span, set_route, wsgi_call_wrapper
+from autoinstr.integrations._wrapping import replace, unwrap, wrap
+from autoinstr.integrations._wsgi import server_span, set_route, wsgi_method
 
 _in_request: ContextVar[bool] = ContextVar("autoinstr.pyramid.in_request", default=False)
 
@@ -79,7 +79,7 @@ def _status_code(response: Any) -> Optional[int]:
 
 
 def patch(module: ModuleType) -> None:  # pyramid.router
-    wrap(module, "Router.__call__", wsgi_call_wrapper)
+    replace(module, "Router.__call__", wsgi_method)
     wrap(module, "Router.invoke_request", _invoke_request)
 
 

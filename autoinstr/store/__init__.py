@@ -50,6 +50,25 @@ CREATE INDEX IF NOT EXISTS spans_trace ON spans (trace_key);
 COLUMNS = ("trace_id", "span_id", "parent_id", "name", "kind", "service", "start_ns", "duration_ns", "status",
            "attributes", "events")
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+try:  # the C encoder, built once: JSONEncoder.encode builds one per call (a third of its cost on a span's
+    # attributes); no cycle check, which records (flat, cleaned values) never need: anything odd goes
+    # through _dumps
+    from json.encoder import c_encode_basestring, c_make_encoder
+
+    _c_encode: Any = c_make_encoder(None, str, c_encode_basestring, None, ":", ",", False, False, True)
+except ImportError:  # no C accelerator: the plain encoder
+    _c_encode = None
+
+
+def to_json(value: Any) -> str:
+    """A record's attributes or events as JSON text (as stored in the attributes and events columns)."""
+    if _c_encode is not None:
+        try:
+            chunks = _c_encode(value, 0)
+            return chunks[0] if len(chunks) == 1 else "".join(chunks)
+        except (TypeError, ValueError, RecursionError):
+            pass
+    return _dumps(value)
 
 
 def _is_busy(exc: Exception) -> bool:
@@ -151,8 +170,8 @@ class Store:
     def insert(self, records: Iterable[Dict[str, Any]]) -> int:
         rows = [(trace_key(r["trace_id"]), r["trace_id"], r["span_id"], r["parent_id"], r["name"], r["kind"],
                  r["service"], int(r["start_ns"]), int(r["duration_ns"]), r["status"],
-                 _dumps(r["attributes"]) if r["attributes"] else "{}",
-                 _dumps(r["events"]) if r["events"] else "[]") for r in records]
+                 to_json(r["attributes"]) if r["attributes"] else "{}",
+                 to_json(r["events"]) if r["events"] else "[]") for r in records]
         if not rows:
             return 0
         db = self.db
@@ -275,3 +294,66 @@ def row_to_record(row: Sequence[Any]) -> Dict[str, Any]:
         except (TypeError, ValueError):
             rec[key] = {} if key == "attributes" else []
     return rec
+
+
+# ------------------------------------------------------------------------------ the UI's reads
+# Read-side only (autoinstr.ui keeps its own rollup tables in a sidecar file, filled from spans.id onwards):
+# nothing here adds to what Store.insert costs.
+
+_INDEX_ATTRS = ("db.system", "db.query.text", "db.namespace", "http.request.method", "server.address",
+                "server.port", "peer.service")
+INDEX_ATTRS = _INDEX_ATTRS  # the order of the values in index_rows()' last column
+
+
+def last_span_id(store: Store) -> int:
+    """The highest spans.id (0 for an empty store): spans.id only grows as spans are written."""
+    row = store.db.execute("SELECT max(id) FROM spans").fetchone()
+    return int(row[0] or 0)
+
+
+def span_id_at(store: Store, row_id: int) -> Optional[str]:
+    row = store.db.execute("SELECT span_id FROM spans WHERE id = ?", (row_id,)).fetchone()
+    return row[0] if row else None
+
+
+def oldest_start_ns(store: Store) -> Optional[int]:
+    """The earliest start_ns stored (through the identity index: one step)."""
+    row = store.db.execute("SELECT start_ns FROM spans ORDER BY start_ns LIMIT 1").fetchone()
+    return int(row[0]) if row else None
+
+
+def index_rows(store: Store, after_id: int, upto_id: int) -> List[Sequence[Any]]:
+    """(id, trace_id, span_id, parent_id, name, kind, service, start_ns, duration_ns, status, extra) of the
+    spans with after_id < id <= upto_id, in id order. extra is a JSON array of INDEX_ATTRS' values for client
+    and producer spans (one JSON parse per span, in SQLite), else NULL."""
+    paths = ", ".join("'$.\"%s\"'" % name for name in _INDEX_ATTRS)
+    sql = ("SELECT id, trace_id, span_id, parent_id, name, kind, service, start_ns, duration_ns, status, "
+           "CASE WHEN kind IN ('client', 'producer') AND json_valid(attributes) THEN json_extract(attributes, %s) "
+           "END FROM spans WHERE id > ? AND id <= ? ORDER BY id" % paths)
+    return store.db.execute(sql, (after_id, upto_id)).fetchall()
+
+
+def trace_links(store: Store, trace_id: str) -> List[Sequence[Any]]:
+    """(span_id, parent_id, service, kind, name) of every span of a trace (through the trace_key index)."""
+    return store.db.execute("SELECT span_id, parent_id, service, kind, name FROM spans WHERE trace_key = ? AND "
+                            "trace_id = ?", (trace_key(trace_id), trace_id)).fetchall()
+
+
+def trace_spans(store: Store, trace_id: str, limit: int) -> List[Dict[str, Any]]:
+    """The spans of one trace, in start order, at most limit (through the trace_key index)."""
+    rows = store.db.execute("SELECT %s FROM spans WHERE trace_key = ? AND trace_id = ? ORDER BY start_ns, id LIMIT ?"
+                            % ", ".join(COLUMNS), (trace_key(trace_id), trace_id, int(limit))).fetchall()
+    return [row_to_record(r) for r in rows]
+
+
+def search_spans(store: Store, lo_id: int, hi_id: int, where: Sequence[str], args: Sequence[Any],
+                 limit: int) -> List[Sequence[Any]]:
+    """(id, trace_id, span_id, parent_id, name, kind, service, start_ns, duration_ns, status) of the spans with
+    lo_id <= id <= hi_id matching every condition of `where` (SQL over the spans columns, with `args`),
+    newest id first, at most limit. A range scan of the primary key: callers bound the range they ask for."""
+    sql = ("SELECT id, trace_id, span_id, parent_id, name, kind, service, start_ns, duration_ns, status FROM spans "
+           "WHERE id >= ? AND id <= ?")
+    if where:
+        sql += " AND " + " AND ".join("(%s)" % w for w in where)
+    sql += " ORDER BY id DESC LIMIT ?"
+    return store.db.execute(sql, [lo_id, hi_id] + list(args) + [int(limit)]).fetchall()
