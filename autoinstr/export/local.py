@@ -12,7 +12,7 @@ from autoinstr.export.base import Exporter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Optional, Tuple
+    from typing import Any, List, Optional, Tuple
 
     from autoinstr.config import Config
     from autoinstr.store import Store
@@ -31,12 +31,17 @@ class LocalStoreExporter(Exporter):
         self.max_mb = config.store_max_mb
         self.store: Optional[Store] = None
 
-    def export(self, records: List[Dict[str, Any]]) -> None:
+    takes_fields = True  # the pipeline may hand over span_fields() tuples rather than records
+
+    def export(self, records: List[Any]) -> None:
         if self.store is None:
             from autoinstr.store import Store
 
             self.store = Store(self.path)
-        self.store.insert(records)
+        if records and records[0].__class__ is tuple:
+            self.store.insert_fields(records)
+        else:
+            self.store.insert(records)
         self.store.apply_retention(self.retention_hours, self.max_mb)
 
     def shutdown(self) -> None:

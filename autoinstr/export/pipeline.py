@@ -116,6 +116,11 @@ class _ExporterSlot:
 
     # ------------------------------------------------------------------------ flush thread side
 
+    def would_drop(self, count: int) -> bool:
+        """Whether offer() would drop `count` more spans now (flush thread side)."""
+        return self.disabled or (self.inbox_spans - self.taken_spans + self.pending_spans + count
+                                 > self.max_pending * 2)
+
     def offer(self, records: List[Dict[str, Any]]) -> None:
         backlog = self.inbox_spans - self.taken_spans + self.pending_spans
         if self.disabled or backlog + len(records) > self.max_pending * 2:
@@ -522,10 +527,20 @@ class Pipeline:
                 for slot in slots:
                     if len(slots) > 1 and slot.thread is None:
                         slot.start_thread()
+            # exporters that all take span_fields() tuples (the local store, the default) get those: no
+            # record dicts built to be read back at once
+            fields = all(getattr(slot.exporter, "takes_fields", False) for slot in slots)
             for chunk in _chunks(batches, self.batch):
+                size = sum(len(spans) for spans in chunk)
+                if all(slot.would_drop(size) for slot in slots):
+                    # every exporter is too far behind (a failing destination) or disabled: drop (counted)
+                    # without converting, so a fault at the destination costs the app no CPU for records
+                    for slot in slots:
+                        slot.dropped_backlog += size
+                    continue
                 errors: List[str] = []
                 records = records_of(chunk, self.service, self.max_attributes, self.max_attribute_length,
-                                     self._not_before_ns, errors)
+                                     self._not_before_ns, errors, fields)
                 if errors:
                     self.dropped_conversion += len(errors)
                     _log.warn_once("record-conversion", "could not convert a span for export (%s); it is "

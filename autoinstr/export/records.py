@@ -10,7 +10,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Optional
+    from typing import Any, Dict, List, Optional, Tuple
 
     from autoinstr.trace.span import Span
 
@@ -110,7 +110,46 @@ def clean_attributes(attrs: Dict[Any, Any], max_count: int, limit: int) -> Dict[
     return out
 
 
-def to_record(span: Span, service: str, offset: int, max_attributes: int, max_length: int) -> Dict[str, Any]:
+class SharedAttributes(dict):
+    """Cleaned attributes shared by the records of every span whose attributes were the same (most spans
+    repeat another's exactly: the same client call, view or statement): cleaned once, and their JSON text
+    (as_json, for the store) encoded once. Read-only by convention, as every record's attributes are."""
+
+    __slots__ = ("_json",)
+
+    def as_json(self, encode: Any) -> str:
+        try:
+            return self._json  # type: ignore[no-any-return]
+        except AttributeError:
+            text = self._json = encode(self)
+            return text
+
+
+_cleaned: Dict[Any, SharedAttributes] = {}
+MAX_CLEANED = 4096
+
+
+def shared_clean_attributes(attrs: Dict[Any, Any], max_count: int, limit: int) -> Dict[str, Any]:
+    """clean_attributes(), looked up by the attributes' items (and their types: 1, 1.0 and True are equal
+    keys) in a bounded cache first: a tuple and a lookup cost half of cleaning a server span's attributes,
+    and the store then encodes them once."""
+    try:
+        key = (tuple(attrs.items()), tuple(map(type, attrs.values())))
+        found = _cleaned.get(key)
+    except TypeError:  # an unhashable value (a list): cleaned each time
+        return clean_attributes(attrs, max_count, limit)
+    if found is None:
+        found = SharedAttributes(clean_attributes(attrs, max_count, limit))
+        if len(_cleaned) >= MAX_CLEANED:
+            _cleaned.clear()
+        _cleaned[key] = found
+    return found
+
+
+def span_fields(span: Span, service: str, offset: int, max_attributes: int, max_length: int) -> Tuple[Any, ...]:
+    """One span's record, as a tuple in FIELDS order, then its trace id as an int: what the local store
+    writes (a row, with no dict built and read back: these run on the flush thread, which shares the GIL
+    with the app) and what to_record() names."""
     start = span.start_ns
     raw_events = span._events
     events: List[Dict[str, Any]] = [] if not raw_events else [
@@ -127,7 +166,8 @@ def to_record(span: Span, service: str, offset: int, max_attributes: int, max_le
             name, derived = _sql_summary(name, attrs)
         if error and SqlPolicy.obfuscate:
             attrs = _scrubbed_errors(attrs, events, derived is not None)
-        cleaned = clean_attributes(attrs, max_attributes, max_length)
+        cleaned = clean_attributes(attrs, max_attributes, max_length) if derived is not None or error else \
+            shared_clean_attributes(attrs, max_attributes, max_length)
         if derived is not None:  # the statement as summarized, operation and table unless the span had its own
             cleaned["db.query.text"] = derived["db.query.text"]
             for key in ("db.operation.name", "db.collection.name"):
@@ -145,19 +185,20 @@ def to_record(span: Span, service: str, offset: int, max_attributes: int, max_le
     root = span.root
     if root is span:  # see _unlink_root
         _unlink_root(span)
-    return {
-        "trace_id": "%032x" % root._trace_id,
-        "span_id": "%016x" % span.span_id,
-        "parent_id": "%016x" % parent_id if parent_id else None,
-        "name": name,
-        "kind": kind if kind in _KINDS else "internal",
-        "service": service,
-        "start_ns": start + offset,
-        "duration_ns": end - start if end > start else 0,
-        "status": "error" if error else "ok",
-        "attributes": cleaned,
-        "events": events,
-    }
+    trace_id = root._trace_id
+    return ("%032x" % trace_id, "%016x" % span.span_id, "%016x" % parent_id if parent_id else None, name,
+            kind if kind in _KINDS else "internal", service, start + offset, end - start if end > start else 0,
+            "error" if error else "ok", cleaned, events, trace_id)
+
+
+FIELDS = ("trace_id", "span_id", "parent_id", "name", "kind", "service", "start_ns", "duration_ns", "status",
+          "attributes", "events")
+
+
+def to_record(span: Span, service: str, offset: int, max_attributes: int, max_length: int) -> Dict[str, Any]:
+    f = span_fields(span, service, offset, max_attributes, max_length)
+    return {"trace_id": f[0], "span_id": f[1], "parent_id": f[2], "name": f[3], "kind": f[4], "service": f[5],
+            "start_ns": f[6], "duration_ns": f[7], "status": f[8], "attributes": f[9], "events": f[10]}
 
 
 class SqlPolicy:
@@ -290,17 +331,19 @@ def _unlink_root(span: Span) -> None:
 
 
 def records_of(batches: List[List[Span]], service: str, max_attributes: int, max_length: int,
-               not_before_ns: int = 0, errors: Optional[List[str]] = None) -> List[Dict[str, Any]]:
-    """Convert queued local traces; spans started before `not_before_ns` (inherited over fork from the
-    parent process, which exports them itself) are skipped, as is any span that cannot be converted."""
+               not_before_ns: int = 0, errors: Optional[List[str]] = None, fields: bool = False) -> List[Any]:
+    """Convert queued local traces (to records, or with `fields` to span_fields() tuples); spans started
+    before `not_before_ns` (inherited over fork from the parent process, which exports them itself) are
+    skipped, as is any span that cannot be converted."""
     offset = wall_offset_ns()
+    convert = span_fields if fields else to_record
     out = []
     for spans in batches:
         for span in spans:
             if span.start_ns < not_before_ns:
                 continue
             try:
-                out.append(to_record(span, service, offset, max_attributes, max_length))  # (unlinks the root)
+                out.append(convert(span, service, offset, max_attributes, max_length))  # (unlinks the root)
             except Exception as exc:
                 if errors is not None:
                     errors.append("%s: %s" % (type(exc).__name__, exc))

@@ -21,7 +21,7 @@ from urllib.parse import unquote_plus
 
 from autoinstr import config
 from autoinstr.export import statsd as _statsd
-from autoinstr.integrations import is_suppressed
+from autoinstr.integrations import _suppressed
 from autoinstr.trace.propagation import extract
 from autoinstr.trace.span import Span, current_span_var
 
@@ -37,6 +37,7 @@ _CAPTURE_REQUEST = tuple((name, "CONTENT_TYPE" if name == "content-type" else "C
 _CAPTURE_RESPONSE = frozenset(config.get().http_response_headers)
 _SECRET_HEADERS = frozenset(("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
                              "x-auth-token", "x-csrf-token", "x-xsrf-token"))
+_suppressed_get = _suppressed.get  # is_suppressed(), without the call
 _get_current = current_span_var.get
 _set_current = current_span_var.set
 _reset_current = current_span_var.reset
@@ -154,10 +155,13 @@ class TracedApp:
 
 def call_traced(app: Callable[..., Any], environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
     """Run one WSGI call of `app` inside a server span (unless an outer wrapper already made one)."""
-    if ENVIRON_KEY in environ or is_suppressed():
+    if ENVIRON_KEY in environ or _suppressed_get():
         return app(environ, start_response)
-    try:
-        token, response = _begin(environ, start_response)
+    try:  # (the span's start, inline: this runs on every request)
+        span = _server_span(environ)
+        response = _Response(span, start_response)
+        span.start_ns = _clock()  # (span.start() without its checks: a new span; unsampled too, for statsd)
+        token = _set_current(span)
     except Exception:  # the agent failing must not fail the request
         return app(environ, start_response)
     try:
@@ -209,7 +213,8 @@ def _reset(token: Any) -> None:
         _set_current(None)
 
 
-def _begin(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Tuple[Any, _Response]:
+def _server_span(environ: Dict[str, Any]) -> Span:
+    """The request's server span, not started: the incoming trace context continued, the attributes set."""
     # most requests carry no trace context: four dict lookups instead of the propagators' parsing
     carries = ("HTTP_TRACEPARENT" in environ or "HTTP_B3" in environ or "HTTP_X_B3_TRACEID" in environ
                or "HTTP_BAGGAGE" in environ)
@@ -241,10 +246,7 @@ def _begin(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Tuple
             value = environ.get(key)
             if isinstance(value, str):
                 attrs["http.request.header." + name] = ["REDACTED" if name in _SECRET_HEADERS else value]
-    response = _Response(span, start_response)
-    span.start_ns = _clock()  # (span.start() without its checks: a new span; unsampled too, for statsd)
-    token = _set_current(span)
-    return token, response
+    return span
 
 
 _connections: Dict[Tuple[Any, Any, Any], Dict[str, Any]] = {}

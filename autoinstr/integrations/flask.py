@@ -39,12 +39,13 @@ def _traced_dispatch(original: Callable[..., Any]) -> Callable[..., Any]:
             rule = request.url_rule
             if rule is None or request.routing_exception is not None:  # 404/405: no route, no view
                 return original(self, *args, **kwargs)
-            set_route(rule.rule, span=span)
             if not span._sampled:
+                set_route(rule.rule, span=span)
                 return original(self, *args, **kwargs)
-            name = _view_name(self, rule.endpoint)
-            view_span = Span(name)
-            view_span.attributes["code.function"] = name
+            route, view = _rule_names(self, rule)
+            set_route(route, span=span)
+            view_span = Span(view)
+            view_span.attributes["code.function"] = view
             view_span.__enter__()
         except Exception:
             return original(self, *args, **kwargs)
@@ -62,19 +63,20 @@ def _traced_dispatch(original: Callable[..., Any]) -> Callable[..., Any]:
     return dispatch_request
 
 
-_view_names: Dict[Tuple[int, Any], str] = {}
+_rules: Dict[int, Tuple[Any, Any, str, str]] = {}  # id(rule) -> (app, rule, route template, view name)
 
 
-def _view_name(app: Any, endpoint: Any) -> str:
-    """The view function's qualified name, looked up once per (app, endpoint)."""
-    key = (id(app), endpoint)
-    name = _view_names.get(key)
-    if name is None:
-        view = app.view_functions.get(endpoint)
-        name = getattr(view, "__qualname__", None) or str(endpoint or "view")
-        if len(_view_names) < 4096:
-            _view_names[key] = name
-    return name
+def _rule_names(app: Any, rule: Any) -> Tuple[str, str]:
+    """A rule's template and its view function's qualified name, looked up once per rule (the entry keeps
+    the rule alive, so its id cannot be another's)."""
+    known = _rules.get(id(rule))
+    if known is None or known[0] is not app or known[1] is not rule:
+        view = app.view_functions.get(rule.endpoint)
+        name = getattr(view, "__qualname__", None) or str(rule.endpoint or "view")
+        known = (app, rule, str(rule.rule), name)
+        if len(_rules) < 4096:
+            _rules[id(rule)] = known
+    return known[2], known[3]
 
 
 def _is_client_error(exc: BaseException) -> bool:

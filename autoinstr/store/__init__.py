@@ -60,6 +60,29 @@ except ImportError:  # no C accelerator: the plain encoder
     _c_encode = None
 
 
+_MASK64, _TWO63, _TWO64 = (1 << 64) - 1, 1 << 63, 1 << 64
+_WIDTH = 12  # values per row
+_ROWS_PER_INSERT = 64  # 768 parameters a statement: within SQLite's oldest limit (999)
+
+
+def _insert_sql(rows: int) -> str:
+    return ("INSERT OR IGNORE INTO spans (trace_key, trace_id, span_id, parent_id, name, kind, service, start_ns, "
+            "duration_ns, status, attributes, events) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * rows))
+
+
+_INSERT_MANY = _insert_sql(_ROWS_PER_INSERT)
+
+
+def _attributes_json(attributes: Any) -> str:
+    if not attributes:
+        return "{}"
+    if attributes.__class__ is not dict:  # shared by many records (export.records.SharedAttributes): once
+        as_json = getattr(attributes, "as_json", None)
+        if as_json is not None:
+            return as_json(to_json)  # type: ignore[no-any-return]
+    return to_json(attributes)
+
+
 def to_json(value: Any) -> str:
     """A record's attributes or events as JSON text (as stored in the attributes and events columns)."""
     if _c_encode is not None:
@@ -168,18 +191,41 @@ class Store:
     # --------------------------------------------------------------------------------- writing
 
     def insert(self, records: Iterable[Dict[str, Any]]) -> int:
-        rows = [(trace_key(r["trace_id"]), r["trace_id"], r["span_id"], r["parent_id"], r["name"], r["kind"],
+        """Store span records (DESIGN.md); those already stored are left as they are. Returns how many were new."""
+        values: List[Any] = []
+        add = values.extend
+        for r in records:
+            add((trace_key(r["trace_id"]), r["trace_id"], r["span_id"], r["parent_id"], r["name"], r["kind"],
                  r["service"], int(r["start_ns"]), int(r["duration_ns"]), r["status"],
-                 to_json(r["attributes"]) if r["attributes"] else "{}",
-                 to_json(r["events"]) if r["events"] else "[]") for r in records]
-        if not rows:
+                 _attributes_json(r["attributes"]), to_json(r["events"]) if r["events"] else "[]"))
+        return self._write(values)
+
+    def insert_fields(self, spans: Iterable[Sequence[Any]]) -> int:
+        """insert() for the agent's own spans as export.records.span_fields() gives them (no dicts)."""
+        values: List[Any] = []
+        add = values.extend
+        for f in spans:
+            key = f[11] & _MASK64
+            add((key - _TWO64 if key >= _TWO63 else key, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
+                 _attributes_json(f[9]), to_json(f[10]) if f[10] else "[]"))
+        return self._write(values)
+
+    def _write(self, values: List[Any]) -> int:
+        if not values:
             return 0
+        # Many rows per statement: SQLite runs each statement with the GIL released, and every release and
+        # re-acquire is a hand-over with the app's threads (executemany releases it once per row).
+        count = len(values) // _WIDTH
+        full, rest = divmod(count, _ROWS_PER_INSERT)
         db = self.db
+        stored = 0
         db.execute("BEGIN IMMEDIATE")
         try:
-            cur = db.executemany(
-                "INSERT OR IGNORE INTO spans (trace_key, trace_id, span_id, parent_id, name, kind, service, "
-                "start_ns, duration_ns, status, attributes, events) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            step = _ROWS_PER_INSERT * _WIDTH
+            for i in range(full):
+                stored += db.execute(_INSERT_MANY, values[i * step:(i + 1) * step]).rowcount
+            if rest:
+                stored += db.execute(_insert_sql(rest), values[full * step:]).rowcount
             db.execute("COMMIT")
         except BaseException:
             try:
@@ -187,7 +233,7 @@ class Store:
             except sqlite3.Error:
                 pass
             raise
-        return cur.rowcount
+        return stored
 
     def apply_retention(self, max_age_hours: float, max_mb: float, every_s: float = 60.0) -> int:
         """Delete spans older than max_age_hours, then the oldest until the live data fits max_mb.
@@ -283,7 +329,7 @@ def trace_key(trace_id: str) -> int:
         value = int(trace_id[-16:], 16)
     except (TypeError, ValueError):
         return 0
-    return value - (1 << 64) if value >= (1 << 63) else value
+    return value - _TWO64 if value >= _TWO63 else value
 
 
 def row_to_record(row: Sequence[Any]) -> Dict[str, Any]:
