@@ -582,6 +582,12 @@ def _inject_buffered(conn: Any, call: Call) -> None:
     span = call.span
     if call.fresh and span._sampled:  # Call.context(), inline: this runs on every request
         if Propagators.names in _TRACEPARENT_ONLY:  # and what inject() gives then (a test holds them equal)
+            buffer = getattr(conn, "_buffer", None)
+            if buffer.__class__ is list:  # the commonest case of all, straight in: one header line, as bytes
+                head = b"\n".join(buffer).lower()
+                if head.find(b"\ntraceparent:") < 0 and head.find(b"\ntracestate:") < 0:  # (not the app's own)
+                    buffer.append(b"traceparent: 00-%032x-%016x-01" % (span._trace_id, span.span_id))
+                return
             headers = {"traceparent": format_traceparent(span._trace_id, span.span_id, True)}
         else:
             headers = inject({}, SpanContext(span._trace_id, span.span_id, True, "", None))
