@@ -125,24 +125,45 @@ class SharedAttributes(dict):
             return text
 
 
-_cleaned: Dict[Any, SharedAttributes] = {}
-MAX_CLEANED = 4096
+_prepared: Dict[Any, Tuple[Any, SharedAttributes]] = {}
+MAX_PREPARED = 4096
 
 
-def shared_clean_attributes(attrs: Dict[Any, Any], max_count: int, limit: int) -> Dict[str, Any]:
-    """clean_attributes(), looked up by the attributes' items (and their types: 1, 1.0 and True are equal
-    keys) in a bounded cache first: a tuple and a lookup cost half of cleaning a server span's attributes,
-    and the store then encodes them once."""
+def _prepared_attributes(name: Any, attrs: Dict[Any, Any], events: List[Dict[str, Any]], error: bool,
+                         max_count: int, limit: int) -> Tuple[Any, Dict[str, Any]]:
+    """The span's name and exportable attributes: bounded values, a statement summarized (and named after, as
+    OpenTelemetry names database spans), a database error's message scrubbed."""
+    derived = None
+    if "db.query.text" in attrs:
+        name, derived = _sql_summary(name, attrs)
+    if error and SqlPolicy.obfuscate:
+        attrs = _scrubbed_errors(attrs, events, derived is not None)
+    cleaned = clean_attributes(attrs, max_count, limit)
+    if derived is not None:  # the statement as summarized, operation and table unless the span had its own
+        cleaned["db.query.text"] = derived["db.query.text"]
+        for key in ("db.operation.name", "db.collection.name"):
+            if key in derived and not cleaned.get(key):
+                cleaned[key] = derived[key]
+    return name, cleaned
+
+
+def _shared_attributes(name: Any, attrs: Dict[Any, Any], max_count: int, limit: int) -> Tuple[Any, Dict[str, Any]]:
+    """_prepared_attributes() of a span without error, looked up first by its name and attributes (and their
+    types: 1, 1.0 and True are equal keys) in a bounded cache: most spans repeat another's exactly (the same
+    client call, view or statement), and a tuple and a lookup cost half of cleaning a server span's
+    attributes; the store then encodes them once (SharedAttributes)."""
     try:
-        key = (tuple(attrs.items()), tuple(map(type, attrs.values())))
-        found = _cleaned.get(key)
-    except TypeError:  # an unhashable value (a list): cleaned each time
-        return clean_attributes(attrs, max_count, limit)
+        key = (name, tuple(attrs.items()), tuple(map(type, attrs.values())), max_count, limit,
+               SqlPolicy.obfuscate)
+        found = _prepared.get(key)
+    except TypeError:  # an unhashable value (a list): prepared each time
+        return _prepared_attributes(name, attrs, [], False, max_count, limit)
     if found is None:
-        found = SharedAttributes(clean_attributes(attrs, max_count, limit))
-        if len(_cleaned) >= MAX_CLEANED:
-            _cleaned.clear()
-        _cleaned[key] = found
+        name, cleaned = _prepared_attributes(name, attrs, [], False, max_count, limit)
+        found = (name, SharedAttributes(cleaned))
+        if len(_prepared) >= MAX_PREPARED:
+            _prepared.clear()
+        _prepared[key] = found
     return found
 
 
@@ -160,23 +181,14 @@ def span_fields(span: Span, service: str, offset: int, max_attributes: int, max_
     name = span.name
     attrs = span.attributes
     error = span._status == "error"
-    if attrs:
-        derived = None
-        if "db.query.text" in attrs:
-            name, derived = _sql_summary(name, attrs)
-        if error and SqlPolicy.obfuscate:
-            attrs = _scrubbed_errors(attrs, events, derived is not None)
-        cleaned = clean_attributes(attrs, max_attributes, max_length) if derived is not None or error else \
-            shared_clean_attributes(attrs, max_attributes, max_length)
-        if derived is not None:  # the statement as summarized, operation and table unless the span had its own
-            cleaned["db.query.text"] = derived["db.query.text"]
-            for key in ("db.operation.name", "db.collection.name"):
-                if key in derived and not cleaned.get(key):
-                    cleaned[key] = derived[key]
-    else:
+    if not attrs:
         cleaned = {}
         if error and events and SqlPolicy.obfuscate:
             _scrubbed_errors(attrs, events, False)
+    elif error:
+        name, cleaned = _prepared_attributes(name, attrs, events, True, max_attributes, max_length)
+    else:
+        name, cleaned = _shared_attributes(name, attrs, max_attributes, max_length)
     if name.__class__ is not str or not 0 < len(name) <= MAX_NAME_LENGTH:
         name = _text(name, MAX_NAME_LENGTH) or "unnamed"
     parent_id = span.parent_id
