@@ -8,6 +8,7 @@ The schema carries a version; a store written by a newer autoinstr is refused ra
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -63,14 +64,15 @@ except ImportError:  # no C accelerator: the plain encoder
 _MASK64, _TWO63, _TWO64 = (1 << 64) - 1, 1 << 63, 1 << 64
 _WIDTH = 12  # values per row
 _ROWS_PER_INSERT = 64  # 768 parameters a statement: within SQLite's oldest limit (999)
+_MAX_ROWS_PER_INSERT = 2000  # 24000 parameters: within the limit of SQLite 3.32 and later (32766)
 
 
+@functools.lru_cache(maxsize=64)
 def _insert_sql(rows: int) -> str:
     return ("INSERT OR IGNORE INTO spans (trace_key, trace_id, span_id, parent_id, name, kind, service, start_ns, "
             "duration_ns, status, attributes, events) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * rows))
 
 
-_INSERT_MANY = _insert_sql(_ROWS_PER_INSERT)
 
 
 def _attributes_json(attributes: Any) -> str:
@@ -213,19 +215,18 @@ class Store:
     def _write(self, values: List[Any]) -> int:
         if not values:
             return 0
-        # Many rows per statement: SQLite runs each statement with the GIL released, and every release and
-        # re-acquire is a hand-over with the app's threads (executemany releases it once per row).
-        count = len(values) // _WIDTH
-        full, rest = divmod(count, _ROWS_PER_INSERT)
+        # As few statements as SQLite allows (all the rows of a batch in one, where it takes that many
+        # parameters): SQLite runs each with the GIL released, and getting it back while the app's threads
+        # compute can take a whole switch interval (5 ms) each time; executemany() would do that per row.
         db = self.db
-        stored = 0
         db.execute("BEGIN IMMEDIATE")
         try:
-            step = _ROWS_PER_INSERT * _WIDTH
-            for i in range(full):
-                stored += db.execute(_INSERT_MANY, values[i * step:(i + 1) * step]).rowcount
-            if rest:
-                stored += db.execute(_insert_sql(rest), values[full * step:]).rowcount
+            try:
+                stored = self._insert_rows(values, _MAX_ROWS_PER_INSERT)
+            except sqlite3.OperationalError as exc:
+                if "variables" not in str(exc):  # "too many SQL variables": an older SQLite (limit 999)
+                    raise
+                stored = self._insert_rows(values, _ROWS_PER_INSERT)
             db.execute("COMMIT")
         except BaseException:
             try:
@@ -233,6 +234,14 @@ class Store:
             except sqlite3.Error:
                 pass
             raise
+        return stored
+
+    def _insert_rows(self, values: List[Any], per_statement: int) -> int:
+        stored = 0
+        step = per_statement * _WIDTH
+        for i in range(0, len(values), step):
+            chunk = values[i:i + step]
+            stored += self.db.execute(_insert_sql(len(chunk) // _WIDTH), chunk).rowcount
         return stored
 
     def apply_retention(self, max_age_hours: float, max_mb: float, every_s: float = 60.0) -> int:
