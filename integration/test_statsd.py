@@ -316,8 +316,9 @@ def test_a_missing_statsd_server_costs_nothing(sandbox):
         assert time.monotonic() - started < 20
         assert "RESULT " in proc.stdout, proc.stdout + proc.stderr
         stats = json.loads(proc.stdout.split("RESULT ", 1)[1])
-        if address.startswith("127."):
-            assert stats["datagrams_sent"] > 0 and stats["send_errors"] == 0
+        if address.startswith("127."):  # the socket is connected: the kernel's "port unreachable" fails the
+            assert stats["datagrams_sent"] > 0  # next send, so what is lost after the first one is counted
+            assert stats["datagrams_sent"] + stats["send_errors"] >= 2, stats
         else:
             assert stats["datagrams_sent"] == 0 and stats["send_errors"] > 0
         warnings = [x for x in proc.stderr.splitlines() if x.startswith("autoinstr warning")]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from autoinstr.export import statsd as _statsd
-from autoinstr.integrations import is_suppressed
+from autoinstr.integrations import _suppressed
 from autoinstr.trace.span import Span, _get_current
 
 DbAttributes = Dict[str, Any]
@@ -28,6 +28,7 @@ Wrapper = Callable[[Callable[..., Any], Any, tuple, dict], Any]  # wrapt's wrapp
 # A connection's attributes are cached on it under this name (drivers' Python classes and our subclasses
 # of the C ones have a __dict__); `attributes_of` computes them once per connection.
 CACHE_ATTRIBUTE = "_autoinstr_db"
+_suppressed_get = _suppressed.get  # is_suppressed(), without the call
 
 
 def server_attributes(system: str, namespace: Any = None, address: Any = None, port: Any = None) -> DbAttributes:
@@ -64,24 +65,20 @@ def attributes_of(connection: Any, compute: Callable[[Any], DbAttributes], syste
     return attrs
 
 
-def _is_db_span(span: Any) -> bool:
-    return span.kind == "client" and "db.system" in span.attributes
-
-
 def _start(attrs: Mapping[str, Any], name: str, statement: Any) -> Optional[Span]:
     """The span for one call, or None when nothing is to be recorded: inside an unsampled trace,
     inside another database span (executemany calling execute per row), or on the agent's own I/O."""
     parent = _get_current()
-    if parent is not None and (not parent._sampled or _is_db_span(parent)):
+    if parent is not None and (not parent._sampled or parent.kind == "client" and "db.system" in parent.attributes):
         return None
-    if is_suppressed():
+    if _suppressed_get():
         return None
     span = Span(name, kind="client", parent=parent)
     if not span._sampled:
         return None
-    span.attributes.update(attrs)
+    span.attributes = attributes = dict(attrs)
     if statement is not None:
-        span.attributes["db.query.text"] = statement
+        attributes["db.query.text"] = statement
     return span.__enter__()
 
 

@@ -293,10 +293,13 @@ class Span:
             self._token = None  # a queued span keeps no Token alive: half the objects for the GC to scan
             if exc is not None:
                 self.record_exception(exc, time_ns=self.end_ns)
-            if self.root is self and self._finished is None:  # a trace of one span: the common case, inline
-                Sink.submit_one(self)
-            else:
-                self._on_end()
+            try:  # (a try costs nothing until it catches: the span is lost, never the app's call)
+                if self.root is self and self._finished is None:  # a trace of one span: the common case
+                    Sink.submit_one(self)
+                else:
+                    self._on_end()
+            except Exception:
+                _handover_failed()
         else:
             try:
                 _reset_current(self._token)
@@ -341,7 +344,10 @@ class Span:
             if self.end_ns:
                 return
             self.end_ns = end_ns or _clock()
-            self._on_end()
+            try:
+                self._on_end()
+            except Exception:
+                _handover_failed()
         else:
             self.end_ns = end_ns or _clock()
             next(_unsampled)
@@ -455,6 +461,17 @@ class Span:
 
     def __repr__(self) -> str:
         return "Span(%r, kind=%s, span_id=%016x)" % (self.name, self.kind, getattr(self, "span_id", 0))
+
+
+def _handover_failed() -> None:
+    """A finished span could not be handed to the pipeline (an agent bug): it is lost, the app goes on."""
+    try:
+        from autoinstr import _log
+
+        _log.warn_once("span-handover", "a finished span could not be queued for export; it is lost (the app "
+                       "is not affected)")
+    except Exception:
+        pass
 
 
 def _format_stack(exc: BaseException) -> str:
