@@ -503,8 +503,11 @@ class Pipeline:
     def _app_threads_alive() -> bool:
         """Threads of the app besides the one exiting (a server's request threads), not the agent's."""
         try:
-            import threading
+            import sys
 
+            threading = sys.modules.get("threading")
+            if threading is None:  # never imported: no thread started through it (and importing it at every
+                return False        # exit costs the process a millisecond and more)
             me = threading.current_thread()
             main = threading.main_thread()
             return any(t is not me and t is not main and t.is_alive() and not t.name.startswith("autoinstr-")
