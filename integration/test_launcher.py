@@ -528,3 +528,13 @@ def test_startup_adds_only_a_few_small_stdlib_modules(sandbox):
     small = {"__future__", "_contextvars", "contextvars", "_random", "atexit", "itertools", "_collections"}
     assert added <= small, sorted(added)
     assert "autoinstr.bootstrap" in loaded
+
+
+def test_exit_of_a_process_that_made_no_span_imports_nothing_heavy(sandbox):
+    """The exit flush of a process with nothing to export is nearly free: in particular it does not import
+    `threading` (over a millisecond) to look for app threads that cannot exist without it."""
+    proc = sandbox.ok(["python", "-X", "importtime", "-c", "pass"], launcher=False,
+                      env=sandbox.env(AUTOINSTR_ENABLED="true"))
+    imported = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "autoinstr.bootstrap" in imported  # (the agent was loaded)
+    assert not imported & {"threading", "re", "json", "sqlite3", "urllib.parse"}, sorted(imported)
