@@ -224,18 +224,14 @@ def _server_span(environ: Dict[str, Any]) -> Span:
     span = Span(method if method != "_OTHER" else "HTTP", kind="server", parent=ctx)
     environ[ENVIRON_KEY] = span
     if span._sampled:
-        attrs = span.attributes
-        attrs["http.request.method"] = method
+        # one dict built at once: the method, the path, then what every request of its connection shares
+        attrs = span.attributes = {"http.request.method": method, "url.path": environ.get("PATH_INFO") or "/",
+                                   **_connection_attributes(environ)}
         if method == "_OTHER":
             attrs["http.request.method_original"] = raw_method
-        attrs["url.path"] = environ.get("PATH_INFO") or "/"
         query = environ.get("QUERY_STRING")
         if query:
             attrs["url.query"] = redact_query(query)
-        attrs.update(_connection_attributes(environ))
-        client = environ.get("REMOTE_ADDR")
-        if client:
-            attrs["client.address"] = client
         agent = environ.get("HTTP_USER_AGENT")
         if agent:
             attrs["user_agent.original"] = agent
@@ -249,14 +245,16 @@ def _server_span(environ: Dict[str, Any]) -> Span:
     return span
 
 
-_connections: Dict[Tuple[Any, Any, Any], Dict[str, Any]] = {}
+_connections: Dict[Tuple[Any, Any, Any, Any], Dict[str, Any]] = {}
 
 
 def _connection_attributes(environ: Dict[str, Any]) -> Dict[str, Any]:
     """url.scheme, server.address and server.port (as the client addressed them: the Host header, else
-    the server's own) and network.protocol.version: the same for every request of a (Host, scheme,
-    protocol), so worked out once each (a bounded cache: hostile Host headers cannot grow it past 256)."""
-    key = (environ.get("HTTP_HOST"), environ.get("wsgi.url_scheme"), environ.get("SERVER_PROTOCOL"))
+    the server's own), network.protocol.version and client.address: the same for every request of a
+    (Host, scheme, protocol, client), so worked out once each (a bounded cache: hostile Host headers or many
+    clients cannot grow it past 1024; beyond that, worked out each time)."""
+    key = (environ.get("HTTP_HOST"), environ.get("wsgi.url_scheme"), environ.get("SERVER_PROTOCOL"),
+           environ.get("REMOTE_ADDR"))
     found = _connections.get(key)
     if found is None:
         host, port = _parse_server(environ)
@@ -268,7 +266,10 @@ def _connection_attributes(environ: Dict[str, Any]) -> Dict[str, Any]:
         protocol = environ.get("SERVER_PROTOCOL") or ""
         if protocol.__class__ is str and protocol.startswith("HTTP/"):
             found["network.protocol.version"] = protocol[5:]
-        if len(_connections) < 256:
+        client = environ.get("REMOTE_ADDR")
+        if client:
+            found["client.address"] = client
+        if len(_connections) < 1024:
             _connections[key] = found
     return found
 
@@ -317,7 +318,7 @@ class _Response:
 
     def _start_response(self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
         try:
-            code = int(str(status)[:3])
+            code = int(status[:3] if status.__class__ is str else str(status)[:3])
             self._status_code = code
             span = self._span
             if span._sampled:
