@@ -42,8 +42,20 @@ def _traced_dispatch(original: Callable[..., Any]) -> Callable[..., Any]:
             if not span._sampled:
                 set_route(rule.rule, span=span)
                 return original(self, *args, **kwargs)
-            route, view = _rule_names(self, rule)
-            set_route(route, span=span)
+            attrs = span.attributes
+            known = _rules.get(id(rule))
+            name = known[4].get(attrs.get("http.request.method")) if known is not None and known[1] is rule \
+                else None
+            if name is None:  # (once per rule and method: set_route names the span and sets http.route)
+                route, view = _rule_names(self, rule)
+                set_route(route, span=span)
+                known = _rules.get(id(rule))
+                if known is not None and known[1] is rule and span.name != "other":
+                    known[4][attrs.get("http.request.method")] = span.name
+            else:
+                span.name = name
+                attrs["http.route"] = known[2]
+                view = known[3]
             view_span = Span(view)
             view_span.attributes["code.function"] = view
             view_span.__enter__()
@@ -63,17 +75,18 @@ def _traced_dispatch(original: Callable[..., Any]) -> Callable[..., Any]:
     return dispatch_request
 
 
-_rules: Dict[int, Tuple[Any, Any, str, str]] = {}  # id(rule) -> (app, rule, route template, view name)
+# id(rule) -> (app, rule, route template, view name, {method: span name}); the entry keeps the rule alive,
+# so its id cannot be another's
+_rules: Dict[int, Tuple[Any, Any, str, str, Dict[Any, str]]] = {}
 
 
 def _rule_names(app: Any, rule: Any) -> Tuple[str, str]:
-    """A rule's template and its view function's qualified name, looked up once per rule (the entry keeps
-    the rule alive, so its id cannot be another's)."""
+    """A rule's template and its view function's qualified name, looked up once per rule."""
     known = _rules.get(id(rule))
     if known is None or known[0] is not app or known[1] is not rule:
         view = app.view_functions.get(rule.endpoint)
         name = getattr(view, "__qualname__", None) or str(rule.endpoint or "view")
-        known = (app, rule, str(rule.rule), name)
+        known = (app, rule, str(rule.rule), name, {})
         if len(_rules) < 4096:
             _rules[id(rule)] = known
     return known[2], known[3]
