@@ -331,7 +331,7 @@ class Pipeline:
     @property
     def slots(self) -> List[_ExporterSlot]:
         if self._slots is None:
-            # Exporters import their modules (sqlite3...) here, on the flush thread. A fork in the middle
+            # Exporters import their modules (sqlite3...) here (see _start_thread). A fork in the middle
             # would leave the child a half-imported module: fork waits for this lock (see before_fork).
             with self._setup_lock:
                 if self._slots is None:
@@ -401,6 +401,16 @@ class Pipeline:
     def _start_thread(self) -> bool:
         import threading
 
+        if self._slots is None:
+            # The exporters are built (their modules imported: sqlite3, http.client...) here, once, on the
+            # thread of the first finished span: a few milliseconds, once. On the flush thread, each of the
+            # dozens of file reads an import makes would wait for the GIL while the app computes (up to a
+            # switch interval, 5 ms, each): under load the first flush took a third of a second, and the
+            # queue overflowed meanwhile. (Opening the destination stays on the flush thread.)
+            try:
+                self.slots  # noqa: B018  (the property builds them)
+            except Exception:
+                pass
         # bounded: a signal handler (the SIGTERM flush) may interrupt the thread that holds the lock
         if not self._lock.acquire(timeout=1.0):
             return False
@@ -469,9 +479,11 @@ class Pipeline:
                 # the flush's own CPU time, not its wall time: waiting for the GIL while the app computes is
                 # no work of ours, and counting it would ration flushes (and drop spans) under exactly that load
                 started = time.thread_time()
+                first = self.flushes == 0
                 self.flush_once()
                 spent = time.thread_time() - started
-                self._early_allowed_at = time.monotonic() + spent * (1 - EARLY_FLUSH_DUTY) / EARLY_FLUSH_DUTY
+                if not first:  # the first flush also sets the exporters up (imports, connections): not rationed on
+                    self._early_allowed_at = time.monotonic() + spent * (1 - EARLY_FLUSH_DUTY) / EARLY_FLUSH_DUTY
                 if requested:
                     with self._flushed:
                         self._flush_requests -= requested
