@@ -89,6 +89,9 @@ print("\n".join(d for d in re.findall(r"\"([^\"]+)\"", block) if not d.startswit
   "$1" -m pip install -q --disable-pip-version-check . "${deps[@]}" >/dev/null
 }
 install_test_extra .venv/bin/python
+# atheris (coverage-guided fuzzing, tests/test_fuzz_atheris.py) where it installs: it builds against libFuzzer
+# and has no wheel for every Python; its tests skip without it (hypothesis fuzzes the same parsers anyway)
+.venv/bin/python -m pip install -q --disable-pip-version-check atheris >/dev/null 2>&1 || true
 # non-editable, as users install it: the .pth hook and sitecustomize_hook come from the wheel
 .venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps . >/dev/null
 .venv/bin/ruff check autoinstr sitecustomize_hook tests integration benchmarks examples
@@ -110,6 +113,7 @@ for version in ${AUTOINSTR_TEST_PYTHONS-3.9 3.13}; do
   venv=".venv-py$version"
   "$interpreter" -m venv "$venv" >/dev/null
   install_test_extra "$venv"/bin/python
+  "$venv"/bin/python -m pip install -q --disable-pip-version-check atheris >/dev/null 2>&1 || true
   "$venv"/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps . >/dev/null
   echo "== Python $version ($interpreter)"
   # everything again but the destination-fault matrix and the browser pages (about 3 minutes of waiting on
