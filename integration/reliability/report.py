@@ -159,12 +159,14 @@ def main() -> None:
          "dicts, str() raising, huge ints, NaN)", "escaped or replaced by text; the span and the others exported",
          "test_reliability_isolation.py"),
         ("traceparent, tracestate, baggage, B3 (single, multi) headers", "never raise; only valid ids accepted; "
-         "what is sent on carries no CR/LF, stays within the limits", "tests/test_fuzz_hostile_input.py"),
+         "what is sent on carries no CR/LF, stays within the limits", "tests/test_fuzz_hostile_input.py, "
+         "tests/test_fuzz_atheris.py"),
         ("SQL normalization", "never raises; with obfuscation no quoted literal or comment survives "
-         "(standard, E'', $$, MySQL double quotes, escapes)", "tests/test_fuzz_hostile_input.py"),
+         "(standard, E'', $$, MySQL double quotes, escapes)", "tests/test_fuzz_hostile_input.py, "
+         "tests/test_fuzz_atheris.py"),
         ("collector ingest: msgpack, JSON, OTLP protobuf/JSON, mutated and random bodies, gzip bombs",
          "refused with a 4xx (Rejected), never another exception; what is accepted is valid",
-         "tests/test_fuzz_hostile_input.py"),
+         "tests/test_fuzz_hostile_input.py, tests/test_fuzz_atheris.py"),
         ("UI query parameters", "a page or a 4xx, never a 500; no markup echoed unescaped",
          "tests/test_fuzz_ui_params.py"),
         ("credentials in URLs, query and form values, headers, SQL", "userinfo removed, secret-looking query "
