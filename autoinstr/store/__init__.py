@@ -64,10 +64,10 @@ except ImportError:  # no C accelerator: the plain encoder
 _MASK64, _TWO63, _TWO64 = (1 << 64) - 1, 1 << 63, 1 << 64
 _WIDTH = 12  # values per row
 _ROWS_PER_INSERT = 64  # 768 parameters a statement: within SQLite's oldest limit (999)
-_MAX_ROWS_PER_INSERT = 2000  # 24000 parameters: within the limit of SQLite 3.32 and later (32766)
+_MAX_ROWS_PER_INSERT = 512  # 6144 parameters: within the limit of SQLite 3.32 and later (32766)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _insert_sql(rows: int) -> str:
     return ("INSERT OR IGNORE INTO spans (trace_key, trace_id, span_id, parent_id, name, kind, service, start_ns, "
             "duration_ns, status, attributes, events) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * rows))
@@ -237,11 +237,17 @@ class Store:
         return stored
 
     def _insert_rows(self, values: List[Any], per_statement: int) -> int:
+        """Rows in statements of `per_statement` rows, the rest in statements of halving sizes (256, 128, ...,
+        1): a few distinct statements in all, each prepared once (sqlite3 keeps up to 128 prepared statements
+        per connection: one per batch size would hold megabytes)."""
         stored = 0
-        step = per_statement * _WIDTH
-        for i in range(0, len(values), step):
-            chunk = values[i:i + step]
-            stored += self.db.execute(_insert_sql(len(chunk) // _WIDTH), chunk).rowcount
+        i, end, rows = 0, len(values), per_statement
+        while i < end:
+            while rows > 1 and (end - i) // _WIDTH < rows:
+                rows //= 2
+            step = rows * _WIDTH
+            stored += self.db.execute(_insert_sql(rows), values[i:i + step]).rowcount
+            i += step
         return stored
 
     def apply_retention(self, max_age_hours: float, max_mb: float, every_s: float = 60.0) -> int:

@@ -1,0 +1,262 @@
+"""Loopback HTTP servers for the suite: the trace sink every agent exports to, and the stub the app calls.
+
+The sink accepts what a trace agent or collector would (Datadog agent API /v0.4|/v0.5/traces, OTLP/HTTP
+/v1/traces, autoinstr's collector /v1/spans), answers 200 and counts the spans in each body, so the suite
+checks that every agent really exported. Bodies are only kept while a measured child runs and decoded at
+take(), so counting competes with nothing measured. With `delay_s` the sink answers late: an exporter
+that cannot keep up. Standard library only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import threading
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Tuple
+
+# ---------------------------------------------------------------------------------------------- msgpack
+
+_FIXED_WIDTH = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1,
+                0xD1: 2, 0xD2: 4, 0xD3: 8, 0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17}
+_LENGTH_WIDTH = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}  # bin and str: length, then bytes
+_EXT_WIDTH = {0xC7: 1, 0xC8: 2, 0xC9: 4}  # length, type byte, bytes
+_ARRAY_WIDTH = {0xDC: 2, 0xDD: 4}
+_MAP_WIDTH = {0xDE: 2, 0xDF: 4}
+
+
+def msgpack_header(b: bytes, i: int) -> Tuple[str, int, int]:
+    """The item at i: ("array", n items, next) / ("map", n pairs, next) / ("raw", payload bytes, next)."""
+    t = b[i]
+    i += 1
+    if t < 0x80 or t >= 0xE0:
+        return "raw", 0, i
+    if t < 0x90:
+        return "map", t & 0x0F, i
+    if t < 0xA0:
+        return "array", t & 0x0F, i
+    if t < 0xC0:
+        return "raw", t & 0x1F, i
+    if t in _FIXED_WIDTH:
+        return "raw", _FIXED_WIDTH[t], i
+    for table, kind in ((_LENGTH_WIDTH, "raw"), (_EXT_WIDTH, "ext"), (_ARRAY_WIDTH, "array"), (_MAP_WIDTH, "map")):
+        if t in table:
+            w = table[t]
+            n = int.from_bytes(b[i:i + w], "big")
+            return ("raw", n + 1, i + w) if kind == "ext" else (kind, n, i + w)
+    raise ValueError("not msgpack (byte 0x%02x at %d)" % (t, i - 1))
+
+
+def msgpack_skip(b: bytes, i: int) -> int:
+    items = 1
+    while items:
+        kind, n, i = msgpack_header(b, i)
+        items -= 1
+        if kind == "raw":
+            i += n
+        else:
+            items += n if kind == "array" else 2 * n
+    return i
+
+
+def count_datadog(body: bytes, path: str) -> int:
+    """v0.4: [[span...], ...]; v0.5: [string table, [[span...], ...]]."""
+    i = 0
+    if "/v0.5/" in path:
+        _, _, i = msgpack_header(body, i)
+        i = msgpack_skip(body, i)
+    kind, traces, i = msgpack_header(body, i)
+    if kind != "array":
+        raise ValueError("trace list is not an array")
+    spans = 0
+    for _ in range(traces):
+        _, n, i = msgpack_header(body, i)
+        spans += n
+        for _ in range(n):
+            i = msgpack_skip(body, i)
+    return spans
+
+
+def count_autoinstr(body: bytes) -> int:
+    """autoinstr's collector protocol: one msgpack array of span records."""
+    kind, n, _ = msgpack_header(body, 0)
+    if kind != "array":
+        raise ValueError("span batch is not an array")
+    return n
+
+
+# --------------------------------------------------------------------------------------------- protobuf
+
+def _varint(b: bytes, i: int) -> Tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = b[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _submessages(b: bytes, start: int, end: int) -> Iterator[Tuple[int, int, int]]:
+    """(field number, start, end) of each length-delimited field between start and end."""
+    i = start
+    while i < end:
+        key, i = _varint(b, i)
+        wire = key & 7
+        if wire == 0:
+            _, i = _varint(b, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            n, i = _varint(b, i)
+            yield key >> 3, i, i + n
+            i += n
+        else:
+            raise ValueError("protobuf wire type %d" % wire)
+
+
+def count_otlp(body: bytes) -> int:
+    """ExportTraceServiceRequest: resource_spans (1) > scope_spans (2) > spans (2)."""
+    spans = 0
+    for f1, s1, e1 in _submessages(body, 0, len(body)):
+        if f1 == 1:
+            for f2, s2, e2 in _submessages(body, s1, e1):
+                if f2 == 2:
+                    spans += sum(1 for f3, _, _ in _submessages(body, s2, e2) if f3 == 2)
+    return spans
+
+
+# ------------------------------------------------------------------------------------------------ servers
+
+@dataclass
+class Received:
+    requests: Counter = field(default_factory=Counter)  # "POST /v1/traces" -> count
+    spans: int = 0
+    bytes: int = 0
+    errors: List[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        paths = ", ".join("%s x%d" % (k, v) for k, v in sorted(self.requests.items()))
+        return "%d spans in %d requests (%s)%s" % (self.spans, sum(self.requests.values()), paths or "none",
+                                                   "; decode errors: %s" % self.errors[:2] if self.errors else "")
+
+
+class _Server:
+    def __init__(self, name: str, handler: Any) -> None:
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _read_body(handler: http.server.BaseHTTPRequestHandler) -> bytes:
+    if "chunked" in (handler.headers.get("Transfer-Encoding") or "").lower():
+        parts = []
+        for _ in range(1_000_000):  # bounded: a chunked body ends with a zero-size chunk
+            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                for _ in range(100):
+                    if handler.rfile.readline() in (b"\r\n", b"\n", b""):
+                        break
+                break
+            parts.append(handler.rfile.read(size))
+            handler.rfile.readline()
+        return b"".join(parts)
+    return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+
+class Sink(_Server):
+    def __init__(self, name: str = "sink", delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self._lock = threading.Lock()
+        self._requests: Counter = Counter()
+        self._bodies: List[Tuple[str, str, bytes]] = []
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the agents' HTTP clients expect
+            disable_nagle_algorithm = True  # headers and body leave at once: no 40 ms delayed-ACK stall
+
+            def _answer(self) -> None:
+                body = _read_body(self)
+                path = self.path.split("?")[0]
+                with sink._lock:
+                    sink._requests["%s %s" % (self.command, path)] += 1
+                    if body:
+                        sink._bodies.append((path, self.headers.get("Content-Encoding") or "", body))
+                if sink.delay_s and body:
+                    time.sleep(sink.delay_s)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_GET = do_POST = do_PUT = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+                pass
+
+        super().__init__(name, Handler)
+
+    def take(self) -> Received:
+        """What arrived since the last take, decoded now."""
+        with self._lock:
+            requests, bodies = self._requests, self._bodies
+            self._requests, self._bodies = Counter(), []
+        out = Received(requests=requests)
+        for path, encoding, body in bodies:
+            out.bytes += len(body)
+            try:
+                if encoding == "gzip":
+                    body = gzip.decompress(body)
+                elif encoding == "deflate":
+                    body = zlib.decompress(body)
+                if path.endswith("/traces") and "/v0." in path:
+                    out.spans += count_datadog(body, path)
+                elif path.endswith("/v1/traces"):
+                    out.spans += count_otlp(body)
+                elif path.endswith("/v1/spans"):
+                    out.spans += count_autoinstr(body)
+            except (ValueError, IndexError, OSError, EOFError, zlib.error) as exc:
+                out.errors.append("%s: %s" % (path, exc))
+        return out
+
+
+class Stub(_Server):
+    """The remote service /outgoing calls: answers every GET with a small body, keeping the connection."""
+
+    def __init__(self) -> None:
+        self.hits: Dict[str, int] = Counter()
+
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def do_GET(self) -> None:
+                stub.hits["GET"] += 1
+                payload = b'{"stub": true}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        super().__init__("stub", Handler)

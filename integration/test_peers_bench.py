@@ -1,0 +1,113 @@
+"""The peer benchmark suite's own pieces (benchmarks/peers/), with this venv's agent and tiny counts.
+
+Not a speed check: it checks that what the suite measures is real. The sink must count exactly what the
+agent exported (the same workload counted through two protocols, and against the local store), the flood's
+books must balance (produced = received + dropped) when the queue overflows, and wrk's output must parse.
+The peers' venvs are not built here (minutes of installs): `python3 benchmarks/peers/run.py --quick` does that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+PEERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "peers")
+sys.path.insert(0, PEERS)
+
+from sink import Sink, Stub  # noqa: E402
+
+
+def result_of(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.fixture
+def servers():
+    sink, stub = Sink(), Stub()
+    yield sink, stub
+    sink.close()
+    stub.close()
+
+
+def inproc(sandbox, stub: Stub, **agent_env: object) -> dict:
+    env = sandbox.env(REFAPP_DB=os.path.join(sandbox.dir, "refapp.db"), REFAPP_STUB_URL=stub.url + "/stub",
+                      BENCH_REQUESTS=5, BENCH_REPEATS=2, BENCH_WARMUP=3, AUTOINSTR_SERVICE_NAME="refapp",
+                      BENCH_AGENT="autoinstr",
+                      **agent_env)
+    return result_of(sandbox.run(["python", os.path.join(PEERS, "inproc.py")], env=env))
+
+
+def test_sink_counts_what_the_agent_exported_through_either_protocol(sandbox, servers):
+    sink, stub = servers
+    inproc(sandbox, stub, AUTOINSTR_EXPORTER="none")  # creates the app's database: each run below does the same
+    by_collector = inproc(sandbox, stub, AUTOINSTR_EXPORTER="collector", AUTOINSTR_COLLECTOR_URL=sink.url)
+    collector = sink.take()
+    by_otlp = inproc(sandbox, stub, AUTOINSTR_EXPORTER="otlp", AUTOINSTR_OTLP_ENDPOINT=sink.url)
+    otlp = sink.take()
+    by_store = inproc(sandbox, stub, AUTOINSTR_EXPORTER="local")
+    with sqlite3.connect(sandbox.store) as db:
+        stored = db.execute("SELECT count(*) FROM spans").fetchone()[0]
+
+    for res in (by_collector, by_otlp, by_store):
+        assert res["non_200"] == 0
+        assert set(res["ns_per_request"]) == {"/hello", "/users/42", "/db", "/outgoing"}
+        assert all(ns > 0 for ns in res["ns_per_request"].values())
+    requests = sum(by_collector["requests"].values())
+    assert requests == 4 * (1 + 3 + 5 * 2)
+    assert stub.hits["GET"] >= 4 * (1 + 3 + 5 * 2)  # /outgoing really went out, in every run
+    # one workload, counted three ways: msgpack batches, OTLP protobuf, rows in the store
+    assert not collector.errors and not otlp.errors
+    assert set(collector.requests) == {"POST /v1/spans"} and set(otlp.requests) == {"POST /v1/traces"}
+    assert collector.spans == otlp.spans == stored
+    assert collector.spans >= 2 * requests  # a server span and a view span at least per request
+
+
+def test_flood_books_balance_when_the_queue_overflows(sandbox, servers):
+    sink, _ = servers
+    env = sandbox.env(BENCH_TRACER="autoinstr", BENCH_FLOOD_SPANS=3000, BENCH_FLOOD_RATE=0,
+                      AUTOINSTR_EXPORTER="otlp", AUTOINSTR_OTLP_ENDPOINT=sink.url, AUTOINSTR_MAX_QUEUE_SPANS=200,
+                      AUTOINSTR_MAX_BATCH_SPANS=100)
+    res = result_of(sandbox.run(["python", os.path.join(PEERS, "flood.py")], env=env))
+    got = sink.take()
+    dropped = sum(res["stats"]["spans_dropped"].values())
+    assert res["produced"] == 3000 and res["flushed"]
+    assert dropped > 0  # a queue of 200 cannot hold an unpaced flood of 3000
+    assert got.spans + dropped == res["produced"]
+    assert got.spans == res["stats"]["spans_exported"]
+
+
+def test_pipeline_bench_writes_every_span_to_the_store(sandbox):
+    store = os.path.join(sandbox.dir, "pipeline.db")
+    env = sandbox.env(AUTOINSTR_EXPORTER="local", AUTOINSTR_STORE=store, AUTOINSTR_MAX_QUEUE_SPANS=10000,
+                      AUTOINSTR_FLUSH_INTERVAL=3600, BENCH_PIPELINE_SPANS=1500,
+                      REFAPP_DB=os.path.join(sandbox.dir, "refapp.db"))
+    res = result_of(sandbox.run(["python", os.path.join(PEERS, "pipeline_bench.py")], env=env))
+    with sqlite3.connect(store) as db:
+        stored = db.execute("SELECT count(*) FROM spans").fetchone()[0]
+    assert res["flushed"] and res["spans"] >= 1400 and res["spans_per_s"] > 0
+    assert res["exported"] == res["spans"] and not any(res["dropped"].values())
+    assert stored == res["spans"] + res["warm_spans"] + res["other_spans"]
+
+
+def test_wrk_output_parses(servers):
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        if os.environ.get("AUTOINSTR_REQUIRE_WRK") == "1":
+            pytest.fail("AUTOINSTR_REQUIRE_WRK=1 but wrk is not installed", pytrace=False)
+        pytest.skip("wrk is not installed")
+    from run import run_wrk
+
+    _, stub = servers
+    res = run_wrk(stub.url + "/stub", 1, connections=2)
+    assert res["requests"] > 0 and res["rps"] > 0
+    assert res["p50_ms"] is not None and res["p99_ms"] is not None and res["p50_ms"] <= res["p99_ms"]
+    assert stub.hits["GET"] >= res["requests"]
