@@ -201,6 +201,7 @@ def setup_venvs() -> Dict[str, Venv]:
     # The agent under test: this repository as it is now (non-editable, as users install it).
     log("[venv] installing autoinstr from %s ..." % REPO)
     pip_install(VENV_SPECS["autoinstr"], ["--force-reinstall", "--no-deps", str(REPO)])
+    pip_install(VENV_SPECS["autoinstr"], [str(REPO)])  # its dependencies as it declares them now (wrapt < 2...)
     for venv in VENV_SPECS.values():
         read_versions(venv)
     return VENV_SPECS
