@@ -65,16 +65,17 @@ class _TracedConnection(_dbapi.TracedTransactions):
             args = (_TRACED_CURSOR,)
         return super().cursor(*args, **kwargs)  # type: ignore[misc]
 
-    # Connection.execute & co. create their cursor through self.cursor() but run the statement in C:
-    # the span is made here, once.
+    # Connection.execute & co. are shortcuts for self.cursor().execute(...), which is what they do here: the
+    # traced cursor makes the one span. (C's own shortcut calls the cursor's method by name on Python 3.9 and
+    # runs the statement directly on later versions: making the span here too counted 3.9's statements twice.)
     def execute(self, sql: Any, *args: Any) -> Any:
-        return _dbapi.run(_attributes(self), SYSTEM, sql, True, super().execute, sql, *args)  # type: ignore[misc]
+        return self.cursor().execute(sql, *args)
 
     def executemany(self, sql: Any, *args: Any) -> Any:
-        return _dbapi.run(_attributes(self), SYSTEM, sql, True, super().executemany, sql, *args)  # type: ignore[misc]
+        return self.cursor().executemany(sql, *args)
 
     def executescript(self, script: Any, *args: Any) -> Any:
-        return _dbapi.run(_attributes(self), SYSTEM, script, None, super().executescript, script, *args)  # type: ignore[misc]
+        return self.cursor().executescript(script, *args)
 
 
 _TRACED_CURSOR = _dbapi.traced_class(_sqlite3.Cursor, _TracedCursor)
