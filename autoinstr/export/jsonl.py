@@ -7,10 +7,10 @@ write under an exclusive flock on a file opened with O_APPEND, so lines never in
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 
 from autoinstr.export.base import Exporter
+from autoinstr.jsontext import compact_encoder
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -18,23 +18,7 @@ if TYPE_CHECKING:
 
     from autoinstr.config import Config
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-try:  # the C encoder, built once (JSONEncoder.encode builds one per call: a third of its cost on a record)
-    from json.encoder import c_encode_basestring, c_make_encoder
-
-    _c_encode: Any = c_make_encoder(None, None, c_encode_basestring, None, ":", ",", False, False, False)
-except ImportError:
-    _c_encode = None
-
-
-def _line(record: Dict[str, Any]) -> str:
-    if _c_encode is not None:
-        try:
-            chunks = _c_encode(record, 0)
-            return chunks[0] if len(chunks) == 1 else "".join(chunks)
-        except (TypeError, ValueError, RecursionError):
-            pass
-    return _dumps(record)
+_line = compact_encoder(allow_nan=False)
 
 
 class JsonlExporter(Exporter):

@@ -15,6 +15,8 @@ import random
 import sqlite3
 import time
 
+from autoinstr.jsontext import compact_encoder
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
@@ -50,15 +52,8 @@ CREATE INDEX IF NOT EXISTS spans_trace ON spans (trace_key);
 
 COLUMNS = ("trace_id", "span_id", "parent_id", "name", "kind", "service", "start_ns", "duration_ns", "status",
            "attributes", "events")
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
-try:  # the C encoder, built once: JSONEncoder.encode builds one per call (a third of its cost on a span's
-    # attributes); no cycle check, which records (flat, cleaned values) never need: anything odd goes
-    # through _dumps
-    from json.encoder import c_encode_basestring, c_make_encoder
-
-    _c_encode: Any = c_make_encoder(None, str, c_encode_basestring, None, ":", ",", False, False, True)
-except ImportError:  # no C accelerator: the plain encoder
-    _c_encode = None
+# a record's attributes or events as JSON text (as stored in the attributes and events columns)
+to_json = compact_encoder(default=str)
 
 
 _MASK64, _TWO63, _TWO64 = (1 << 64) - 1, 1 << 63, 1 << 64
@@ -83,17 +78,6 @@ def _attributes_json(attributes: Any) -> str:
         if as_json is not None:
             return as_json(to_json)  # type: ignore[no-any-return]
     return to_json(attributes)
-
-
-def to_json(value: Any) -> str:
-    """A record's attributes or events as JSON text (as stored in the attributes and events columns)."""
-    if _c_encode is not None:
-        try:
-            chunks = _c_encode(value, 0)
-            return chunks[0] if len(chunks) == 1 else "".join(chunks)
-        except (TypeError, ValueError, RecursionError):
-            pass
-    return _dumps(value)
 
 
 def _is_busy(exc: Exception) -> bool:
