@@ -124,6 +124,47 @@ def test_full_batch_wakes_flush_thread_early(make_pipeline):
     assert wait_for(lambda: len(mem.records) == 5, 5)
 
 
+class _CpuHeavyExporter(MemoryExporter):
+    """Its second export burns `burn_s` of the flush thread's CPU time (what early-flush rationing measures)."""
+
+    def __init__(self, burn_s: float) -> None:
+        super().__init__()
+        self.burn_s = burn_s
+        self.burnt = threading.Event()
+
+    def export(self, records):
+        super().export(records)
+        if self.calls == 2:
+            end = time.thread_time() + self.burn_s
+            while time.thread_time() < end:
+                pass
+            self.burnt.set()
+
+
+def test_early_flushes_are_rationed_until_the_queue_is_half_full(make_pipeline):
+    # An early flush that cost 0.6 s of CPU holds the next batch-full wake-up back for 1.8 s (duty 0.25); once
+    # half the queue is taken, rationing ends: spans the exporter can take are not dropped to save CPU.
+    assert pipeline_mod.EARLY_FLUSH_DUTY == 0.25
+    heavy = _CpuHeavyExporter(burn_s=0.6)
+    p = make_pipeline(heavy, flush_interval=60.0, max_batch_spans=5, max_queue_spans=100)
+    for expected in (5, 10):  # the first flush (never rationed), then the heavy one
+        for s in finished_spans(5):
+            p.submit([s])
+        assert wait_for(lambda n=expected: len(heavy.records) == n, 10)
+    assert heavy.burnt.wait(10)
+    time.sleep(0.05)  # the flush thread reads its CPU time and opens the window
+    rationed_from = time.monotonic()
+    for s in finished_spans(5):
+        p.submit([s])
+    time.sleep(0.2)
+    assert len(heavy.records) == 10  # a batch-full wake-up inside the window waits
+    for s in finished_spans(45):  # 50 queued: half the queue
+        p.submit([s])
+    assert wait_for(lambda: len(heavy.records) == 60, 10)
+    assert time.monotonic() - rationed_from < 1.5  # well inside the 1.8 s window: not rationed any more
+    assert p.dropped_queue_full == 0
+
+
 def test_flush_thread_is_suppressed(make_pipeline):
     seen = []
 

@@ -38,7 +38,8 @@ BACKOFF_MAX = 30.0
 DESTINATION_BACKOFF_MAX = 10.0  # a destination failing for long is tried this often: it recovers within it
 RETRY_AFTER_MAX = 300.0  # a server's Retry-After is honoured up to this many seconds
 SHUTDOWN_GRACE_S = 0.1  # at exit, with app threads still running, spans ending this soon are still exported
-EARLY_FLUSH_DUTY = 0.25  # share of wall time early flushes may use; the rest waits for the interval
+EARLY_FLUSH_DUTY = 0.25  # share of wall time early flushes may use (the rest waits for the interval) while
+# the queue is under half full
 # an exporter raising one of these has a bug (a failing destination raises OSError, ExportError, sqlite3's
 # errors...): it is disabled at once, with one warning, rather than retried for ever
 _BUGS = (TypeError, AttributeError, KeyError, IndexError, NameError, AssertionError, RecursionError)
@@ -327,6 +328,7 @@ class Pipeline:
         self._flush_generation = 0
         self._not_before_ns = 0
         self._early_allowed_at = 0.0
+        self._ration_until = max(self.batch, self.max_queue // 2)  # queued spans beyond which nothing is rationed
 
     @property
     def slots(self) -> List[_ExporterSlot]:
@@ -395,6 +397,10 @@ class Pipeline:
         elif self._queued >= self.batch and not self._wake_pending:
             self._wake_pending = True
             self._wake.set()
+        elif self._queued >= self._ration_until and not self._urgent.is_set():
+            # the queue is half full: early flushes stop being rationed; dropping spans the exporter could
+            # still take costs the user more than the CPU of keeping up
+            self._urgent.set()
 
     # ------------------------------------------------------------------------- the flush thread
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 import sqlite3 as _sqlite3
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Tuple
 
-from autoinstr.integrations import _dbapi, is_suppressed
-from autoinstr.integrations._wrapping import unwrap, wrap
+from autoinstr.integrations import _dbapi
+from autoinstr.integrations._wrapping import replace, unwrap
 
 SYSTEM = "sqlite"
+_suppressed_get = _dbapi._suppressed_get
 
 
 def _namespace(database: Any) -> Any:
@@ -81,36 +82,68 @@ class _TracedConnection(_dbapi.TracedTransactions):
 _TRACED_CURSOR = _dbapi.traced_class(_sqlite3.Cursor, _TracedCursor)
 
 
-def _connect(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-    if is_suppressed():  # the agent's own store
-        return wrapped(*args, **kwargs)
+# (database, factory) -> (the traced factory, the connection's span attributes, the connect span's): an app
+# connecting per request to the same file pays for its parsing once
+_connects: Dict[Any, Tuple[Any, _dbapi.DbAttributes, _dbapi.DbAttributes]] = {}
+_MAX_CONNECTS = 256
+
+
+def _prepare(database: Any, factory: Any) -> Tuple[Any, _dbapi.DbAttributes, _dbapi.DbAttributes]:
+    if not (isinstance(factory, type) and issubclass(factory, _sqlite3.Connection)):
+        return None, {}, {}  # a factory function: its connections go untraced
+    attrs = _dbapi.server_attributes(SYSTEM, _namespace(database))
+    prepared = (_dbapi.traced_class(factory, _TracedConnection), attrs, _dbapi.operation_attributes(attrs, "connect"))
     try:
-        factory = kwargs.get("factory", args[5] if len(args) > 5 else _sqlite3.Connection)
-        if not (isinstance(factory, type) and issubclass(factory, _sqlite3.Connection)):
-            return wrapped(*args, **kwargs)
-        traced = _dbapi.traced_class(factory, _TracedConnection)
-        if len(args) > 5:
-            args = args[:5] + (traced,) + args[6:]
-        else:
-            kwargs = dict(kwargs, factory=traced)
-        database = args[0] if args else kwargs.get("database")
-        attrs = _dbapi.server_attributes(SYSTEM, _namespace(database))
-    except Exception:
-        return wrapped(*args, **kwargs)
-    connect_attrs = dict(attrs, **{"db.operation.name": "connect"})
-    connection = _dbapi.run(connect_attrs, "connect", None, None, wrapped, *args, **kwargs)
-    try:
-        connection.__dict__[_dbapi.CACHE_ATTRIBUTE] = attrs
-    except Exception:
+        if len(_connects) < _MAX_CONNECTS:
+            _connects[(database, factory)] = prepared
+    except TypeError:  # an unhashable database argument: prepared each time
         pass
-    return connection
+    return prepared
+
+
+def _traced_connect(real: Callable[..., Any]) -> Callable[..., Any]:
+    """sqlite3.connect, giving the connection class asked for (`factory`, positional or keyword) as its traced
+    subclass, in a connect span. A plain function (see _wrapping.replace): apps connect per request."""
+    connection_class = _sqlite3.Connection
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        if _suppressed_get():  # the agent's own store
+            return real(*args, **kwargs)
+        try:
+            database = args[0] if args else kwargs["database"]
+            factory = args[5] if len(args) > 5 else kwargs.get("factory", connection_class)
+            try:
+                prepared = _connects.get((database, factory)) or _prepare(database, factory)
+            except TypeError:
+                prepared = _prepare(database, factory)
+            traced, attrs, connect_attrs = prepared
+            if traced is None:
+                return real(*args, **kwargs)
+            if len(args) > 5:
+                args = args[:5] + (traced,) + args[6:]
+            else:
+                kwargs["factory"] = traced  # (a dict of this call's own)
+        except Exception:  # (no database given: the real call says so)
+            return real(*args, **kwargs)
+        connection = _dbapi.run(connect_attrs, "connect", None, None, real, *args, **kwargs)
+        try:
+            connection.__dict__[_dbapi.CACHE_ATTRIBUTE] = attrs
+        except Exception:
+            pass
+        return connection
+
+    return connect
 
 
 def patch(module: ModuleType) -> None:  # sqlite3 (and sqlite3.dbapi2, where connect comes from)
-    wrap(module, "connect", _connect)
     dbapi2 = getattr(module, "dbapi2", None)
-    if dbapi2 is not None and getattr(dbapi2, "connect", None) is not getattr(module, "connect", None):
-        wrap(dbapi2, "connect", _connect)
+    same = dbapi2 is not None and getattr(dbapi2, "connect", None) is getattr(module, "connect", None)
+    replace(module, "connect", _traced_connect)
+    if dbapi2 is not None:
+        if same:  # one function under two names: one replacement
+            dbapi2.connect = module.connect
+        else:
+            replace(dbapi2, "connect", _traced_connect)
 
 
 def unpatch(module: ModuleType) -> None:
