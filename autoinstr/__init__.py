@@ -20,13 +20,23 @@ Importing this module imports no instrumented library and starts no thread.
 
 from __future__ import annotations
 
-from autoinstr import metrics
 from autoinstr.trace.span import NoopSpan as _NoopSpan
 from autoinstr.trace.span import SpanContext
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, MutableMapping, Optional
+
+    from autoinstr import metrics
+
+
+def __getattr__(name: str) -> Any:
+    # `autoinstr.metrics` is imported when first used: an app that never records a metric never loads it
+    if name == "metrics":
+        import importlib
+
+        return importlib.import_module("autoinstr.metrics")
+    raise AttributeError("module 'autoinstr' has no attribute %r" % name)
 
 __version__ = "0.1.0"
 __all__ = ["span", "traced", "current_span", "inject", "extract", "stats", "flush", "metrics", "SpanContext",

@@ -190,20 +190,24 @@ def wsgi_method(original: Callable[..., Any]) -> Callable[..., Any]:
     return __call__
 
 
-def wrap_app_argument(position: int, name: str) -> Callable[..., Any]:
-    """A wrapt wrapper that wraps the WSGI app passed to a server function at `position` (or as `name`)."""
+def serving_app_argument(position: int, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """For _wrapping.replace: a server's function or method (`self` counted in `position`) whose WSGI app,
+    passed at `position` or as `name`, is served traced."""
 
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-        try:
-            if name in kwargs:
-                kwargs = dict(kwargs, **{name: wrap_app(kwargs[name])})
-            elif len(args) > position:
-                args = args[:position] + (wrap_app(args[position]),) + args[position + 1:]
-        except Exception:
-            pass
-        return wrapped(*args, **kwargs)
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def serve(*args: Any, **kwargs: Any) -> Any:
+            try:
+                if name in kwargs:
+                    kwargs[name] = wrap_app(kwargs[name])  # (a dict of this call's own)
+                elif len(args) > position:
+                    args = args[:position] + (wrap_app(args[position]),) + args[position + 1:]
+            except Exception:
+                pass
+            return original(*args, **kwargs)
 
-    return wrapper
+        return serve
+
+    return make
 
 
 def _reset(token: Any) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from autoinstr.integrations._wrapping import unwrap, wrap
-from autoinstr.integrations._wsgi import wrap_app_argument
+from autoinstr.integrations._wrapping import replace, unwrap
+from autoinstr.integrations._wsgi import serving_app_argument
 
 
 def patch(module: ModuleType) -> None:  # waitress.server (waitress imports create_server from it after this)
-    wrap(module, "create_server", wrap_app_argument(0, "application"))
+    replace(module, "create_server", serving_app_argument(0, "application"))
 
 
 def unpatch(module: ModuleType) -> None:

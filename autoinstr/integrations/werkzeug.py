@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from autoinstr.integrations._wrapping import unwrap, wrap
-from autoinstr.integrations._wsgi import wrap_app_argument
+from autoinstr.integrations._wrapping import replace, unwrap
+from autoinstr.integrations._wsgi import serving_app_argument
 
 
 def patch(module: ModuleType) -> None:  # werkzeug.serving
-    wrap(module, "BaseWSGIServer.__init__", wrap_app_argument(2, "app"))
+    replace(module, "BaseWSGIServer.__init__", serving_app_argument(3, "app"))  # (self, host, port, app)
 
 
 def unpatch(module: ModuleType) -> None:

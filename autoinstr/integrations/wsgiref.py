@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from autoinstr.integrations._wrapping import unwrap, wrap
-from autoinstr.integrations._wsgi import wrap_app_argument
+from autoinstr.integrations._wrapping import replace, unwrap
+from autoinstr.integrations._wsgi import serving_app_argument
 
 
 def patch(module: ModuleType) -> None:  # wsgiref.handlers
-    wrap(module, "BaseHandler.run", wrap_app_argument(0, "application"))
+    replace(module, "BaseHandler.run", serving_app_argument(1, "application"))  # (self, application)
 
 
 def unpatch(module: ModuleType) -> None:
