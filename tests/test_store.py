@@ -71,6 +71,28 @@ def test_insert_idempotent_on_trace_and_span_id(store):
     assert store.insert([]) == 0
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 255, 257, 511, 512, 513, 1000, 1100])
+def test_batches_of_any_size_are_stored_whole_and_once(store, count):
+    # one statement per 512 rows, the rest padded with copies of its last row: never a copy stored, the count
+    # returned is the rows that were new
+    start = time.time_ns()
+    batch = [rec(1 + i // 7, i + 1, start_ns=start + i, attributes={"i": i}) for i in range(count)]
+    assert store.insert(batch) == count
+    rows = store.db.execute("SELECT span_id, attributes FROM spans ORDER BY start_ns").fetchall()
+    assert [r[0] for r in rows] == [f"{i + 1:016x}" for i in range(count)]
+    assert [r[1] for r in rows] == ['{"i":%d}' % i for i in range(count)]
+    assert store.insert(batch[: count // 2] + [rec(99, 9999, start_ns=start - 1)]) == 1
+
+
+@pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"), reason="Connection.setlimit: Python 3.11+")
+def test_an_sqlite_allowing_999_variables_gets_smaller_statements(store):
+    store.db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # as SQLite before 3.32
+    start = time.time_ns()
+    assert store.insert([rec(1, i + 1, start_ns=start + i) for i in range(700)]) == 700
+    assert store.insert([rec(2, i + 1, start_ns=start + i) for i in range(70)]) == 70
+    assert store.db.execute("SELECT count(*) FROM spans").fetchone()[0] == 770
+
+
 def test_newer_schema_refused(tmp_path):
     path = str(tmp_path / "spans.db")
     Store(path).close()

@@ -126,6 +126,7 @@ class Store:
                 self.close()
                 raise StoreError("%s is not a usable span store: %s" % (self.path, exc))
         self._last_retention = 0.0
+        self._rows_per_insert = _MAX_ROWS_PER_INSERT
 
     def _init_schema(self) -> None:
         mode = self.db.execute("PRAGMA journal_mode").fetchall()[0][0]
@@ -199,39 +200,33 @@ class Store:
     def _write(self, values: List[Any]) -> int:
         if not values:
             return 0
-        # As few statements as SQLite allows (all the rows of a batch in one, where it takes that many
-        # parameters): SQLite runs each with the GIL released, and getting it back while the app's threads
-        # compute can take a whole switch interval (5 ms) each time; executemany() would do that per row.
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
+        # As few statements as SQLite allows: each runs with the GIL released, and getting it back while the
+        # app's threads compute takes up to a switch interval (5 ms) each time. So no BEGIN/COMMIT around them
+        # (each statement is its own transaction: cheap in WAL mode, and a batch written again is stored
+        # once), and one statement per 512 rows, the last padded to a power of two (see _insert_rows).
         try:
-            try:
-                stored = self._insert_rows(values, _MAX_ROWS_PER_INSERT)
-            except sqlite3.OperationalError as exc:
-                if "variables" not in str(exc):  # "too many SQL variables": an older SQLite (limit 999)
-                    raise
-                stored = self._insert_rows(values, _ROWS_PER_INSERT)
-            db.execute("COMMIT")
-        except BaseException:
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
-        return stored
+            return self._insert_rows(values, self._rows_per_insert)
+        except sqlite3.OperationalError as exc:
+            if "variables" not in str(exc) or self._rows_per_insert == _ROWS_PER_INSERT:
+                raise
+            self._rows_per_insert = _ROWS_PER_INSERT  # "too many SQL variables": an older SQLite (limit 999)
+            return self._insert_rows(values, _ROWS_PER_INSERT)
 
     def _insert_rows(self, values: List[Any], per_statement: int) -> int:
-        """Rows in statements of `per_statement` rows, the rest in statements of halving sizes (256, 128, ...,
-        1): a few distinct statements in all, each prepared once (sqlite3 keeps up to 128 prepared statements
-        per connection: one per batch size would hold megabytes)."""
+        """Rows in statements of `per_statement` rows; a shorter rest is padded to the next power of two
+        with copies of its last row, which INSERT OR IGNORE skips as stored already. So a few distinct
+        statements in all (512, 256, ..., 1 rows), each prepared once: sqlite3 keeps up to 128 prepared
+        statements per connection, and one of 512 rows holds about 1.4 MB."""
         stored = 0
-        i, end, rows = 0, len(values), per_statement
-        while i < end:
-            while rows > 1 and (end - i) // _WIDTH < rows:
-                rows //= 2
-            step = rows * _WIDTH
-            stored += self.db.execute(_insert_sql(rows), values[i:i + step]).rowcount
-            i += step
+        step = per_statement * _WIDTH
+        execute = self.db.execute
+        for i in range(0, len(values), step):
+            part = values[i:i + step]
+            rows = len(part) // _WIDTH
+            size = 1 << (rows - 1).bit_length()
+            if size > rows:
+                part.extend(part[-_WIDTH:] * (size - rows))
+            stored += execute(_insert_sql(size), part).rowcount
         return stored
 
     def apply_retention(self, max_age_hours: float, max_mb: float, every_s: float = 60.0) -> int:
