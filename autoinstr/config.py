@@ -92,7 +92,7 @@ class Config:
         "flush_interval", "max_queue_spans", "shutdown_timeout", "debug", "max_batch_spans",
         "max_attributes", "max_attribute_length", "store_retention_hours", "store_max_mb", "flush_on_sigterm",
         "trace_response_header", "sql_obfuscation", "max_span_names", "http_request_headers", "http_response_headers",
-        "collector_token", "collector_max_body_mb",
+        "collector_token", "collector_max_body_mb", "collector_compression",
         "otlp_traces_endpoint", "otlp_protocol", "otlp_compression", "otlp_headers", "export_timeout",
         "resource_attributes",
         "statsd_prefix", "statsd_tags",
@@ -126,6 +126,9 @@ class Config:
         self.collector_url = self._url(("AUTOINSTR_COLLECTOR_URL",), "http://127.0.0.1:4990")
         self.collector_token = self._str(("AUTOINSTR_COLLECTOR_TOKEN",), "")  # agents send it; collector needs it
         self.collector_max_body_mb = self._float(("AUTOINSTR_COLLECTOR_MAX_BODY_MB",), 16.0, 0.001, 1024.0)
+        # auto: gzip, except to a collector on this machine (compressing costs CPU and saves nothing there)
+        self.collector_compression = self._choices(("AUTOINSTR_COLLECTOR_COMPRESSION",), ("auto", "gzip", "none"),
+                                                   ("auto",), single=True)[0]
         self.otlp_endpoint = self._url(("AUTOINSTR_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"), "http://127.0.0.1:4318")
         self.otlp_traces_endpoint = self._url(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",), "")  # used as is
         self.otlp_protocol = self._choices(("AUTOINSTR_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
@@ -336,6 +339,7 @@ class Config:
             ("AUTOINSTR_JSONL_PATH", self.jsonl_path),
             ("AUTOINSTR_COLLECTOR_URL", self.collector_url),
             ("AUTOINSTR_COLLECTOR_TOKEN", "(hidden)" if self.collector_token else "(none)"),
+            ("AUTOINSTR_COLLECTOR_COMPRESSION", self.collector_compression),
             ("AUTOINSTR_OTLP_ENDPOINT", self.otlp_endpoint),
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", self.otlp_traces_endpoint or "(endpoint + /v1/traces)"),
             ("AUTOINSTR_OTLP_PROTOCOL", self.otlp_protocol),

@@ -77,12 +77,32 @@ def test_registered_and_posts_msgpack_with_token(server):
 
 
 def test_large_bodies_are_gzipped_and_no_token_header_by_default(server):
-    exp = exporter(server)
+    exp = exporter(server, AUTOINSTR_COLLECTOR_COMPRESSION="gzip")
     recs = records(50, pad=100)
     exp.export(recs)
     _, headers, body = server.received[0]
     assert headers["Content-Encoding"] == "gzip" and "Authorization" not in headers
     assert decode(headers, body) == recs
+
+
+@pytest.mark.parametrize("host, compressed", [("127.0.0.1", False), ("localhost", False), ("[::1]", False),
+                                              ("collector.example", True), ("10.1.2.3", True)])
+def test_compression_auto_leaves_loopback_uncompressed(host, compressed):
+    cfg = Config({"AUTOINSTR_COLLECTOR_URL": "http://%s:4990" % host}, emit_warnings=False)
+    assert cfg.collector_compression == "auto"
+    assert CollectorExporter(cfg).compress is compressed
+    forced = Config({"AUTOINSTR_COLLECTOR_URL": "http://%s:4990" % host, "AUTOINSTR_COLLECTOR_COMPRESSION": "none"},
+                    emit_warnings=False)
+    assert CollectorExporter(forced).compress is False
+
+
+def test_loopback_bodies_go_uncompressed_by_default(server):
+    exp = exporter(server)
+    recs = records(50, pad=100)
+    exp.export(recs)
+    _, headers, body = server.received[0]
+    assert "Content-Encoding" not in headers
+    assert msgpack.unpackb(body, raw=False) == recs
 
 
 def test_4xx_is_not_retried(server):

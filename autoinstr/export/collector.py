@@ -2,7 +2,8 @@
 
     POST {AUTOINSTR_COLLECTOR_URL}/v1/spans
     Content-Type: application/msgpack          (a msgpack array of span records, as in DESIGN.md)
-    Content-Encoding: gzip                     (bodies over 1 KiB)
+    Content-Encoding: gzip                     (bodies over 1 KiB; AUTOINSTR_COLLECTOR_COMPRESSION=auto leaves
+                                               it out to a collector on this machine, gzip/none force it)
     Authorization: Bearer {AUTOINSTR_COLLECTOR_TOKEN}   (when set)
 
 HTTP goes through the exporters' shared helper (_http_post): a 2xx is success; a 5xx, 408, a timeout or a
@@ -42,6 +43,9 @@ class CollectorExporter(Exporter):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("AUTOINSTR_COLLECTOR_URL %r is not an http(s) URL" % _http_post.safe_url(self.base))
         self.timeout = float(getattr(config, "export_timeout", 10.0) or 10.0)
+        # compressing costs about a microsecond of CPU per span; over loopback it saves nothing
+        mode = getattr(config, "collector_compression", "auto")
+        self.compress = mode == "gzip" or (mode == "auto" and not _is_loopback(parts.hostname))
         self.headers = {"Content-Type": "application/msgpack"}
         if config.collector_token:
             self.headers["Authorization"] = "Bearer " + config.collector_token
@@ -54,7 +58,8 @@ class CollectorExporter(Exporter):
 
         body = msgpack.packb(records, use_bin_type=True)
         try:
-            _http_post.send(self.url, body, self.headers, self.timeout, gzip_body=len(body) > GZIP_OVER)
+            gzip_body = self.compress and len(body) > GZIP_OVER
+            _http_post.send(self.url, body, self.headers, self.timeout, gzip_body=gzip_body)
         except ExportError as exc:
             if exc.retryable:
                 raise
@@ -85,3 +90,14 @@ class CollectorExporter(Exporter):
             return False, "unreachable (%s: %s)" % (type(exc).__name__, exc)
         finally:
             conn.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import Any, Callable, Dict, Tuple
 
 from autoinstr.integrations import _dbapi
-from autoinstr.integrations._wrapping import replace, unwrap
+from autoinstr.integrations._wrapping import unwrap, wrap
 
 SYSTEM = "sqlite"
 _suppressed_get = _dbapi._suppressed_get
@@ -101,49 +101,40 @@ def _prepare(database: Any, factory: Any) -> Tuple[Any, _dbapi.DbAttributes, _db
     return prepared
 
 
-def _traced_connect(real: Callable[..., Any]) -> Callable[..., Any]:
+def _connect(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
     """sqlite3.connect, giving the connection class asked for (`factory`, positional or keyword) as its traced
-    subclass, in a connect span. A plain function (see _wrapping.replace): apps connect per request."""
-    connection_class = _sqlite3.Connection
-
-    def connect(*args: Any, **kwargs: Any) -> Any:
-        if _suppressed_get():  # the agent's own store
-            return real(*args, **kwargs)
+    subclass, in a connect span."""
+    if _suppressed_get():  # the agent's own store
+        return wrapped(*args, **kwargs)
+    try:
+        database = args[0] if args else kwargs["database"]
+        factory = args[5] if len(args) > 5 else kwargs.get("factory", _sqlite3.Connection)
         try:
-            database = args[0] if args else kwargs["database"]
-            factory = args[5] if len(args) > 5 else kwargs.get("factory", connection_class)
-            try:
-                prepared = _connects.get((database, factory)) or _prepare(database, factory)
-            except TypeError:
-                prepared = _prepare(database, factory)
-            traced, attrs, connect_attrs = prepared
-            if traced is None:
-                return real(*args, **kwargs)
-            if len(args) > 5:
-                args = args[:5] + (traced,) + args[6:]
-            else:
-                kwargs["factory"] = traced  # (a dict of this call's own)
-        except Exception:  # (no database given: the real call says so)
-            return real(*args, **kwargs)
-        connection = _dbapi.run(connect_attrs, "connect", None, None, real, *args, **kwargs)
-        try:
-            connection.__dict__[_dbapi.CACHE_ATTRIBUTE] = attrs
-        except Exception:
-            pass
-        return connection
-
-    return connect
+            prepared = _connects.get((database, factory)) or _prepare(database, factory)
+        except TypeError:
+            prepared = _prepare(database, factory)
+        traced, attrs, connect_attrs = prepared
+        if traced is None:
+            return wrapped(*args, **kwargs)
+        if len(args) > 5:
+            args = args[:5] + (traced,) + args[6:]
+        else:
+            kwargs = dict(kwargs, factory=traced)
+    except Exception:  # (no database given: the real call says so)
+        return wrapped(*args, **kwargs)
+    connection = _dbapi.run(connect_attrs, "connect", None, None, wrapped, *args, **kwargs)
+    try:
+        connection.__dict__[_dbapi.CACHE_ATTRIBUTE] = attrs
+    except Exception:
+        pass
+    return connection
 
 
 def patch(module: ModuleType) -> None:  # sqlite3 (and sqlite3.dbapi2, where connect comes from)
+    wrap(module, "connect", _connect)
     dbapi2 = getattr(module, "dbapi2", None)
-    same = dbapi2 is not None and getattr(dbapi2, "connect", None) is getattr(module, "connect", None)
-    replace(module, "connect", _traced_connect)
-    if dbapi2 is not None:
-        if same:  # one function under two names: one replacement
-            dbapi2.connect = module.connect
-        else:
-            replace(dbapi2, "connect", _traced_connect)
+    if dbapi2 is not None and getattr(dbapi2, "connect", None) is not getattr(module, "connect", None):
+        wrap(dbapi2, "connect", _connect)
 
 
 def unpatch(module: ModuleType) -> None:

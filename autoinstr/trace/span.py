@@ -345,7 +345,10 @@ class Span:
                 return
             self.end_ns = end_ns or _clock()
             try:
-                self._on_end()
+                if self.root is self and self._finished is None:  # a trace of one span (an outgoing call)
+                    Sink.submit_one(self)
+                else:
+                    self._on_end()
             except Exception:
                 _handover_failed()
         else:
