@@ -170,19 +170,55 @@ def test_span_context_is_what_span_context_gives(collected):
 
 
 @pytest.mark.parametrize("names", _http._TRACEPARENT_ONLY + (("b3", "tracecontext", "baggage"), ("b3multi",)))
-def test_the_wire_adds_what_inject_gives(collected, names):
-    """_inject_buffered's shortcut for a new trace's root and the default propagators, and its general path,
-    put on the wire exactly the headers propagation.inject() gives for the span."""
+@pytest.mark.parametrize("path", ["endheaders", "inject_buffered"])
+def test_the_wire_adds_what_inject_gives(collected, names, path, monkeypatch):
+    """The endheaders hook's shortcut for a new trace's root and the default propagators, and the general
+    path (_inject_buffered), put on the wire exactly the headers propagation.inject() gives for the span."""
     from autoinstr.trace.propagation import Propagators, inject
 
     class Conn:  # what http.client has buffered when endheaders() runs
         def __init__(self) -> None:
             self._buffer = [b"GET /x HTTP/1.1", b"Host: h", b"Accept-Encoding: identity"]
 
+    monkeypatch.setattr(_http, "_real_endheaders", lambda conn, *args, **kwargs: None)  # nothing sent
     Propagators.names = names
     call = _http.Call("GET", "http://h/x")
     assert call.fresh
     conn = Conn()
-    _http._inject_buffered(conn, call)
+    if path == "endheaders":
+        token = _http._active_set(call)  # as inside requests' Session.send
+        try:
+            _http._endheaders(conn)
+        finally:
+            _http._active_reset(token)
+        assert call.attempts == 1
+    else:
+        _http._inject_buffered(conn, call)
     expected = inject({}, call.span.context)
     assert conn._buffer[3:] == [("%s: %s" % kv).encode() for kv in expected.items()]
+
+
+@pytest.mark.parametrize("status, resends, attempts", [(200, -1, 1), (204, 0, 1), (302, -1, 0), (200, -1, 3),
+                                                      (200, 2, 1), (404, -1, 1), (503, 0, 1), (None, -1, 1),
+                                                      ("200", -1, 1)])
+@pytest.mark.parametrize("sampled", [1.0, 0.0])
+def test_answered_records_what_respond_and_end_record(collected, status, resends, attempts, sampled):
+    """Call.answered() (the shortcut for a response read inside the call) leaves the span as respond() then
+    end() would, for plain successes, errors, resends, odd statuses, sampled or not."""
+    from autoinstr.trace.span import Sampling
+
+    Sampling.configure(sampled)
+    spans = []
+    for shortcut in (False, True):
+        call = _http.Call("GET", "http://h/x")
+        call.attempts = attempts
+        if shortcut:
+            call.answered(status, resends)
+        else:
+            call.respond(status, resends)
+            call.end()
+        spans.append(call.span)
+    plain, short = spans
+    assert short.end_ns and plain.end_ns
+    assert (short.attributes, short.status, short.name) == (plain.attributes, plain.status, plain.name)
+    assert len(collected) == (2 if sampled else 0)

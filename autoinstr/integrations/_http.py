@@ -234,6 +234,20 @@ class Call:
             _statsd.client_end(self.span)
         self.span.finish()  # a second call does nothing
 
+    def answered(self, status: Any, resends: int = -1) -> None:
+        """respond() and end() at once, for a response whose body was read inside the call (the common case).
+        A plain success is recorded inline: this runs on every request, where each call made costs several
+        times its hot-loop price (the client library's own code has pushed ours out of the caches)."""
+        span = self.span
+        if span._sampled and status.__class__ is int and status < 400 and (
+                resends == 0 or resends < 0 and self.attempts <= 1):
+            span.attributes["http.response.status_code"] = status  # all that respond() records then
+        else:
+            self.respond(status, resends)
+        if _statsd.enabled:
+            _statsd.client_end(span)
+        span.finish()
+
     def context(self) -> SpanContext:
         """The span's context, for inject() (see span_context)."""
         span = self.span
@@ -533,27 +547,36 @@ def _endheaders(self: Any, *args: Any, **kwargs: Any) -> Any:
     if _suppressed_get():
         return _real_endheaders(self, *args, **kwargs)
     call = _active_get()
-    if call is not None:  # one attempt of an outer layer's logical request
+    own = call is None
+    if not own:  # one attempt of an outer layer's logical request
         call.attempts += 1
+    elif not Wire.own_spans:
+        return _real_endheaders(self, *args, **kwargs)
+    else:  # http.client used directly: the connection's own call, until getresponse()
+        stale = getattr(self, _OWNED, None)
+        if stale is not None:  # the previous request on this connection never got to getresponse()
+            _forget(self)
+            stale.end()
         try:
-            _inject_buffered(self, call)
+            call = Call(*_buffered_request(self))
         except Exception:
-            pass
-        return _real_endheaders(self, *args, **kwargs)
-    if not Wire.own_spans:
-        return _real_endheaders(self, *args, **kwargs)
-    stale = getattr(self, _OWNED, None)
-    if stale is not None:  # the previous request on this connection never got to getresponse()
-        _forget(self)
-        stale.end()
+            return _real_endheaders(self, *args, **kwargs)
     try:
-        call = Call(*_buffered_request(self))
-    except Exception:
-        return _real_endheaders(self, *args, **kwargs)
-    try:
-        _inject_buffered(self, call)
+        span = call.span
+        buffer = self._buffer
+        if call.fresh and span._sampled and buffer.__class__ is list and Propagators.names in _TRACEPARENT_ONLY:
+            # the commonest case of all, inline (a call less on every request): a new trace's root, whose
+            # propagators write a traceparent alone (a test holds this equal to inject()), straight into the
+            # buffered head as one header line, unless the app put trace headers of its own
+            head = b"\n".join(buffer).lower()
+            if head.find(b"\ntraceparent:") < 0 and head.find(b"\ntracestate:") < 0:
+                buffer.append(b"traceparent: 00-%032x-%016x-01" % (span._trace_id, span.span_id))
+        else:
+            _inject_buffered(self, call)
     except Exception:
         pass
+    if not own:
+        return _real_endheaders(self, *args, **kwargs)
     try:
         result = _real_endheaders(self, *args, **kwargs)  # connects and sends: a refused connection fails here
     except BaseException as exc:
@@ -580,14 +603,8 @@ def _inject_buffered(conn: Any, call: Call) -> None:
     """Add the trace headers to the request being built, unless the app put a header of the same family (looked
     for in one lowercased copy of the buffered head, with C loops, not Python ones)."""
     span = call.span
-    if call.fresh and span._sampled:  # Call.context(), inline: this runs on every request
-        if Propagators.names in _TRACEPARENT_ONLY:  # and what inject() gives then (a test holds them equal)
-            buffer = getattr(conn, "_buffer", None)
-            if buffer.__class__ is list:  # the commonest case of all, straight in: one header line, as bytes
-                head = b"\n".join(buffer).lower()
-                if head.find(b"\ntraceparent:") < 0 and head.find(b"\ntracestate:") < 0:  # (not the app's own)
-                    buffer.append(b"traceparent: 00-%032x-%016x-01" % (span._trace_id, span.span_id))
-                return
+    if call.fresh and span._sampled:  # Call.context(), inline (_endheaders has the traceparent-only case)
+        if Propagators.names in _TRACEPARENT_ONLY:  # what inject() gives then (a test holds them equal)
             headers = {"traceparent": format_traceparent(span._trace_id, span.span_id, True)}
         else:
             headers = inject({}, SpanContext(span._trace_id, span.span_id, True, "", None))

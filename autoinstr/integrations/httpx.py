@@ -37,10 +37,10 @@ def _prepare(call: Call, instance: Any, args: tuple, kwargs: dict) -> Tuple[tupl
 
 
 def _settle(call: Call, response: Any) -> None:
-    call.respond(response.status_code, len(response.history))
     if response.is_closed:  # read inside send() (stream=False)
-        call.end()
+        call.answered(response.status_code, len(response.history))
     else:  # streamed: this response's own close()/aclose() (iterating to the end calls them) end the span
+        call.respond(response.status_code, len(response.history))
         watch = _CloseWatch(response, call)
         response.close = watch.close
         response.aclose = watch.aclose

@@ -17,10 +17,10 @@ def _describe(session: Any, args: tuple, kwargs: dict) -> Optional[Tuple[str, st
 
 
 def _settle(call: Call, response: Any) -> None:
-    call.respond(response.status_code)
     if getattr(response, "_content_consumed", True):
-        call.end()
+        call.answered(response.status_code)
     else:  # stream=True: the body is still to be read, from the urllib3 response's http.client response
+        call.respond(response.status_code)
         end_with_body(call, getattr(response.raw, "_fp", None))
 
 
