@@ -84,6 +84,20 @@ def test_batches_of_any_size_are_stored_whole_and_once(store, count):
     assert store.insert(batch[: count // 2] + [rec(99, 9999, start_ns=start - 1)]) == 1
 
 
+def test_a_batch_of_records_is_stored_whole_or_not_at_all(store):
+    # the collector's promise: a batch it accepts is stored in one transaction, though it takes several statements
+    store.db.execute("CREATE TRIGGER boom BEFORE INSERT ON spans WHEN NEW.name = 'boom' "
+                     "BEGIN SELECT RAISE(ABORT, 'boom'); END")
+    start = time.time_ns()
+    batch = [rec(1, i + 1, start_ns=start + i, name="boom" if i == 1000 else "op") for i in range(1100)]
+    with pytest.raises(sqlite3.DatabaseError, match="boom"):
+        store.insert(batch)
+    assert store.db.execute("SELECT count(*) FROM spans").fetchone()[0] == 0
+    assert not store.db.in_transaction
+    store.db.execute("DROP TRIGGER boom")
+    assert store.insert(batch) == 1100
+
+
 @pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"), reason="Connection.setlimit: Python 3.11+")
 def test_an_sqlite_allowing_999_variables_gets_smaller_statements(store):
     store.db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # as SQLite before 3.32

@@ -185,7 +185,7 @@ class Store:
             add((trace_key(r["trace_id"]), r["trace_id"], r["span_id"], r["parent_id"], r["name"], r["kind"],
                  r["service"], int(r["start_ns"]), int(r["duration_ns"]), r["status"],
                  _attributes_json(r["attributes"]), to_json(r["events"]) if r["events"] else "[]"))
-        return self._write(values)
+        return self._write(values, atomic=True)
 
     def insert_fields(self, spans: Iterable[Sequence[Any]]) -> int:
         """insert() for the agent's own spans as export.records.span_fields() gives them (no dicts)."""
@@ -195,22 +195,42 @@ class Store:
             key = f[11] & _MASK64
             add((key - _TWO64 if key >= _TWO63 else key, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
                  _attributes_json(f[9]), to_json(f[10]) if f[10] else "[]"))
-        return self._write(values)
+        return self._write(values, atomic=False)  # a batch failing part-way is retried whole, stored once
 
-    def _write(self, values: List[Any]) -> int:
+    def _write(self, values: List[Any], atomic: bool) -> int:
+        """Store the rows; `atomic`: all or none (the collector's promise for a batch it accepts)."""
         if not values:
             return 0
         # As few statements as SQLite allows: each runs with the GIL released, and getting it back while the
-        # app's threads compute takes up to a switch interval (5 ms) each time. So no BEGIN/COMMIT around them
-        # (each statement is its own transaction: cheap in WAL mode, and a batch written again is stored
-        # once), and one statement per 512 rows, the last padded to a power of two (see _insert_rows).
+        # app's threads compute takes up to a switch interval (5 ms) each time. One statement per 512 rows, the
+        # last padded to a power of two (see _insert_rows); the agent's own spans go without BEGIN/COMMIT
+        # around them (each statement is its own transaction, cheap in WAL mode, and a batch written again
+        # is stored once), a batch that must be stored whole gets a transaction when it takes several.
+        db = self.db
+        transaction = atomic and len(values) > self._rows_per_insert * _WIDTH
+        if transaction:
+            db.execute("BEGIN IMMEDIATE")
         try:
-            return self._insert_rows(values, self._rows_per_insert)
-        except sqlite3.OperationalError as exc:
-            if "variables" not in str(exc) or self._rows_per_insert == _ROWS_PER_INSERT:
-                raise
-            self._rows_per_insert = _ROWS_PER_INSERT  # "too many SQL variables": an older SQLite (limit 999)
-            return self._insert_rows(values, _ROWS_PER_INSERT)
+            try:
+                stored = self._insert_rows(values, self._rows_per_insert)
+            except sqlite3.OperationalError as exc:
+                if "variables" not in str(exc) or self._rows_per_insert == _ROWS_PER_INSERT:
+                    raise
+                self._rows_per_insert = _ROWS_PER_INSERT  # "too many SQL variables": an older SQLite (limit 999)
+                if atomic and not transaction:
+                    db.execute("BEGIN IMMEDIATE")
+                    transaction = True
+                stored = self._insert_rows(values, _ROWS_PER_INSERT)
+            if transaction:
+                db.execute("COMMIT")
+        except BaseException:
+            if transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+        return stored
 
     def _insert_rows(self, values: List[Any], per_statement: int) -> int:
         """Rows in statements of `per_statement` rows; a shorter rest is padded to the next power of two
