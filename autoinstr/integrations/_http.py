@@ -563,7 +563,7 @@ def _endheaders(self: Any, *args: Any, **kwargs: Any) -> Any:
             return _real_endheaders(self, *args, **kwargs)
     try:
         span = call.span
-        buffer = self._buffer
+        buffer = getattr(self, "_buffer", None)  # (a connection without one: _inject_buffered uses putheader)
         if call.fresh and span._sampled and buffer.__class__ is list and Propagators.names in _TRACEPARENT_ONLY:
             # the commonest case of all, inline (a call less on every request): a new trace's root, whose
             # propagators write a traceparent alone (a test holds this equal to inject()), straight into the
