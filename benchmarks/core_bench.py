@@ -42,9 +42,12 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "peers"))
+from sink import DD_TRACING_ONLY, count_datadog, count_otlp  # noqa: E402  (the peer suite's sink decoding)
+
 REPO = HERE.parent
 VENVS = HERE / ".venvs"
 DEFAULT_OUT = HERE / "results" / "core.md"
@@ -59,26 +62,7 @@ RUN_TIMEOUT = 600.0
 RSS_RUNS = 3  # peak RSS barely varies between runs
 
 # Peers get the same loopback sink and everything but tracing switched off, so we compare tracers, not products.
-DD_SETTINGS = {
-    "DD_SERVICE": "bench",
-    "DD_PROFILING_ENABLED": "false",
-    "DD_APPSEC_ENABLED": "false",
-    "DD_IAST_ENABLED": "false",
-    "DD_APPSEC_SCA_ENABLED": "false",
-    "DD_REMOTE_CONFIGURATION_ENABLED": "false",
-    "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
-    "DD_RUNTIME_METRICS_ENABLED": "false",
-    "DD_DATA_STREAMS_ENABLED": "false",
-    "DD_CRASHTRACKING_ENABLED": "false",
-    "DD_DYNAMIC_INSTRUMENTATION_ENABLED": "false",
-    "DD_EXCEPTION_REPLAY_ENABLED": "false",
-    "DD_SYMBOL_DATABASE_UPLOAD_ENABLED": "false",
-    "DD_LLMOBS_ENABLED": "false",
-    "DD_TRACE_STATS_COMPUTATION_ENABLED": "false",
-    "DD_TRACE_HEALTH_METRICS_ENABLED": "false",
-    "DD_TRACE_STARTUP_LOGS": "false",
-    "DD_TRACE_DEBUG": "false",
-}
+DD_SETTINGS = dict(DD_TRACING_ONLY, DD_SERVICE="bench")
 OTEL_SETTINGS = {
     "OTEL_SERVICE_NAME": "bench",
     "OTEL_TRACES_EXPORTER": "otlp",
@@ -229,111 +213,6 @@ def read_versions(venv: Venv) -> None:
 # ------------------------------------------------------------------------------------------------------------- sink
 
 
-def _mp_head(b: bytes, i: int) -> tuple[str, int, int]:
-    """One msgpack header at i: ('a', items) array, ('m', pairs) map or ('s', payload bytes) scalar; next offset."""
-    t = b[i]
-    i += 1
-    if t <= 0x7F or t >= 0xE0 or t in (0xC0, 0xC2, 0xC3):
-        return "s", 0, i
-    if 0x80 <= t <= 0x8F:
-        return "m", t & 0x0F, i
-    if 0x90 <= t <= 0x9F:
-        return "a", t & 0x0F, i
-    if 0xA0 <= t <= 0xBF:
-        return "s", t & 0x1F, i
-    fixed = {0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
-    fixed.update({0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17})  # fixext: type byte + data
-    if t in fixed:
-        return "s", fixed[t], i
-    width = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4, 0xC7: 1, 0xC8: 2, 0xC9: 4, 0xDC: 2, 0xDD: 4}
-    width.update({0xDE: 2, 0xDF: 4})
-    if t not in width:
-        raise ValueError(f"bad msgpack byte 0x{t:02x}")
-    w = width[t]
-    n = int.from_bytes(b[i : i + w], "big")
-    i += w
-    if t in (0xDC, 0xDD):
-        return "a", n, i
-    if t in (0xDE, 0xDF):
-        return "m", n, i
-    return "s", n + (1 if t in (0xC7, 0xC8, 0xC9) else 0), i  # ext carries a type byte
-
-
-def _mp_skip(b: bytes, i: int) -> int:
-    todo = 1
-    while todo:
-        kind, n, i = _mp_head(b, i)
-        todo -= 1
-        if kind == "s":
-            i += n
-        else:
-            todo += n if kind == "a" else 2 * n
-    return i
-
-
-def count_dd_spans(body: bytes, path: str) -> int:
-    """Spans in a Datadog agent payload: v0.4 is [[span, ...], ...], v0.5 is [strings, [[span, ...], ...]]."""
-    i = 0
-    if "/v0.5/" in path:
-        kind, n, i = _mp_head(body, i)
-        if kind != "a" or n != 2:
-            raise ValueError("v0.5 payload is not a 2-array")
-        i = _mp_skip(body, i)  # string table
-    kind, traces, i = _mp_head(body, i)
-    if kind != "a":
-        raise ValueError("trace list is not an array")
-    spans = 0
-    for _ in range(traces):
-        kind, n, i = _mp_head(body, i)
-        spans += n
-        for _ in range(n):
-            i = _mp_skip(body, i)
-    return spans
-
-
-def _varint(b: bytes, i: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        c = b[i]
-        i += 1
-        value |= (c & 0x7F) << shift
-        if c < 0x80:
-            return value, i
-        shift += 7
-
-
-def _pb_fields(b: bytes, i: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(field number, start, end) of each length-delimited field in b[i:end]; other wire types are skipped."""
-    while i < end:
-        key, i = _varint(b, i)
-        wire = key & 7
-        if wire == 0:
-            _, i = _varint(b, i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        elif wire == 2:
-            n, i = _varint(b, i)
-            yield key >> 3, i, i + n
-            i += n
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-
-
-def count_otlp_spans(body: bytes) -> int:
-    """ExportTraceServiceRequest.resource_spans(1).scope_spans(2).spans(2)."""
-    n = 0
-    for f1, s1, e1 in _pb_fields(body, 0, len(body)):
-        if f1 != 1:
-            continue
-        for f2, s2, e2 in _pb_fields(body, s1, e1):
-            if f2 != 2:
-                continue
-            n += sum(1 for f3, _, _ in _pb_fields(body, s2, e2) if f3 == 2)
-    return n
-
-
 @dataclass
 class SinkTake:
     requests: Counter = field(default_factory=Counter)  # "METHOD path" -> count
@@ -407,9 +286,9 @@ class Sink:
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
                 if path.split("?")[0].endswith("/traces") and "/v0." in path:
-                    out.spans += count_dd_spans(body, path)
+                    out.spans += count_datadog(body, path)
                 elif path.split("?")[0].endswith("/v1/traces"):
-                    out.spans += count_otlp_spans(body)
+                    out.spans += count_otlp(body)
             except (ValueError, IndexError, OSError, zlib.error) as e:
                 out.decode_errors.append(f"{path}: {e}")
         return out

@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from sink import Received, Sink, Stub  # noqa: E402
+from sink import DD_TRACING_ONLY, Received, Sink, Stub  # noqa: E402
 
 REPO = HERE.parent.parent
 VENVS = HERE.parent / ".venvs"
@@ -218,28 +218,7 @@ def peer_settings(sink_url: str) -> Dict[str, Dict[str, str]]:
             "AUTOINSTR_EXPORTER": "collector",  # msgpack over HTTP, to the sink standing in for the collector
             "AUTOINSTR_COLLECTOR_URL": sink_url,
         },
-        "ddtrace": {
-            "DD_SERVICE": "refapp",
-            "DD_TRACE_AGENT_URL": sink_url,
-            "DD_TRACE_ENABLED": "true",
-            "DD_PROFILING_ENABLED": "false",
-            "DD_APPSEC_ENABLED": "false",
-            "DD_IAST_ENABLED": "false",
-            "DD_APPSEC_SCA_ENABLED": "false",
-            "DD_REMOTE_CONFIGURATION_ENABLED": "false",
-            "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
-            "DD_RUNTIME_METRICS_ENABLED": "false",
-            "DD_DATA_STREAMS_ENABLED": "false",
-            "DD_CRASHTRACKING_ENABLED": "false",
-            "DD_DYNAMIC_INSTRUMENTATION_ENABLED": "false",
-            "DD_EXCEPTION_REPLAY_ENABLED": "false",
-            "DD_SYMBOL_DATABASE_UPLOAD_ENABLED": "false",
-            "DD_LLMOBS_ENABLED": "false",
-            "DD_TRACE_STATS_COMPUTATION_ENABLED": "false",
-            "DD_TRACE_HEALTH_METRICS_ENABLED": "false",
-            "DD_TRACE_STARTUP_LOGS": "false",
-            "DD_TRACE_DEBUG": "false",
-        },
+        "ddtrace": dict(DD_TRACING_ONLY, DD_SERVICE="refapp", DD_TRACE_AGENT_URL=sink_url, DD_TRACE_ENABLED="true"),
         "otel": {
             "OTEL_SERVICE_NAME": "refapp",
             "OTEL_TRACES_EXPORTER": "otlp",

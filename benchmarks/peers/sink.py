@@ -28,6 +28,16 @@ _ARRAY_WIDTH = {0xDC: 2, 0xDD: 4}
 _MAP_WIDTH = {0xDE: 2, 0xDF: 4}
 
 
+# ddtrace with everything but tracing switched off (both benchmarks compare tracers, not products)
+DD_TRACING_ONLY = {name: "false" for name in (
+    "DD_PROFILING_ENABLED", "DD_APPSEC_ENABLED", "DD_IAST_ENABLED", "DD_APPSEC_SCA_ENABLED",
+    "DD_REMOTE_CONFIGURATION_ENABLED", "DD_INSTRUMENTATION_TELEMETRY_ENABLED", "DD_RUNTIME_METRICS_ENABLED",
+    "DD_DATA_STREAMS_ENABLED", "DD_CRASHTRACKING_ENABLED", "DD_DYNAMIC_INSTRUMENTATION_ENABLED",
+    "DD_EXCEPTION_REPLAY_ENABLED", "DD_SYMBOL_DATABASE_UPLOAD_ENABLED", "DD_LLMOBS_ENABLED",
+    "DD_TRACE_STATS_COMPUTATION_ENABLED", "DD_TRACE_HEALTH_METRICS_ENABLED", "DD_TRACE_STARTUP_LOGS",
+    "DD_TRACE_DEBUG")}
+
+
 def msgpack_header(b: bytes, i: int) -> Tuple[str, int, int]:
     """The item at i: ("array", n items, next) / ("map", n pairs, next) / ("raw", payload bytes, next)."""
     t = b[i]
