@@ -296,3 +296,37 @@ def test_zero_padded_trace_ids_are_stored_and_found_apart(store):
     assert [r["name"] for r in store.spans(trace_id="%032x" % 0xA1)] == ["a"]
     assert [r["name"] for r in store.spans(trace_id="%032x" % 0xB2)] == ["b"]
     assert store.count() == 2  # same span id and start, different traces: two spans
+
+
+def test_a_store_of_schema_1_loses_its_trace_index_when_opened_for_writing(tmp_path):
+    """Schema 2 has no trace index (it made each stored span dirty a random page of its own): a writer opening
+    an older store drops it; its spans stay, and trace lookups (a scan) still find them."""
+    path = str(tmp_path / "old.db")
+    s = Store(path)
+    s.insert([rec(7, 1), rec(7, 2, parent=1), rec(8, 3)])
+    s.db.execute("CREATE INDEX spans_trace ON spans (trace_key)")
+    s.db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    s.close()
+    reader = Store(path, create=False, readonly=True)  # a reader leaves it as it is
+    assert reader.db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'spans_trace'").fetchone()[0] == 1
+    reader.close()
+    s = Store(path)
+    indexes = [r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'spans' "
+                                          "AND name NOT LIKE 'sqlite_%'")]
+    assert indexes == ["spans_identity"]
+    assert int(s.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]) == SCHEMA_VERSION
+    assert sorted(r["span_id"] for r in s.spans(trace_id="%032x" % 7)) == ["%016x" % 1, "%016x" % 2]
+    s.close()
+
+
+def test_trace_lookups_within_id_ranges(store):
+    from autoinstr.store import trace_links, trace_spans
+
+    store.insert([rec(5, 1, start_ns=30), rec(6, 2), rec(5, 3, parent=1, start_ns=10), rec(6, 4), rec(5, 5, start_ns=20)])
+    trace = "%032x" % 5
+    assert [r["span_id"][-1] for r in trace_spans(store, trace, 10)] == ["3", "5", "1"]  # by start time
+    assert [r["span_id"][-1] for r in trace_spans(store, trace, 10, [(1, 3)])] == ["3", "1"]
+    assert [r["span_id"][-1] for r in trace_spans(store, trace, 10, [(1, 1), (4, None)])] == ["5", "1"]
+    assert [r["span_id"][-1] for r in trace_spans(store, trace, 2, [(1, 2), (2, 5)])] == ["3", "5"]
+    assert [r[0][-1] for r in trace_links(store, trace, [(2, 4)])] == ["3"]
+    assert trace_spans(store, "%032x" % 9, 10) == []

@@ -1,8 +1,8 @@
 """The SQLite span store: written by the local exporter (and later the collector), read by `autoinstr spans`,
 `autoinstr report` and the UI.
 
-Several processes (gunicorn workers) write at once: WAL journal, a busy timeout, one short IMMEDIATE
-transaction per batch, and `INSERT OR IGNORE` on (trace_id, span_id) so a retried batch is stored once.
+Several processes (gunicorn workers) write at once: WAL journal, a busy timeout, a few multi-row
+statements per batch, and `INSERT OR IGNORE` on the span's identity so a retried batch is stored once.
 The schema carries a version; a store written by a newer autoinstr is refused rather than damaged.
 """
 
@@ -19,9 +19,11 @@ from autoinstr.jsontext import compact_encoder
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+    from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-SCHEMA_VERSION = 1
+    IdRanges = Optional[Sequence[Tuple[int, Optional[int]]]]
+
+SCHEMA_VERSION = 2  # 2: no trace index (spans_trace), see below
 BUSY_TIMEOUT_MS = 5000
 
 _SCHEMA = """
@@ -42,13 +44,15 @@ CREATE TABLE IF NOT EXISTS spans (
     events TEXT NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS spans_identity ON spans (start_ns, span_id, trace_key);
-CREATE INDEX IF NOT EXISTS spans_trace ON spans (trace_key);
 """
-# Why these keys: random ids make random B-tree inserts, the dearest part of an insert. The identity
-# of a stored span (a retried batch is stored once) is (start_ns, span_id, trace_key), in time order;
-# trace lookups go through trace_key, the trace id's low 64 bits as an integer: a small index. No more
-# indexes: each costs about 1-3 us per stored span on the flush thread, which shares the app's GIL (an
-# index on (service, name, start_ns) was dropped for that; the report scans by time).
+# One index: the identity of a stored span (a retried batch is stored once), (start_ns, span_id, trace_key),
+# in time order, so new entries go to the end of the B-tree. An index keyed by trace id takes its entries at
+# random places: once it outgrows SQLite's page cache every stored span dirtied a page of its own (4 KB more
+# to the WAL per span), and a span cost 17 us to store at 200,000 spans instead of 1.6 us, on the flush thread
+# that shares the app's GIL. So trace lookups are the readers' business: the UI keeps each trace's spans.id
+# range in its sidecar (autoinstr.ui.rollup) and reads that range; other readers scan (trace_key, the trace
+# id's low 64 bits as an integer, makes that scan an integer comparison per row).
+_DROPPED_INDEXES = ("spans_trace",)  # by schema version 2
 
 COLUMNS = ("trace_id", "span_id", "parent_id", "name", "kind", "service", "start_ns", "duration_ns", "status",
            "attributes", "events")
@@ -141,6 +145,8 @@ class Store:
             return
         self.db.execute("BEGIN IMMEDIATE")
         try:
+            for index in _DROPPED_INDEXES:  # a store written by an older autoinstr
+                self.db.execute("DROP INDEX IF EXISTS %s" % index)
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self.db.execute(statement)
@@ -323,10 +329,10 @@ class Store:
         return [r for r in self.db.execute(sql, args).fetchall() if isinstance(r[2], str)]
 
     def slowest_roots(self, limit: int, since_ns: Optional[int] = None) -> List[Dict[str, Any]]:
-        """The slowest spans that start a trace's tree here (no parent, or a parent not in the store)."""
-        sql = ("SELECT %s FROM spans s WHERE (s.parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM spans p WHERE "
-               "p.trace_key = s.trace_key AND p.trace_id = s.trace_id AND p.span_id = s.parent_id))"
-               % ", ".join("s." + c for c in COLUMNS))
+        """The slowest spans that start a trace's tree here (no parent, or a parent not in the store). A join,
+        not a correlated subquery: SQLite builds a transient index for it (there is no trace index)."""
+        sql = ("SELECT %s FROM spans s LEFT JOIN spans p ON p.trace_key = s.trace_key AND p.trace_id = s.trace_id "
+               "AND p.span_id = s.parent_id WHERE p.id IS NULL" % ", ".join("s." + c for c in COLUMNS))
         args: List[Any] = []
         if since_ns:
             sql += " AND s.start_ns >= ?"
@@ -393,17 +399,39 @@ def index_rows(store: Store, after_id: int, upto_id: int) -> List[Sequence[Any]]
     return store.db.execute(sql, (after_id, upto_id)).fetchall()
 
 
-def trace_links(store: Store, trace_id: str) -> List[Sequence[Any]]:
-    """(span_id, parent_id, service, kind, name) of every span of a trace (through the trace_key index)."""
-    return store.db.execute("SELECT span_id, parent_id, service, kind, name FROM spans WHERE trace_key = ? AND "
-                            "trace_id = ?", (trace_key(trace_id), trace_id)).fetchall()
+def _trace_rows(store: Store, columns: str, trace_id: str, ranges: IdRanges) -> List[Sequence[Any]]:
+    """Rows (id first, then `columns`) of a trace's spans within the spans.id ranges (lo, hi) given, hi None
+    for no end (ranges from the UI's sidecar); ranges None: the whole store, scanned (there is no trace index)."""
+    key = trace_key(trace_id)
+    sql = "SELECT id, %s FROM spans WHERE trace_key = ? AND trace_id = ?" % columns
+    if ranges is None:
+        return store.db.execute(sql, (key, trace_id)).fetchall()
+    rows: Dict[int, Sequence[Any]] = {}
+    for lo, hi in ranges:
+        if hi is None:
+            found = store.db.execute(sql + " AND id >= ?", (key, trace_id, lo))
+        else:
+            found = store.db.execute(sql + " AND id BETWEEN ? AND ?", (key, trace_id, lo, hi))
+        for row in found:
+            rows[row[0]] = row
+    return [rows[i] for i in sorted(rows)]
 
 
-def trace_spans(store: Store, trace_id: str, limit: int) -> List[Dict[str, Any]]:
-    """The spans of one trace, in start order, at most limit (through the trace_key index)."""
-    rows = store.db.execute("SELECT %s FROM spans WHERE trace_key = ? AND trace_id = ? ORDER BY start_ns, id LIMIT ?"
-                            % ", ".join(COLUMNS), (trace_key(trace_id), trace_id, int(limit))).fetchall()
-    return [row_to_record(r) for r in rows]
+def trace_links(store: Store, trace_id: str, ranges: IdRanges = None) -> List[Sequence[Any]]:
+    """(span_id, parent_id, service, kind, name) of every span of a trace (within `ranges`: see _trace_rows)."""
+    return [r[1:] for r in _trace_rows(store, "span_id, parent_id, service, kind, name", trace_id, ranges)]
+
+
+def trace_spans(store: Store, trace_id: str, limit: int, ranges: IdRanges = None) -> List[Dict[str, Any]]:
+    """The spans of one trace, in start order, at most limit (within `ranges`: see _trace_rows)."""
+    rows = sorted(_trace_rows(store, ", ".join(COLUMNS), trace_id, ranges), key=lambda r: (r[7], r[0]))
+    return [row_to_record(r[1:]) for r in rows[:int(limit)]]
+
+
+def oldest_id(store: Store) -> int:
+    """The lowest spans.id stored (0 for an empty store)."""
+    row = store.db.execute("SELECT min(id) FROM spans").fetchone()
+    return int(row[0] or 0)
 
 
 def search_spans(store: Store, lo_id: int, hi_id: int, where: Sequence[str], args: Sequence[Any],

@@ -217,7 +217,8 @@ class UIApp:
         span = params.get("span") or ""
         if span and not _is_hex(span, 16):
             raise BadRequest("span must be a span id of 16 hexadecimal digits")
-        data = queries.trace_page(self._store(), params.get("trace") or "")
+        data = queries.trace_page(self._store(), params.get("trace") or "", sidecar=self._db(),
+                                  indexed_id=self.rollup.last_id)
         return data, lambda: pages.trace_page(base, data, status, span.lower())
 
     def page_search(self, params: Dict[str, str], status: Dict[str, Any], base: str) -> Any:

@@ -1,5 +1,5 @@
 """What each page shows, as plain dicts: read from the sidecar's rollups (autoinstr.ui.rollup) and, for traces
-and search, from the span store through its indexes (trace_key; spans.id ranges). No HTML here."""
+and search, from the span store by spans.id ranges (the sidecar's). No HTML here."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import time
 
 from autoinstr import store as store_mod
-from autoinstr.ui.rollup import ENTRY_KINDS, bin_bounds_ns, percentiles
+from autoinstr.ui.rollup import ENTRY_KINDS, bin_bounds_ns, percentiles, trace_ranges
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -450,9 +450,13 @@ def parse_trace_id(value: str) -> str:
     return value.rjust(32, "0")
 
 
-def trace_page(store: Any, trace_id: str, limit: int = TRACE_SPAN_LIMIT) -> Dict[str, Any]:
+def trace_page(store: Any, trace_id: str, limit: int = TRACE_SPAN_LIMIT, sidecar: Any = None,
+               indexed_id: int = 0) -> Dict[str, Any]:
+    """A trace's waterfall; with the sidecar (and how far it has indexed the store), read from the trace's id
+    range and the spans not indexed yet, else from a scan of the store."""
     trace_id = parse_trace_id(trace_id)
-    spans = store_mod.trace_spans(store, trace_id, limit + 1)
+    ranges = trace_ranges(sidecar, trace_id, indexed_id) if sidecar is not None else None
+    spans = store_mod.trace_spans(store, trace_id, limit + 1, ranges)
     if not spans:
         raise NotFound("no spans of trace %s in this store" % trace_id)
     truncated = len(spans) > limit

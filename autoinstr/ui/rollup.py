@@ -19,6 +19,8 @@ Sidecar: `<store>.ui` beside the store (a temporary file when that folder cannot
     edge_stats(res, t, edge_id, count, errors, sum_ns) / edge_hist(res, t, edge_id, bin, count)
     entries(id, op_id, start_ns, duration_ns, error, trace_id, span_id)   every endpoint span: slowest traces
     id_ranges(t, min_id, max_id)                      per minute of start time: which spans.id range holds it
+    traces(trace_key, min_id, max_id)                 per trace (trace_key: the store's), the spans.id range
+                                                      holding its spans: the store has no trace index
     pending(...)                                      client spans whose server side has not been stored yet
 
 Each catch-up step is one IMMEDIATE transaction on the sidecar that reads `last_id` inside it, so several
@@ -43,11 +45,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-SIDECAR_VERSION = "4"
+SIDECAR_VERSION = "5"
 STAT_RESOLUTIONS = (10, 60, 3600)  # seconds per bucket of the endpoint rollups (stats, hist)
 CALL_RESOLUTIONS = (60, 3600)  # and of the calls and edges rollups
 RESOLUTIONS = STAT_RESOLUTIONS
 CHUNK = 50000
+LOOKAHEAD = 2000  # spans read past a chunk's end for lookups
+TAIL_SCANS = 4  # and scans of what follows, per chunk, for a parent stored later still
 BINS_PER_OCTAVE = 8
 MAX_BIN = 255
 PENDING_TTL_S = 15.0  # a client span whose server side has not arrived by then goes to an external peer
@@ -81,12 +85,13 @@ CREATE TABLE IF NOT EXISTS entries (id INTEGER PRIMARY KEY, op_id INTEGER NOT NU
 CREATE INDEX IF NOT EXISTS entries_op_duration ON entries (op_id, duration_ns);
 CREATE INDEX IF NOT EXISTS entries_start ON entries (start_ns);
 CREATE TABLE IF NOT EXISTS id_ranges (t INTEGER PRIMARY KEY, min_id INTEGER, max_id INTEGER);
+CREATE TABLE IF NOT EXISTS traces (trace_key INTEGER PRIMARY KEY, min_id INTEGER, max_id INTEGER);
 CREATE TABLE IF NOT EXISTS pending (id INTEGER PRIMARY KEY, trace_id TEXT NOT NULL, span_id TEXT NOT NULL,
     service TEXT NOT NULL, start_ns INTEGER NOT NULL, duration_ns INTEGER NOT NULL, error INTEGER NOT NULL,
     peer TEXT NOT NULL, first_seen REAL NOT NULL)
 """
 _TABLES = ("ops", "stats", "hist", "calls", "call_stats", "call_hist", "edges", "edge_stats", "edge_hist",
-           "entries", "id_ranges", "pending")
+           "entries", "id_ranges", "traces", "pending")
 
 _LOG2_STEP = BINS_PER_OCTAVE / math.log(2)
 
@@ -140,6 +145,16 @@ def sidecar_path(store_path: str) -> str:
     digest = hashlib.sha256(os.path.abspath(store_path).encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), "autoinstr-ui-%d-%s.db" % (os.getuid() if hasattr(os, "getuid")
                                                                           else 0, digest))
+
+
+def trace_ranges(db: sqlite3.Connection, trace_id: str, indexed_id: int) -> List[Tuple[int, Optional[int]]]:
+    """The spans.id ranges that hold a trace's spans: its range in the sidecar (the spans indexed so far,
+    up to indexed_id) and the spans not indexed yet (after indexed_id). For store_mod.trace_spans()."""
+    row = db.execute("SELECT min_id, max_id FROM traces WHERE trace_key = ?",
+                     (store_mod.trace_key(trace_id),)).fetchone()
+    ranges: List[Tuple[int, Optional[int]]] = [(int(row[0]), int(row[1]))] if row else []
+    ranges.append((indexed_id + 1, None))
+    return ranges
 
 
 def connect_sidecar(path: str) -> sqlite3.Connection:
@@ -278,7 +293,10 @@ class Rollup:
                 db.execute("COMMIT")
                 return 0, False
             rows = store_mod.index_rows(store, last_id, upto)
-            self._index(rows)
+            # the spans written right after this chunk, only for finding parents and children across its end
+            # (a trace's spans are written together, so a chunk's end may split one)
+            ahead = store_mod.index_rows(store, upto, min(top, upto + LOOKAHEAD)) if upto < top else []
+            self._index(rows, ahead)
             self._set_meta("last_id", upto)
             self._set_meta("last_span", store_mod.span_id_at(store, upto) or "")
             db.execute("COMMIT")
@@ -342,29 +360,41 @@ class Rollup:
 
     # ------------------------------------------------------------------------------ indexing
 
-    def _index(self, rows: List[Sequence[Any]]) -> None:
-        """Aggregate one chunk of spans (in id order) into the rollups (within the caller's transaction)."""
-        spans: Dict[Tuple[str, str], Tuple[Any, ...]] = {}
-        children: Dict[Tuple[str, str], List[Tuple[Any, ...]]] = {}
-        for row in rows:
-            spans[(row[1], row[2])] = row
-            if row[3] is not None and row[5] in ENTRY_KINDS:
-                children.setdefault((row[1], row[3]), []).append(row)
+    def _index(self, rows: List[Sequence[Any]], ahead: Sequence[Sequence[Any]] = ()) -> None:
+        """Aggregate one chunk of spans (in id order) into the rollups (within the caller's transaction);
+        `ahead`: the spans stored right after the chunk, looked at only to find parents and children."""
+        spans, children = _links(rows)
+        spans_ahead, children_ahead = _links(ahead)
         carry, carry_children = self._carry, self._carry_children
         looked_up: Dict[str, Dict[str, Tuple[Any, ...]]] = {}
-        store = self.store()
+        ranges: Dict[int, List[int]] = {}  # trace_key -> [min id, max id] of this chunk's spans
+        key_of = store_mod.trace_key
+        for row in rows:
+            tkey = key_of(row[1])
+            rng = ranges.get(tkey)
+            if rng is None:
+                ranges[tkey] = [row[0], row[0]]
+            else:
+                rng[1] = row[0]  # rows come in id order
+
+        tail_from = (ahead[-1][0] if ahead else rows[-1][0] if rows else 0) + 1
+        tail_scans = [TAIL_SCANS]
 
         def find(trace_id: str, span_id: str) -> Optional[Tuple[Any, ...]]:
             key = (trace_id, span_id)
-            hit = spans.get(key) or carry.get(key)
+            hit = spans.get(key) or carry.get(key) or spans_ahead.get(key)
             if hit is not None:
                 return hit
             trace = looked_up.get(trace_id)
-            if trace is None:  # not in this chunk nor the last: the store, through its trace index
-                trace = looked_up[trace_id] = {
-                    r[0]: (None, trace_id, r[0], r[1], r[4], r[3], r[2])
-                    for r in store_mod.trace_links(store, trace_id)}
-            return trace.get(span_id)
+            if trace is None:  # indexed before the last chunk: the store, in the trace's id range
+                trace = looked_up[trace_id] = self._stored_links(trace_id)
+            hit = trace.get(span_id)
+            if hit is None and span_id and tail_scans[0] > 0:  # stored later than the look-ahead reached (a
+                # trace of thousands of spans cut by the chunk's end): a scan of the rest, a few per chunk
+                tail_scans[0] -= 1
+                trace.update(self._stored_links(trace_id, (tail_from, None)))
+                hit = trace.get(span_id)
+            return hit
 
         # per 10 s (stats, hist) and per minute (calls) here; the coarser rows are folded from these afterwards
         stats: Dict[Tuple[int, int], List[int]] = {}
@@ -402,7 +432,7 @@ class Rollup:
 
             # the endpoint this span runs in: itself (a server/consumer span, a local root), else the nearest
             # such ancestor of the same service
-            parent = find(trace_id, parent_id) if parent_id is not None else None
+            parent = find(trace_id, parent_id) if parent_id is not None and kind not in ENTRY_KINDS else None
             is_entry = kind in ENTRY_KINDS or parent is None or parent[6] != service
             b = -1
             if is_entry:
@@ -470,7 +500,8 @@ class Rollup:
                 edge_rows.append((self._edge(service, target, "db"), t_s, duration, error, b))
                 continue
             child = None
-            for c in children.get((trace_id, span_id), ()) or carry_children.get((trace_id, span_id), ()):
+            key = (trace_id, span_id)
+            for c in children.get(key, ()) or carry_children.get(key, ()) or children_ahead.get(key, ()):
                 child = c
                 break
             if child is None:
@@ -510,6 +541,9 @@ class Rollup:
         db.executemany("INSERT INTO id_ranges VALUES (?, ?, ?) ON CONFLICT (t) DO UPDATE SET "
                        "min_id = min(min_id, excluded.min_id), max_id = max(max_id, excluded.max_id)",
                        [(t, r[0], r[1]) for t, r in id_ranges.items()])
+        db.executemany("INSERT INTO traces VALUES (?, ?, ?) ON CONFLICT (trace_key) DO UPDATE SET "
+                       "min_id = min(min_id, excluded.min_id), max_id = max(max_id, excluded.max_id)",
+                       [(k, r[0], r[1]) for k, r in ranges.items()])
         if pending:
             db.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", pending)
         self._write_edges(edge_rows)
@@ -537,13 +571,25 @@ class Rollup:
         self.db.executemany("INSERT INTO edge_hist VALUES (?, ?, ?, ?, ?) ON CONFLICT (res, t, edge_id, bin) DO "
                             "UPDATE SET count = count + excluded.count", _fold(hist, None, CALL_RESOLUTIONS))
 
+    def _stored_links(self, trace_id: str, ids: Optional[Tuple[int, Optional[int]]] = None
+                      ) -> Dict[str, Tuple[Any, ...]]:
+        """{span_id: row} of a trace's spans indexed so far, or of those in the spans.id range `ids` (the
+        shape of index_rows' rows, with no id and no extra)."""
+        if ids is None:
+            row = self.db.execute("SELECT min_id, max_id FROM traces WHERE trace_key = ?",
+                                  (store_mod.trace_key(trace_id),)).fetchone()
+            if row is None:
+                return {}
+            ids = (row[0], row[1])
+        return {r[0]: (None, trace_id, r[0], r[1], r[4], r[3], r[2])
+                for r in store_mod.trace_links(self.store(), trace_id, [ids])}
+
     def _resolve_pending(self, force: bool) -> None:
         """Client spans seen without their server side: pair them now that it may be stored, or, after
         PENDING_TTL_S (or with force), count them as calls to an external peer."""
         db = self.db
         if not db.execute("SELECT 1 FROM pending LIMIT 1").fetchone():
             return
-        store = self.store()
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -551,14 +597,16 @@ class Rollup:
                               "FROM pending ORDER BY id LIMIT 5000").fetchall()
             done, edge_rows = [], []
             traces: Dict[str, List[Sequence[Any]]] = {}
+            caught_up = self.last_id >= self.store_last_id
             for rid, trace_id, span_id, service, start_ns, duration, error, peer, first_seen in rows:
                 links = traces.get(trace_id)
                 if links is None:
-                    links = traces[trace_id] = store_mod.trace_links(store, trace_id)
-                child = next((r for r in links if r[1] == span_id and r[3] in ENTRY_KINDS), None)
+                    links = traces[trace_id] = list(self._stored_links(trace_id).values())
+                child = next((r for r in links if r[3] == span_id and r[5] in ENTRY_KINDS), None)
                 if child is not None:
-                    edge = self._edge(service, child[2], "service")
-                elif force or now - first_seen >= PENDING_TTL_S:
+                    edge = self._edge(service, child[6], "service")
+                elif force or (caught_up and now - first_seen >= PENDING_TTL_S):  # (the server side may be
+                    # stored but not indexed yet while catching up)
                     edge = self._edge(service, peer, "external")
                 else:
                     continue
@@ -591,10 +639,22 @@ class Rollup:
                     db.execute("DELETE FROM %s WHERE res = ? AND t < ?" % table, (res, t))
             db.execute("DELETE FROM entries WHERE start_ns < ?", (oldest,))
             db.execute("DELETE FROM id_ranges WHERE t < ?", (cutoff_s - cutoff_s % 60,))
+            db.execute("DELETE FROM traces WHERE max_id < ?", (store_mod.oldest_id(self.store()),))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+
+def _links(rows: Sequence[Sequence[Any]]) -> Tuple[Dict[Tuple[str, str], Any], Dict[Tuple[str, str], List[Any]]]:
+    """index_rows() by (trace_id, span_id), and the server/consumer ones by (trace_id, parent_id)."""
+    spans: Dict[Tuple[str, str], Any] = {}
+    children: Dict[Tuple[str, str], List[Any]] = {}
+    for row in rows:
+        spans[(row[1], row[2])] = row
+        if row[3] is not None and row[5] in ENTRY_KINDS:
+            children.setdefault((row[1], row[3]), []).append(row)
+    return spans, children
 
 
 def _merge_stats(into: List[Any], more: List[Any]) -> None:
