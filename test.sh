@@ -72,6 +72,11 @@ if command -v wrk >/dev/null; then
 else
   echo "test.sh: could not install Debian's wrk; the load tests will skip"
 fi
+# What CI keeps: the UI browser tests' screenshots go to $AUTOINSTR_ARTIFACTS_DIR/screenshots (artifacts/ at
+# the root unless set, git-ignored); its path is printed at the end, whatever the outcome.
+export AUTOINSTR_ARTIFACTS_DIR="${AUTOINSTR_ARTIFACTS_DIR:-$PWD/artifacts}"
+mkdir -p "$AUTOINSTR_ARTIFACTS_DIR/screenshots"
+trap 'echo "test.sh: artifacts (UI screenshots) in $AUTOINSTR_ARTIFACTS_DIR/screenshots/"' EXIT
 python3 -m venv .venv >/dev/null 2>&1 || python3 -m venv .venv
 # the test extra; without mysqlclient when it can't be built here (no libmariadb-dev): its tests skip then
 install_test_extra() {

@@ -152,6 +152,70 @@ def test_rollup_is_incremental_and_shared_without_double_counting(store_path):
     b.close()
 
 
+def _rollup_figures(r) -> tuple:
+    db = r.db
+    stats = db.execute("SELECT o.service, o.name, o.kind, o.entry, sum(s.count) FROM stats s JOIN ops o USING (op_id) "
+                       "WHERE s.res = 60 GROUP BY o.op_id ORDER BY 1, 2, 3").fetchall()
+    calls = db.execute("SELECT o.name, c.label, sum(s.count) FROM call_stats s JOIN calls c USING (call_id) JOIN ops o "
+                       "ON o.op_id = s.entry_op WHERE s.res = 60 GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+    edges = db.execute("SELECT e.src, e.dst, e.dst_type, sum(s.count) FROM edge_stats s JOIN edges e USING (edge_id) "
+                       "WHERE s.res = 60 GROUP BY e.edge_id ORDER BY 1, 2, 3").fetchall()
+    return stats, calls, edges
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_traces_cut_by_chunks_are_attributed_as_in_one_chunk(tmp_path, chunk):
+    """The store has no trace index: a span whose parent or child was indexed chunks ago is found through the
+    trace's spans.id range in the sidecar, one written just after the chunk through the look-ahead. Every
+    chunk size gives the figures of one big chunk."""
+    whole, cut = str(tmp_path / "whole.db"), str(tmp_path / "cut.db")
+    for path in (whole, cut):
+        st = Store(path)
+        for i in range(6):  # inventory's side stored first for half of them (another process flushed first),
+            # and children before their parents for some (the agent writes a trace's spans as they ended)
+            trace, shop, inventory = request_trace(i)
+            for part in ((inventory, shop) if i % 2 else (shop, inventory)):
+                st.insert(part[::-1] if i % 3 else part)
+        st.close()
+    a = rollup.Rollup(whole)
+    assert a.catch_up() == 48
+    b = rollup.Rollup(cut)
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(rollup, "LOOKAHEAD", 2)
+    try:
+        assert b.catch_up(chunk=chunk) == 48
+    finally:
+        monkeypatch.undo()
+    figures = _rollup_figures(a)
+    assert figures == _rollup_figures(b)
+    stats = {(svc, name): (entry, n) for svc, name, _kind, entry, n in figures[0]}
+    assert stats[("shop", "GET /orders")] == (1, 6) and ("shop", "SELECT customers") not in stats
+    assert ("shop", "inventory", "service", 6) in figures[2]
+    # each trace's id range: exactly its 8 spans, and the trace page reads them through it
+    for _key, lo, hi in b.db.execute("SELECT trace_key, min_id, max_id FROM traces"):
+        assert hi - lo == 7
+    a.close()
+    b.close()
+
+
+def test_trace_page_reads_the_trace_range_and_the_unindexed_spans(store_path):
+    traces = fill(store_path, 3)
+    ui = UIApp(store_path, start_indexer=False)
+    try:
+        ui.rollup.catch_up()
+        st = Store(store_path)
+        trace, shop, inventory = request_trace(1)  # more spans of an indexed trace, stored after the catch-up
+        for s in shop + inventory:
+            s["trace_id"] = traces[1]
+        st.insert(shop + inventory)
+        st.close()
+        status, _, body = call(ui, "/trace/" + traces[1])
+        assert status == 200 and len(page_data(body)["spans"]) == 16
+        assert call(ui, "/trace/" + "%032x" % 12345)[0] == 404
+    finally:
+        ui.close()
+
+
 def test_unanswered_call_becomes_an_external_peer(store_path, monkeypatch):
     st = Store(store_path)
     trace = "%032x" % 77
@@ -191,7 +255,7 @@ def test_store_write_path_is_untouched(app, store_path):
     db = sqlite3.connect(store_path)
     objects = sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'spans' AND "
                                               "type IN ('index', 'trigger') AND name NOT LIKE 'sqlite_%'"))
-    assert objects == ["spans_identity", "spans_trace"]
+    assert objects == ["spans_identity"]
     tables = sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
     assert tables == ["meta", "spans"]
     assert os.path.exists(store_path + ".ui")
@@ -291,6 +355,45 @@ def test_pages_answer_with_the_expected_figures(app):
     assert status == 200 and len(page_data(body)["spans"]) == 8
     status, _, body = call(app, "/api/status", accept="application/json")
     assert json.loads(body)["behind"] == 0
+
+
+def test_services_page_charts_p50_p95_p99_over_time(store_path):
+    # 100 requests of 1..100 ms, one every 5 s: each chart point (a minute or so, over the last hour) holds several
+    st = Store(store_path)
+    durations: dict = {}
+    for i in range(100):
+        s = span("%032x" % (0xD000 + i), "GET /lat", "server", service="lat", start=i * 5 * 10**9,
+                 dur=(i + 1) * 10**6)
+        durations[s["start_ns"]] = s["duration_ns"] / 1e6
+        st.insert([s])
+    st.close()
+    a = UIApp(store_path, start_indexer=False)
+    try:
+        status, _, body = call(a, "/?range=1h")
+        assert status == 200
+        for chart_kind in ("services-rate", "services-errors", "services-p50", "services-p95", "services-p99"):
+            assert 'data-chart="%s"' % chart_kind in body
+        data = json.loads(call(a, "/api/services?range=1h", accept="application/json")[2])
+    finally:
+        a.close()
+    series = data["series"]["lat"]
+    step = data["range"]["step"]
+    assert step <= 60 and set(series) >= {"rate", "error_pct", "p50_ms", "p95_ms", "p99_ms"}
+    points = 0
+    for i, t_ms in enumerate(data["t"]):
+        inside = [d for start, d in durations.items() if t_ms * 10**6 <= start < (t_ms + step * 1000) * 10**6]
+        p50, p95, p99 = series["p50_ms"][i], series["p95_ms"][i], series["p99_ms"][i]
+        assert round(series["rate"][i] * step) == len(inside)
+        if not inside:
+            assert p50 is None and p95 is None and p99 is None
+            continue
+        points += 1
+        # within a histogram bin (9% wide) of what was stored, and ordered
+        assert min(inside) * 0.9 <= p50 <= p95 <= p99 <= max(inside) * 1.1, (inside, p50, p95, p99)
+    assert points >= 500 // step - 1
+    row = data["services"][0]
+    assert row["service"] == "lat" and row["count"] == 100
+    assert abs(row["p50_ms"] - 50) < 5 and abs(row["p95_ms"] - 95) < 9 and abs(row["p99_ms"] - 99) < 9
 
 
 def test_search_filters(app, monkeypatch):

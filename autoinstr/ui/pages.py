@@ -16,7 +16,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-ASSET_VERSION = "1"
+ASSET_VERSION = "2"
 NAV = (("services", "/", "Services"), ("search", "/search", "Search"), ("queries", "/queries", "Slow queries"),
        ("map", "/map", "Service map"))
 
@@ -217,9 +217,11 @@ def services_page(base: str, data: Dict[str, Any], status: Dict[str, Any]) -> st
     page.add("<h1>Services</h1>", range_bar(base, "/", tr, {}))
     if not data["services"]:
         return page.add(empty_store_hint()).render()
-    page.add('<div class="charts three">', chart("chart-rate", "Requests per second", "services-rate"),
-             chart("chart-errors", "Error rate (%)", "services-errors"),
-             chart("chart-p95", "p95 latency (ms)", "services-p95"), "</div>")
+    page.add('<div class="charts two">', chart("chart-rate", "Requests per second", "services-rate"),
+             chart("chart-errors", "Error rate (%)", "services-errors"), "</div>",
+             '<div class="charts three">', chart("chart-p50", "p50 latency (ms)", "services-p50"),
+             chart("chart-p95", "p95 latency (ms)", "services-p95"),
+             chart("chart-p99", "p99 latency (ms)", "services-p99"), "</div>")
     rows = []
     for r in data["services"]:
         rows.append([swatch(r["service"]) + '<a href="%s">%s</a>' % (

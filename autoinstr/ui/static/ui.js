@@ -79,7 +79,7 @@
     chart.setOption({
       animation: false,
       grid: {left: 56, right: 24, top: 36, bottom: 28},
-      legend: {type: 'scroll', top: 0},
+      legend: {type: 'scroll', top: 0, left: 72, right: 8},
       tooltip: axisTooltip(unit),
       xAxis: timeAxis(t),
       yAxis: {type: 'value', name: yName || '', min: 0},
@@ -96,7 +96,8 @@
   function servicesPage(data) {
     var names = Object.keys(data.series).sort();
     var parts = {'services-rate': ['rate', '/s', 'req/s'], 'services-errors': ['error_pct', '%', '%'],
-                 'services-p95': ['p95_ms', 'ms', 'ms']};
+                 'services-p50': ['p50_ms', 'ms', 'ms'], 'services-p95': ['p95_ms', 'ms', 'ms'],
+                 'services-p99': ['p99_ms', 'ms', 'ms']};
     document.querySelectorAll('[data-chart^="services-"]').forEach(function (node) {
       var p = parts[node.dataset.chart];
       timeChart(node, data.t, names.map(function (n) {
