@@ -165,6 +165,40 @@ def test_early_flushes_are_rationed_until_the_queue_is_half_full(make_pipeline):
     assert p.dropped_queue_full == 0
 
 
+def test_the_flush_thread_lends_the_gil_between_slices_of_conversion(make_pipeline, monkeypatch):
+    """Every PAUSE_EVERY spans converted on the flush thread, a short sleep hands the GIL to an app thread
+    waiting for it (else it waits a switch interval); never on an app's own thread (autoinstr.flush() with
+    no flush thread, the exit flush), nor while the queue is half full."""
+    from autoinstr.export import records as records_mod
+
+    monkeypatch.setattr(records_mod, "PAUSE_EVERY", 10)
+    sleeps: list = []
+    real_sleep = time.sleep
+
+    def recording_sleep(seconds):
+        if seconds == pipeline_mod.GIL_PAUSE_S:
+            sleeps.append(threading.current_thread().name)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(pipeline_mod.time, "sleep", recording_sleep)
+    exporter = MemoryExporter()
+    p = make_pipeline(exporter, max_batch_spans=100, max_queue_spans=1000)
+    for s in finished_spans(100):  # a batch: the flush thread wakes and converts it
+        p.submit([s])
+    assert wait_for(lambda: len(exporter.records) == 100)
+    assert sleeps == ["autoinstr-flush"] * 10
+    del sleeps[:]
+    p._queued = 600  # as if the queue were over half full: keeping up comes first
+    p._lend_gil()
+    p._queued = 0
+    assert sleeps == []
+    p.flush_once()  # on this (an app's) thread: never a pause
+    for s in finished_spans(50):
+        p.submit([s])
+    p.flush_once()
+    assert len(exporter.records) == 150 and sleeps == []
+
+
 def test_flush_thread_is_suppressed(make_pipeline):
     seen = []
 

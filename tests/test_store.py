@@ -71,17 +71,29 @@ def test_insert_idempotent_on_trace_and_span_id(store):
     assert store.insert([]) == 0
 
 
+def as_fields(r: dict) -> tuple:
+    """A record as export.records.span_fields() gives it (what the agent's local exporter stores)."""
+    return tuple(r[k] for k in ("trace_id", "span_id", "parent_id", "name", "kind", "service", "start_ns",
+                                "duration_ns", "status", "attributes", "events")) + (int(r["trace_id"], 16),)
+
+
+def inserter(store, how: str):
+    return store.insert if how == "records" else lambda batch: store.insert_fields([as_fields(r) for r in batch])
+
+
+@pytest.mark.parametrize("how", ["records", "fields"])
 @pytest.mark.parametrize("count", [1, 2, 3, 255, 257, 511, 512, 513, 1000, 1100])
-def test_batches_of_any_size_are_stored_whole_and_once(store, count):
+def test_batches_of_any_size_are_stored_whole_and_once(store, count, how):
     # one statement per 512 rows, the rest padded with copies of its last row: never a copy stored, the count
     # returned is the rows that were new
+    insert = inserter(store, how)
     start = time.time_ns()
     batch = [rec(1 + i // 7, i + 1, start_ns=start + i, attributes={"i": i}) for i in range(count)]
-    assert store.insert(batch) == count
+    assert insert(batch) == count
     rows = store.db.execute("SELECT span_id, attributes FROM spans ORDER BY start_ns").fetchall()
     assert [r[0] for r in rows] == [f"{i + 1:016x}" for i in range(count)]
     assert [r[1] for r in rows] == ['{"i":%d}' % i for i in range(count)]
-    assert store.insert(batch[: count // 2] + [rec(99, 9999, start_ns=start - 1)]) == 1
+    assert insert(batch[: count // 2] + [rec(99, 9999, start_ns=start - 1)]) == 1
 
 
 def test_a_batch_of_records_is_stored_whole_or_not_at_all(store):
@@ -99,11 +111,13 @@ def test_a_batch_of_records_is_stored_whole_or_not_at_all(store):
 
 
 @pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"), reason="Connection.setlimit: Python 3.11+")
-def test_an_sqlite_allowing_999_variables_gets_smaller_statements(store):
+@pytest.mark.parametrize("how", ["records", "fields"])
+def test_an_sqlite_allowing_999_variables_gets_smaller_statements(store, how):
     store.db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # as SQLite before 3.32
+    insert = inserter(store, how)
     start = time.time_ns()
-    assert store.insert([rec(1, i + 1, start_ns=start + i) for i in range(700)]) == 700
-    assert store.insert([rec(2, i + 1, start_ns=start + i) for i in range(70)]) == 70
+    assert insert([rec(1, i + 1, start_ns=start + i) for i in range(700)]) == 700
+    assert insert([rec(2, i + 1, start_ns=start + i) for i in range(70)]) == 70
     assert store.db.execute("SELECT count(*) FROM spans").fetchone()[0] == 770
 
 
@@ -322,7 +336,8 @@ def test_a_store_of_schema_1_loses_its_trace_index_when_opened_for_writing(tmp_p
 def test_trace_lookups_within_id_ranges(store):
     from autoinstr.store import trace_links, trace_spans
 
-    store.insert([rec(5, 1, start_ns=30), rec(6, 2), rec(5, 3, parent=1, start_ns=10), rec(6, 4), rec(5, 5, start_ns=20)])
+    store.insert([rec(5, 1, start_ns=30), rec(6, 2), rec(5, 3, parent=1, start_ns=10), rec(6, 4),
+                  rec(5, 5, start_ns=20)])
     trace = "%032x" % 5
     assert [r["span_id"][-1] for r in trace_spans(store, trace, 10)] == ["3", "5", "1"]  # by start time
     assert [r["span_id"][-1] for r in trace_spans(store, trace, 10, [(1, 3)])] == ["3", "1"]

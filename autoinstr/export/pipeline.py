@@ -38,6 +38,11 @@ BACKOFF_MAX = 30.0
 DESTINATION_BACKOFF_MAX = 10.0  # a destination failing for long is tried this often: it recovers within it
 RETRY_AFTER_MAX = 300.0  # a server's Retry-After is honoured up to this many seconds
 SHUTDOWN_GRACE_S = 0.1  # at exit, with app threads still running, spans ending this soon are still exported
+# The flush thread lends the GIL to the app between slices of its Python work (converting spans): a request
+# thread woken by its socket while the flush thread computes waits for the GIL up to a switch interval (5 ms)
+# otherwise, which is the app's p99. A short sleep lets a waiting thread take it at once (a sleep(0) does not:
+# the releasing thread takes the GIL back before the waiter is scheduled). Not when the queue is half full.
+GIL_PAUSE_S = 0.0002
 EARLY_FLUSH_DUTY = 0.25  # share of wall time early flushes may use (the rest waits for the interval) while
 # the queue is under half full
 # an exporter raising one of these has a bug (a failing destination raises OSError, ExportError, sqlite3's
@@ -486,7 +491,7 @@ class Pipeline:
                 # no work of ours, and counting it would ration flushes (and drop spans) under exactly that load
                 started = time.thread_time()
                 first = self.flushes == 0
-                self.flush_once()
+                self.flush_once(lend_gil=True)
                 spent = time.thread_time() - started
                 if not first:  # the first flush also sets the exporters up (imports, connections): not rationed on
                     self._early_allowed_at = time.monotonic() + spent * (1 - EARLY_FLUSH_DUTY) / EARLY_FLUSH_DUTY
@@ -533,8 +538,9 @@ class Pipeline:
         except Exception:
             return False
 
-    def flush_once(self, final: bool = False) -> None:
-        """Export what is queued now, and retry what is due (everything, once, when final).
+    def flush_once(self, final: bool = False, lend_gil: bool = False) -> None:
+        """Export what is queued now, and retry what is due (everything, once, when final). `lend_gil`:
+        called by the flush thread, which pauses between slices of work (never on an app's thread).
 
         Work goes in chunks of about a batch: converted, then handed to the exporters, chunk after
         chunk. A deadline (the exit's) that cuts a large backlog short loses only what it did not reach."""
@@ -563,7 +569,7 @@ class Pipeline:
                     continue
                 errors: List[str] = []
                 records = records_of(chunk, self.service, self.max_attributes, self.max_attribute_length,
-                                     self._not_before_ns, errors, fields)
+                                     self._not_before_ns, errors, fields, self._lend_gil if lend_gil else None)
                 if errors:
                     self.dropped_conversion += len(errors)
                     _log.warn_once("record-conversion", "could not convert a span for export (%s); it is "
@@ -582,6 +588,12 @@ class Pipeline:
             self.flushes += 1
         except Exception as exc:  # the flush thread must survive anything
             _log.warn_once("flush-error", "flush failed: %s: %s" % (type(exc).__name__, exc))
+
+    def _lend_gil(self) -> None:
+        """Between slices of conversion: a short sleep, so an app thread waiting for the GIL gets it now
+        rather than after a switch interval; skipped while the queue is half full (keeping up comes first)."""
+        if self._queued < self._ration_until and not self._stopping:
+            time.sleep(GIL_PAUSE_S)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Export what is finished now, waiting at most `timeout` s; True if it was done in time."""

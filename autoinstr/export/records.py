@@ -10,7 +10,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Optional, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Tuple
 
     from autoinstr.trace.span import Span
 
@@ -342,18 +342,29 @@ def _unlink_root(span: Span) -> None:
         pass
 
 
+PAUSE_EVERY = 128  # spans converted between two calls of records_of's `pause` (a few hundred us of work)
+
+
 def records_of(batches: List[List[Span]], service: str, max_attributes: int, max_length: int,
-               not_before_ns: int = 0, errors: Optional[List[str]] = None, fields: bool = False) -> List[Any]:
+               not_before_ns: int = 0, errors: Optional[List[str]] = None, fields: bool = False,
+               pause: Optional[Callable[[], None]] = None) -> List[Any]:
     """Convert queued local traces (to records, or with `fields` to span_fields() tuples); spans started
     before `not_before_ns` (inherited over fork from the parent process, which exports them itself) are
-    skipped, as is any span that cannot be converted."""
+    skipped, as is any span that cannot be converted. `pause` is called every PAUSE_EVERY spans (the
+    pipeline lends the GIL to the app there)."""
     offset = wall_offset_ns()
     convert = span_fields if fields else to_record
     out = []
+    countdown = PAUSE_EVERY
     for spans in batches:
         for span in spans:
             if span.start_ns < not_before_ns:
                 continue
+            if pause is not None:
+                countdown -= 1
+                if not countdown:
+                    countdown = PAUSE_EVERY
+                    pause()
             try:
                 out.append(convert(span, service, offset, max_attributes, max_length))  # (unlinks the root)
             except Exception as exc:

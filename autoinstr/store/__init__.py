@@ -191,29 +191,40 @@ class Store:
             add((trace_key(r["trace_id"]), r["trace_id"], r["span_id"], r["parent_id"], r["name"], r["kind"],
                  r["service"], int(r["start_ns"]), int(r["duration_ns"]), r["status"],
                  _attributes_json(r["attributes"]), to_json(r["events"]) if r["events"] else "[]"))
-        return self._write(values, atomic=True)
+        return self._write(values)
 
-    def insert_fields(self, spans: Iterable[Sequence[Any]]) -> int:
-        """insert() for the agent's own spans as export.records.span_fields() gives them (no dicts)."""
-        values: List[Any] = []
-        add = values.extend
-        for f in spans:
-            key = f[11] & _MASK64
-            add((key - _TWO64 if key >= _TWO63 else key, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
-                 _attributes_json(f[9]), to_json(f[10]) if f[10] else "[]"))
-        return self._write(values, atomic=False)  # a batch failing part-way is retried whole, stored once
+    def insert_fields(self, spans: Sequence[Sequence[Any]]) -> int:
+        """insert() for the agent's own spans as export.records.span_fields() gives them (no dicts). Each
+        statement's rows are made just before it runs, so the flush thread holds the GIL for one statement's
+        worth of Python at a time (the statement itself runs without it: an app thread waiting gets it then).
+        No transaction: a batch failing part-way is retried whole, and stored once."""
+        stored = 0
+        done = 0
+        while done < len(spans):
+            per = self._rows_per_insert
+            values: List[Any] = []
+            add = values.extend
+            for f in spans[done:done + per]:
+                key = f[11] & _MASK64
+                add((key - _TWO64 if key >= _TWO63 else key, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
+                     _attributes_json(f[9]), to_json(f[10]) if f[10] else "[]"))
+            try:
+                stored += self._insert_rows(values, per)
+            except sqlite3.OperationalError as exc:
+                if "variables" not in str(exc) or per == _ROWS_PER_INSERT:
+                    raise
+                self._rows_per_insert = _ROWS_PER_INSERT  # "too many SQL variables": an older SQLite (limit 999)
+                continue
+            done += per
+        return stored
 
-    def _write(self, values: List[Any], atomic: bool) -> int:
-        """Store the rows; `atomic`: all or none (the collector's promise for a batch it accepts)."""
+    def _write(self, values: List[Any]) -> int:
+        """Store the rows all or none (the collector's promise for a batch it accepts): in one transaction
+        when they take several statements (one per 512 rows, the last padded: see _insert_rows)."""
         if not values:
             return 0
-        # As few statements as SQLite allows: each runs with the GIL released, and getting it back while the
-        # app's threads compute takes up to a switch interval (5 ms) each time. One statement per 512 rows, the
-        # last padded to a power of two (see _insert_rows); the agent's own spans go without BEGIN/COMMIT
-        # around them (each statement is its own transaction, cheap in WAL mode, and a batch written again
-        # is stored once), a batch that must be stored whole gets a transaction when it takes several.
         db = self.db
-        transaction = atomic and len(values) > self._rows_per_insert * _WIDTH
+        transaction = len(values) > self._rows_per_insert * _WIDTH
         if transaction:
             db.execute("BEGIN IMMEDIATE")
         try:
@@ -223,7 +234,7 @@ class Store:
                 if "variables" not in str(exc) or self._rows_per_insert == _ROWS_PER_INSERT:
                     raise
                 self._rows_per_insert = _ROWS_PER_INSERT  # "too many SQL variables": an older SQLite (limit 999)
-                if atomic and not transaction:
+                if not transaction:
                     db.execute("BEGIN IMMEDIATE")
                     transaction = True
                 stored = self._insert_rows(values, _ROWS_PER_INSERT)
