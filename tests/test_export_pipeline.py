@@ -191,6 +191,9 @@ def test_the_flush_thread_lends_the_gil_between_slices_of_conversion(make_pipeli
     p._queued = 600  # as if the queue were over half full: keeping up comes first
     p._lend_gil()
     p._queued = 0
+    p._flush_requests += 1  # as if a thread waited in autoinstr.flush(): it wants the flush done
+    p._lend_gil()
+    p._flush_requests -= 1
     assert sleeps == []
     p.flush_once()  # on this (an app's) thread: never a pause
     for s in finished_spans(50):

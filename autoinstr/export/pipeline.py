@@ -591,8 +591,9 @@ class Pipeline:
 
     def _lend_gil(self) -> None:
         """Between slices of conversion: a short sleep, so an app thread waiting for the GIL gets it now
-        rather than after a switch interval; skipped while the queue is half full (keeping up comes first)."""
-        if self._queued < self._ration_until and not self._stopping:
+        rather than after a switch interval; skipped while the queue is half full (keeping up comes first)
+        and while a thread waits for this flush (autoinstr.flush(): it wants the flush done, not the GIL)."""
+        if self._queued < self._ration_until and not self._stopping and not self._flush_requests:
             time.sleep(GIL_PAUSE_S)
 
     def flush(self, timeout: float = 5.0) -> bool:

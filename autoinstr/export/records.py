@@ -195,8 +195,8 @@ def span_fields(span: Span, service: str, offset: int, max_attributes: int, max_
     end = span.end_ns
     kind = span.kind
     root = span.root
-    if root is span:  # see _unlink_root
-        _unlink_root(span)
+    if root is span:  # see _unlink_root (inline: the slot was just read, so it is set)
+        del span.root
     trace_id = root._trace_id
     return ("%032x" % trace_id, "%016x" % span.span_id, "%016x" % parent_id if parent_id else None, name,
             kind if kind in _KINDS else "internal", service, start + offset, end - start if end > start else 0,
