@@ -1,6 +1,8 @@
 """Concurrency: many requests at once, each running a plan hypothesis draws (nested spans, work on a thread
 pool shared by all requests, asyncio tasks interleaving at every await, plain threads, a real HTTP call
-back into the server): no span is ever attached to another request's trace.
+back into the server): no span is ever attached to another request's trace. And many requests handled as
+tasks of one event loop (as an async server runs them), interleaving nested spans, sub-tasks and real HTTP
+calls (httpx's and aiohttp's async clients) into a traced server: the same holds, across both processes.
 
 Each request arrives with a traceparent of its own trace id; every span the app makes for it carries the
 request's id. Spans in the request's context must be in its trace; spans made on a plain thread (no
@@ -181,3 +183,113 @@ def test_no_span_is_attached_to_another_requests_trace(server, plans):
                     and s["parent_id"] != "ab" * 8]
     calls = sum(1 for r in requests for step, _ in r["plan"] if step == "call")
     assert len(leaf_servers) == calls
+
+
+# ------------------------------------------------------------------ one event loop, many requests as tasks
+
+LOOP_SCRIPT = '''
+import asyncio, json, sys
+import aiohttp, httpx
+import autoinstr
+
+
+def nested(req, depth, where):
+    if depth <= 0:
+        return
+    with autoinstr.span("nested", req=req, where=where, depth=depth):
+        nested(req, depth - 1, where)
+
+
+async def sub(req, depth):
+    for d in range(depth):
+        with autoinstr.span("sub", req=req, depth=d):
+            await asyncio.sleep(0)
+
+
+async def handle(req, plan, leaf, clients, traces):
+    with autoinstr.span("request", kind="server", req=req) as root:
+        traces[req] = root.context.trace_id_hex
+        for step, arg in plan:
+            if step == "span":
+                nested(req, arg, "inline")
+            elif step == "await":  # a span open across awaits, while the other requests' tasks run
+                with autoinstr.span("across", req=req):
+                    for _ in range(arg):
+                        await asyncio.sleep(0)
+            elif step == "gather":
+                await asyncio.gather(*(sub(req, d) for d in arg))
+            elif step == "httpx":
+                r = await clients["httpx"].get(leaf, params={"req": req})
+                assert r.text == req
+            elif step == "aiohttp":
+                async with clients["aiohttp"].get(leaf, params={"req": req}) as r:
+                    assert await r.text() == req
+
+
+async def main(requests, leaf):
+    traces = {}
+    async with httpx.AsyncClient() as hx, aiohttp.ClientSession() as aio:
+        clients = {"httpx": hx, "aiohttp": aio}
+        await asyncio.gather(*(handle(r["req"], r["plan"], leaf, clients, traces) for r in requests))
+    return traces
+
+
+requests, leaf = json.loads(sys.argv[1]), sys.argv[2]
+print("TRACES " + json.dumps(asyncio.run(main(requests, leaf))))
+autoinstr.flush(10)
+'''
+
+loop_steps = st.one_of(
+    st.tuples(st.just("span"), st.integers(1, 3)),
+    st.tuples(st.just("await"), st.integers(1, 4)),
+    st.tuples(st.just("gather"), st.lists(st.integers(1, 3), min_size=1, max_size=4)),
+    st.tuples(st.just("httpx"), st.just(0)),
+    st.tuples(st.just("aiohttp"), st.just(0)),
+)
+loop_plans = st.lists(st.lists(loop_steps, min_size=1, max_size=5), min_size=2, max_size=12)
+
+
+@settings(max_examples=int(os.environ.get("AUTOINSTR_CONCURRENCY_EXAMPLES", "12")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(plans=loop_plans)
+def test_requests_sharing_one_event_loop_never_share_a_trace(server, sandbox_factory, plans):
+    box = sandbox_factory("loop")
+    script = box.write("loop.py", LOOP_SCRIPT)
+    batch = uuid.uuid4().hex[:8]
+    requests = [{"req": "%s-%d" % (batch, i), "plan": plan} for i, plan in enumerate(plans)]
+    leaf = "http://127.0.0.1:%d/leaf" % server.port
+    done = box.run(["python", script, json.dumps(requests), leaf], env=box.env(AUTOINSTR_EXPORTER="jsonl"),
+                   service="loop", timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = [x for x in done.stdout.splitlines() if x.startswith("TRACES ")][-1]
+    trace_of = json.loads(line[len("TRACES "):])
+    assert sorted(trace_of) == sorted(r["req"] for r in requests)
+    assert len(set(trace_of.values())) == len(requests)  # a trace of its own for each request
+    mine = [s for s in read_spans(box.jsonl) if str(s["attributes"].get("req", "")).startswith(batch)]
+    calls = sum(1 for r in requests for step, _ in r["plan"] if step in ("httpx", "aiohttp"))
+    deadline = time.monotonic() + 20
+    while True:  # the leaf's spans, in the server's own file
+        leaf_spans = [s for s in read_spans(server.jsonl) if str(s["attributes"].get("req", "")).startswith(batch)]
+        if len(leaf_spans) >= 2 * calls or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for s in mine + leaf_spans:
+        assert s["trace_id"] == trace_of[s["attributes"]["req"]], ("span attached to another request's trace", s)
+    want = collections.Counter()
+    for r in requests:
+        n = 1  # the request's own span
+        for step, arg in r["plan"]:
+            n += {"span": arg, "await": 1, "gather": sum(arg) if step == "gather" else 0}.get(step, 0)
+        want[r["req"]] = n
+    assert collections.Counter(s["attributes"]["req"] for s in mine) == want
+    assert collections.Counter(s["attributes"]["req"] for s in leaf_spans) == collections.Counter(
+        {r["req"]: 2 * sum(1 for step, _ in r["plan"] if step in ("httpx", "aiohttp")) for r in requests
+         if any(step in ("httpx", "aiohttp") for step, _ in r["plan"])})
+    # each call: a client span in the request's trace, the parent of the leaf's server span
+    clients = {s["span_id"]: s for s in read_spans(box.jsonl) if s["kind"] == "client"
+               and s["trace_id"] in set(trace_of.values())}
+    leaf_servers = [s for s in read_spans(server.jsonl) if s["kind"] == "server"
+                    and s["trace_id"] in set(trace_of.values())]
+    assert len(clients) == calls and len(leaf_servers) == calls
+    for s in leaf_servers:
+        assert s["parent_id"] in clients and clients[s["parent_id"]]["trace_id"] == s["trace_id"]
