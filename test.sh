@@ -72,6 +72,14 @@ if command -v wrk >/dev/null; then
 else
   echo "test.sh: could not install Debian's wrk; the load tests will skip"
 fi
+# The reliability suite's disk faults (integration/reliability/test_reliability_faults.py: a full and a
+# read-only tmpfs, an ext4 image turning read-only under the open store) mount filesystems: root only. As root
+# (CI), AUTOINSTR_REQUIRE_ROOT_FAULTS=1: those tests fail, never skip.
+if [ "$(id -u)" = 0 ]; then
+  export AUTOINSTR_REQUIRE_ROOT_FAULTS="${AUTOINSTR_REQUIRE_ROOT_FAULTS:-1}"
+else
+  echo "test.sh: not running as root; the disk fault tests (full, read-only disk) will skip"
+fi
 # What CI keeps: the UI browser tests' screenshots go to $AUTOINSTR_ARTIFACTS_DIR/screenshots (artifacts/ at
 # the root unless set, git-ignored); its path is printed at the end, whatever the outcome.
 export AUTOINSTR_ARTIFACTS_DIR="${AUTOINSTR_ARTIFACTS_DIR:-$PWD/artifacts}"

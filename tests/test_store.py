@@ -233,6 +233,38 @@ def test_local_exporter_writes_store(tmp_path):
     s.close()
 
 
+def test_local_exporter_reopens_the_store_after_a_failing_write(tmp_path):
+    """A write failing for another reason than a busy store (a disk I/O error, a filesystem turned read-only:
+    the integration suite does it for real, as root) leaves the connection unusable for good: the exporter
+    drops it, and the retry opens the store afresh. A busy store keeps its connection."""
+    path = tmp_path / "spans.db"
+    exp = LocalStoreExporter(Config({"AUTOINSTR_STORE": str(path)}, emit_warnings=False))
+    exp.export([rec(1, 1)])
+    broken = exp.store
+    broken.db.close()  # every statement through it now fails (ProgrammingError: a closed database)
+    with pytest.raises(sqlite3.Error):
+        exp.export([rec(1, 2)])
+    assert exp.store is None
+    exp.export([rec(1, 2)])  # the retry: a new connection
+    assert exp.store is not broken
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    kept = exp.store
+    kept.db.execute("PRAGMA busy_timeout = 50")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            exp.export([rec(1, 3)])
+        assert exp.store is kept
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    exp.export([rec(1, 3)])
+    exp.shutdown()
+    s = Store(str(path), create=False, readonly=True)
+    assert s.count() == 3
+    s.close()
+
+
 def test_several_connections_write_at_once(tmp_path):
     import threading
 

@@ -38,11 +38,22 @@ class LocalStoreExporter(Exporter):
             from autoinstr.store import Store
 
             self.store = Store(self.path)
-        if records and records[0].__class__ is tuple:
-            self.store.insert_fields(records)
-        else:
-            self.store.insert(records)
-        self.store.apply_retention(self.retention_hours, self.max_mb)
+        try:
+            if records and records[0].__class__ is tuple:
+                self.store.insert_fields(records)
+            else:
+                self.store.insert(records)
+            self.store.apply_retention(self.retention_hours, self.max_mb)
+        except Exception as exc:
+            from autoinstr.store import is_busy
+
+            if not is_busy(exc):
+                # A failing disk (I/O error; a filesystem the kernel turned read-only under the open file)
+                # fails every write through this connection for good, even once the disk is repaired and
+                # mounted again: the retry opens the store afresh, at its path. Busy: the connection is fine.
+                self.store.close()
+                self.store = None
+            raise
 
     def shutdown(self) -> None:
         if self.store is not None:
@@ -67,3 +78,4 @@ class LocalStoreExporter(Exporter):
             return (os.access(self.path, os.W_OK), "exists" if os.access(self.path, os.W_OK) else "not writable")
         return (os.access(folder or ".", os.W_OK), "will be created" if os.access(folder or ".", os.W_OK)
                 else "folder %s is not writable" % folder)
+

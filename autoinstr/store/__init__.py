@@ -84,7 +84,8 @@ def _attributes_json(attributes: Any) -> str:
     return to_json(attributes)
 
 
-def _is_busy(exc: Exception) -> bool:
+def is_busy(exc: Exception) -> bool:
+    """SQLite's "database is locked" / "busy": another writer holds the store (the connection is fine)."""
     text = str(exc).lower()
     return "locked" in text or "busy" in text
 
@@ -123,7 +124,7 @@ class Store:
                 break
             except sqlite3.OperationalError as exc:
                 self.close()
-                if not _is_busy(exc) or time.monotonic() >= deadline:
+                if not is_busy(exc) or time.monotonic() >= deadline:
                     raise StoreError("%s is not a usable span store: %s" % (self.path, exc))
                 time.sleep(0.02 + random.random() * 0.05)
             except sqlite3.DatabaseError as exc:
@@ -161,7 +162,7 @@ class Store:
         try:
             rows = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
         except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
+            if is_busy(exc):
                 raise
             return None
         row = rows[0] if rows else None
