@@ -12,12 +12,12 @@ import time
 _ports_given: set = set()
 
 
-def free_port() -> int:
-    """A free port on 127.0.0.1, never one handed out before in this test process: servers started one after
-    the other bind theirs later, and the kernel may offer a just-released port again (two servers on one port:
-    the second dies and its readiness probe reaches the first)."""
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A free port on 127.0.0.1 (TCP, or `kind`), never one handed out before in this test process: servers
+    started one after the other bind theirs later, and the kernel may offer a just-released port again (two
+    servers on one port: the second dies and its readiness probe reaches the first)."""
     for _ in range(100):
-        with socket.socket() as s:
+        with socket.socket(socket.AF_INET, kind) as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         if port not in _ports_given:

@@ -69,9 +69,11 @@ def missing() -> str:
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    # fleet's: carbon's three ports are picked one after the other, and the kernel may offer a just-released
+    # port again (carbon then failed to start: "address already in use")
+    from fleet import free_port as fleet_free_port
+
+    return fleet_free_port(kind)
 
 
 class _Process:
