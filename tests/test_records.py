@@ -301,3 +301,35 @@ def test_converted_local_roots_leave_no_reference_cycle(collected):
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_names_whose_attributes_never_repeat_skip_the_attribute_cache(monkeypatch):
+    """A route's server spans carry their own url.path: after MISSES_TO_BYPASS misses in a row their name skips
+    the cache (cleaned directly, the same record), and is tried on it again after BYPASS_SPANS spans."""
+    from autoinstr.export import records
+
+    monkeypatch.setattr(records, "_prepared", {})
+    monkeypatch.setattr(records, "_misses", {})
+    monkeypatch.setattr(records, "BYPASS_SPANS", 20)
+
+    def record(i: int, name: str = "GET /users/<int:id>") -> dict:
+        s = Span(name, kind="server")
+        s.attributes.update({"url.path": "/users/%d" % i, "http.route": "/users/<int:id>", "n": i})
+        return to_record(s, "svc", 0, 128, 4096)
+
+    for i in range(records.MISSES_TO_BYPASS):
+        assert record(i)["attributes"]["url.path"] == "/users/%d" % i
+    assert len(records._prepared) == records.MISSES_TO_BYPASS
+    for i in range(100, 110):  # bypassed: the same records, nothing more cached
+        assert record(i)["attributes"] == {"url.path": "/users/%d" % i, "http.route": "/users/<int:id>", "n": i}
+    assert len(records._prepared) == records.MISSES_TO_BYPASS
+    assert records._misses["GET /users/<int:id>"] == records.MISSES_TO_BYPASS + 10
+    for _ in range(20):  # then the cache is tried again: span 7 (cached before the bypass) is a hit there
+        record(7)
+    assert records._misses["GET /users/<int:id>"] == 0 and len(records._prepared) == records.MISSES_TO_BYPASS
+    for _ in range(3):  # a name whose spans repeat stays on the cache
+        record(1, name="GET /hello")
+    assert records._misses["GET /hello"] == 0
+    unhashable = Span("x")
+    unhashable.name = ["not", "hashable"]
+    assert to_record(unhashable, "svc", 0, 128, 4096)["name"]

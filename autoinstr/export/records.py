@@ -147,11 +147,28 @@ def _prepared_attributes(name: Any, attrs: Dict[Any, Any], events: List[Dict[str
     return name, cleaned
 
 
+# Span names whose attributes do not repeat (a server span's url.path with an id in it, a span carrying a
+# request id): after MISSES_TO_BYPASS misses in a row their spans skip the cache, whose key, lookup, insertion
+# and eviction cost twice what cleaning does (and fill it with entries never hit again); every BYPASS_SPANS
+# spans of such a name, the cache is tried again.
+_misses: Dict[Any, int] = {}
+MISSES_TO_BYPASS = 16
+BYPASS_SPANS = 1024
+MAX_NAMES = 4096
+
+
 def _shared_attributes(name: Any, attrs: Dict[Any, Any], max_count: int, limit: int) -> Tuple[Any, Dict[str, Any]]:
     """_prepared_attributes() of a span without error, looked up first by its name and attributes (and their
     types: 1, 1.0 and True are equal keys) in a bounded cache: most spans repeat another's exactly (the same
     client call, view or statement), and a tuple and a lookup cost half of cleaning a server span's
-    attributes; the store then encodes them once (SharedAttributes)."""
+    attributes; the store then encodes them once (SharedAttributes). Names whose spans keep missing skip it."""
+    try:
+        misses = _misses.get(name, 0)
+    except TypeError:  # an unhashable name: prepared each time
+        return _prepared_attributes(name, attrs, [], False, max_count, limit)
+    if misses >= MISSES_TO_BYPASS:
+        _misses[name] = misses + 1 if misses < MISSES_TO_BYPASS + BYPASS_SPANS else 0
+        return _prepared_attributes(name, attrs, [], False, max_count, limit)
     try:
         key = (name, tuple(attrs.items()), tuple(map(type, attrs.values())), max_count, limit,
                SqlPolicy.obfuscate)
@@ -159,11 +176,16 @@ def _shared_attributes(name: Any, attrs: Dict[Any, Any], max_count: int, limit: 
     except TypeError:  # an unhashable value (a list): prepared each time
         return _prepared_attributes(name, attrs, [], False, max_count, limit)
     if found is None:
+        if len(_misses) >= MAX_NAMES:
+            _misses.clear()
+        _misses[name] = misses + 1
         name, cleaned = _prepared_attributes(name, attrs, [], False, max_count, limit)
         found = (name, SharedAttributes(cleaned))
         if len(_prepared) >= MAX_PREPARED:
             _prepared.clear()
         _prepared[key] = found
+    elif misses:
+        _misses[name] = 0
     return found
 
 
