@@ -4,6 +4,7 @@ launcher or not) whose output is drained in the background, with bounded waits f
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import threading
@@ -12,10 +13,34 @@ import time
 _ports_given: set = set()
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A free port on 127.0.0.1 (TCP, or `kind`), never one handed out before in this test process: servers
     started one after the other bind theirs later, and the kernel may offer a just-released port again (two
-    servers on one port: the second dies and its readiness probe reaches the first)."""
+    servers on one port: the second dies and its readiness probe reaches the first). Drawn below the kernel's
+    ephemeral range: a port the kernel hands out (bind to 0, and the local end of every outgoing connection
+    of every process here) could be taken by a client between this probe and the server's bind (a uWSGI once
+    failed to start so: "Address already in use")."""
+    low = _ephemeral_low()
+    if low > 11000:
+        for _ in range(200):
+            port = random.randrange(10000, low)
+            if port in _ports_given:
+                continue
+            try:
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _ports_given.add(port)
+            return port
     for _ in range(100):
         with socket.socket(socket.AF_INET, kind) as s:
             s.bind(("127.0.0.1", 0))
