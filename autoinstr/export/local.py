@@ -78,4 +78,3 @@ class LocalStoreExporter(Exporter):
             return (os.access(self.path, os.W_OK), "exists" if os.access(self.path, os.W_OK) else "not writable")
         return (os.access(folder or ".", os.W_OK), "will be created" if os.access(folder or ".", os.W_OK)
                 else "folder %s is not writable" % folder)
-

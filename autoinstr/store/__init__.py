@@ -212,9 +212,8 @@ class Store:
             try:
                 stored += self._insert_rows(values, per)
             except sqlite3.OperationalError as exc:
-                if "variables" not in str(exc) or per == _ROWS_PER_INSERT:
+                if not self._fewer_rows_after(exc):
                     raise
-                self._rows_per_insert = _ROWS_PER_INSERT  # "too many SQL variables": an older SQLite (limit 999)
                 continue
             done += per
         return stored
@@ -232,9 +231,8 @@ class Store:
             try:
                 stored = self._insert_rows(values, self._rows_per_insert)
             except sqlite3.OperationalError as exc:
-                if "variables" not in str(exc) or self._rows_per_insert == _ROWS_PER_INSERT:
+                if not self._fewer_rows_after(exc):
                     raise
-                self._rows_per_insert = _ROWS_PER_INSERT  # "too many SQL variables": an older SQLite (limit 999)
                 if not transaction:
                     db.execute("BEGIN IMMEDIATE")
                     transaction = True
@@ -249,6 +247,14 @@ class Store:
                     pass
             raise
         return stored
+
+    def _fewer_rows_after(self, exc: sqlite3.OperationalError) -> bool:
+        """After "too many SQL variables" (an older SQLite, limit 999): statements of _ROWS_PER_INSERT rows from
+        now on. False when that is not the error, or the statements are that small already."""
+        if "variables" not in str(exc) or self._rows_per_insert == _ROWS_PER_INSERT:
+            return False
+        self._rows_per_insert = _ROWS_PER_INSERT
+        return True
 
     def _insert_rows(self, values: List[Any], per_statement: int) -> int:
         """Rows in statements of `per_statement` rows; a shorter rest is padded to the next power of two

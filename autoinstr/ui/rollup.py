@@ -147,12 +147,18 @@ def sidecar_path(store_path: str) -> str:
                                                                           else 0, digest))
 
 
+def indexed_range(db: sqlite3.Connection, trace_id: str) -> Optional[Tuple[int, int]]:
+    """The spans.id range holding the trace's spans indexed so far (the sidecar's traces table), or None."""
+    row = db.execute("SELECT min_id, max_id FROM traces WHERE trace_key = ?",
+                     (store_mod.trace_key(trace_id),)).fetchone()
+    return (int(row[0]), int(row[1])) if row else None
+
+
 def trace_ranges(db: sqlite3.Connection, trace_id: str, indexed_id: int) -> List[Tuple[int, Optional[int]]]:
     """The spans.id ranges that hold a trace's spans: its range in the sidecar (the spans indexed so far,
     up to indexed_id) and the spans not indexed yet (after indexed_id). For store_mod.trace_spans()."""
-    row = db.execute("SELECT min_id, max_id FROM traces WHERE trace_key = ?",
-                     (store_mod.trace_key(trace_id),)).fetchone()
-    ranges: List[Tuple[int, Optional[int]]] = [(int(row[0]), int(row[1]))] if row else []
+    found = indexed_range(db, trace_id)
+    ranges: List[Tuple[int, Optional[int]]] = [found] if found else []
     ranges.append((indexed_id + 1, None))
     return ranges
 
@@ -576,11 +582,9 @@ class Rollup:
         """{span_id: row} of a trace's spans indexed so far, or of those in the spans.id range `ids` (the
         shape of index_rows' rows, with no id and no extra)."""
         if ids is None:
-            row = self.db.execute("SELECT min_id, max_id FROM traces WHERE trace_key = ?",
-                                  (store_mod.trace_key(trace_id),)).fetchone()
-            if row is None:
+            ids = indexed_range(self.db, trace_id)
+            if ids is None:
                 return {}
-            ids = (row[0], row[1])
         return {r[0]: (None, trace_id, r[0], r[1], r[4], r[3], r[2])
                 for r in store_mod.trace_links(self.store(), trace_id, [ids])}
 
