@@ -12,6 +12,10 @@ fi
 # Debian's PostgreSQL and MariaDB servers for the tests on real databases (integration/dbservers.py), and what
 # building mysqlclient needs. Once they are all in, AUTOINSTR_REQUIRE_DB_SERVERS=1: those tests fail, never skip.
 db_packages="postgresql mariadb-server-core mariadb-client-core libmariadb-dev pkg-config"
+# a C compiler: mysqlclient is built with it, and autoinstr's optional speedups (hatch_build.py)
+if ! command -v cc >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev >/dev/null 2>&1 || true
+fi
 apt_install() {  # quiet and idempotent; apt-get update only when the install needs it; one more try on a hiccup
   for attempt in 1 2; do
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1 && return 0
@@ -107,7 +111,18 @@ install_test_extra .venv/bin/python
 .venv/bin/python -m pip install -q --disable-pip-version-check atheris >/dev/null 2>&1 || true
 # non-editable, as users install it: the .pth hook and sitecustomize_hook come from the wheel
 .venv/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps . >/dev/null
-.venv/bin/ruff check autoinstr sitecustomize_hook tests integration benchmarks examples
+# the optional compiled speedups, built in place as well: the unit tests import autoinstr from the source tree
+# (the wheel installed above has its own). With a C compiler here, their tests must run, not skip.
+build_speedups() {
+  if command -v "${CC:-cc}" >/dev/null; then
+    export AUTOINSTR_REQUIRE_SPEEDUPS=1
+    "$1" hatch_build.py >/dev/null
+  else
+    echo "test.sh: no C compiler; autoinstr runs in pure Python and the compiled speedups' tests skip"
+  fi
+}
+build_speedups .venv/bin/python
+.venv/bin/ruff check autoinstr sitecustomize_hook tests integration benchmarks examples hatch_build.py
 .venv/bin/python -m pytest -q tests integration "$@"
 
 # Other interpreters (AUTOINSTR_TEST_PYTHONS="" skips them): found on PATH or under pyenv.
@@ -128,6 +143,7 @@ for version in ${AUTOINSTR_TEST_PYTHONS-3.9 3.13}; do
   install_test_extra "$venv"/bin/python
   "$venv"/bin/python -m pip install -q --disable-pip-version-check atheris >/dev/null 2>&1 || true
   "$venv"/bin/python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps . >/dev/null
+  build_speedups "$venv"/bin/python
   echo "== Python $version ($interpreter)"
   # everything again but the destination-fault matrix and the browser pages (about 3 minutes of waiting on
   # timeouts and Chromium, the same on every Python): the suite stays well within CI's time

@@ -28,4 +28,5 @@ def compact_encoder(default: Optional[Callable[[Any], Any]] = None, allow_nan: b
         except (TypeError, ValueError, RecursionError):
             return plain(value)
 
+    encode.c_encoder = fast  # type: ignore[attr-defined]  # (called from C by autoinstr._speedups.store_values)
     return encode

@@ -19,7 +19,7 @@ from autoinstr.jsontext import compact_encoder
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+    from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
     IdRanges = Optional[Sequence[Tuple[int, Optional[int]]]]
 
@@ -82,6 +82,29 @@ def _attributes_json(attributes: Any) -> str:
         if as_json is not None:
             return as_json(to_json)  # type: ignore[no-any-return]
     return to_json(attributes)
+
+
+def _speedups_store_values() -> Optional[Callable[[List[Any]], Optional[List[Any]]]]:
+    """The rows' values made by autoinstr._speedups (see export.records.speedups), or None."""
+    from autoinstr.export.records import speedups
+
+    compiled = speedups()
+    c_encoder = getattr(to_json, "c_encoder", None)
+    if compiled is None or c_encoder is None:
+        return None
+    store_values = compiled.store_values
+
+    def values(rows: List[Any]) -> Optional[List[Any]]:
+        try:
+            return store_values(rows if rows.__class__ is list else list(rows), c_encoder, to_json,  # type: ignore
+                                _attributes_json)
+        except Exception:  # made in Python instead
+            return None
+
+    return values
+
+
+_store_values = _speedups_store_values()
 
 
 def is_busy(exc: Exception) -> bool:
@@ -203,12 +226,15 @@ class Store:
         done = 0
         while done < len(spans):
             per = self._rows_per_insert
-            values: List[Any] = []
-            add = values.extend
-            for f in spans[done:done + per]:
-                key = f[11] & _MASK64
-                add((key - _TWO64 if key >= _TWO63 else key, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
-                     _attributes_json(f[9]), to_json(f[10]) if f[10] else "[]"))
+            part = spans[done:done + per]
+            values = _store_values(part) if _store_values is not None else None
+            if values is None:
+                values = []
+                add = values.extend
+                for f in part:
+                    key = f[11] & _MASK64
+                    add((key - _TWO64 if key >= _TWO63 else key, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7],
+                         f[8], _attributes_json(f[9]), to_json(f[10]) if f[10] else "[]"))
             try:
                 stored += self._insert_rows(values, per)
             except sqlite3.OperationalError as exc:

@@ -1,0 +1,508 @@
+/* Optional compiled helpers for the flush thread, which shares the GIL with the app.
+
+   fields(): export.records.span_fields() for the spans it can convert as they are (no statement, error or
+   events; every attribute already exportable), None for the others, which the caller converts in Python.
+   store_values(): the rows store.Store.insert_fields() binds, from span_fields() tuples.
+
+   Built when the wheel is built, where a C compiler is found (hatch_build.py); without it the pure-Python
+   code does the same work. tests/test_speedups.py holds both to the same results. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define MAX_KEY_LENGTH 256
+#define MAX_NAME_LENGTH 1024
+
+enum { S_NAME, S_ATTRIBUTES, S_KIND, S_ROOT, S_SPAN_ID, S_PARENT_ID, S_START, S_END, S_STATUS, S_EVENTS,
+       S_TRACE_ID, S_COUNT };
+static const char *slot_names[S_COUNT] = {"name", "attributes", "kind", "root", "span_id", "parent_id",
+                                           "start_ns", "end_ns", "_status", "_events", "_trace_id"};
+static Py_ssize_t offsets[S_COUNT];
+static PyTypeObject *span_type = NULL;
+static PyObject *str_ok, *str_error, *str_db_query_text, *kinds[5];
+static PyObject *empty_json_object, *empty_json_array;
+
+#define SLOT(obj, i) (*(PyObject **)((char *)(obj) + offsets[i]))
+
+static PyObject *configure(PyObject *self, PyObject *arg)
+{
+    if (!PyType_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "configure() takes the Span class");
+        return NULL;
+    }
+    for (int i = 0; i < S_COUNT; i++) {
+        PyObject *descr = PyDict_GetItemString(((PyTypeObject *)arg)->tp_dict, slot_names[i]);
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            PyErr_Format(PyExc_TypeError, "Span has no slot %s", slot_names[i]);
+            return NULL;
+        }
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type != T_OBJECT_EX) {
+            PyErr_Format(PyExc_TypeError, "Span slot %s is not an object slot", slot_names[i]);
+            return NULL;
+        }
+        offsets[i] = member->offset;
+    }
+    Py_INCREF(arg);
+    Py_XSETREF(span_type, (PyTypeObject *)arg);
+    Py_RETURN_NONE;
+}
+
+/* 1 when clean_attributes() would give `attrs` back unchanged, 0 when not, -1 on error. */
+static int exportable_as_is(PyObject *attrs, Py_ssize_t max_attributes, Py_ssize_t max_length)
+{
+    if (!PyDict_CheckExact(attrs) || PyDict_GET_SIZE(attrs) > max_attributes)
+        return 0;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(attrs, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key) || PyUnicode_GET_LENGTH(key) > MAX_KEY_LENGTH)
+            return 0;
+        if (PyUnicode_CheckExact(value)) {
+            if (PyUnicode_GET_LENGTH(value) > max_length || !PyUnicode_IS_ASCII(value))
+                return 0;
+        }
+        else if (PyBool_Check(value)) {
+        }
+        else if (PyLong_CheckExact(value)) {
+            int overflow = 0;
+            long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+            if (overflow)
+                return 0;
+            if (v == -1 && PyErr_Occurred())
+                return -1;
+        }
+        else if (PyFloat_CheckExact(value)) {
+            if (!isfinite(PyFloat_AS_DOUBLE(value)))
+                return 0;
+        }
+        else
+            return 0;
+    }
+    if (PyDict_GET_SIZE(attrs) == 0)
+        return 1;
+    return PyDict_Contains(attrs, str_db_query_text) == 0 ? 1 : 0;  /* a statement: summarized in Python */
+}
+
+static int is_kind(PyObject *kind)
+{
+    if (!PyUnicode_CheckExact(kind))
+        return 0;
+    for (int i = 0; i < 5; i++)
+        if (kind == kinds[i] || PyUnicode_Compare(kind, kinds[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* "%0{width}x" of a non-negative int below 2**(4*width); NULL without an error set when it is not one. */
+static PyObject *hex_of(PyObject *value, int width)
+{
+    char text[33];
+    if (!PyLong_CheckExact(value))  /* (a negative one: OverflowError below, cleared) */
+        return NULL;
+    if (width == 16) {
+        unsigned long long v = PyLong_AsUnsignedLongLong(value);
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return NULL;
+        }
+        snprintf(text, sizeof(text), "%016llx", v);
+        return PyUnicode_FromStringAndSize(text, 16);
+    }
+    unsigned char bytes[16];
+#if PY_VERSION_HEX >= 0x030D0000
+    if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 0, 0, 1) < 0) {
+#else
+    if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 0, 0) < 0) {
+#endif
+        PyErr_Clear();
+        return NULL;
+    }
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < 16; i++) {
+        text[2 * i] = digits[bytes[i] >> 4];
+        text[2 * i + 1] = digits[bytes[i] & 15];
+    }
+    return PyUnicode_FromStringAndSize(text, 32);
+}
+
+/* The span_fields() tuple of one span, Py_None when Python must convert it, NULL on error. */
+static PyObject *span_fields(PyObject *span, PyObject *service, PyObject *offset, Py_ssize_t max_attributes,
+                             Py_ssize_t max_length)
+{
+    if (Py_TYPE(span) != span_type)
+        Py_RETURN_NONE;
+    PyObject *name = SLOT(span, S_NAME), *attrs = SLOT(span, S_ATTRIBUTES), *kind = SLOT(span, S_KIND);
+    PyObject *span_id = SLOT(span, S_SPAN_ID), *parent_id = SLOT(span, S_PARENT_ID);
+    PyObject *start = SLOT(span, S_START), *end = SLOT(span, S_END), *status = SLOT(span, S_STATUS);
+    PyObject *events = SLOT(span, S_EVENTS), *root = SLOT(span, S_ROOT);
+    if (!name || !attrs || !kind || !span_id || !parent_id || !start || !end || !status || !events)
+        Py_RETURN_NONE;
+    if (root == NULL)
+        root = span;  /* unlinked already: Span.__getattr__ answers `root` with the span itself */
+    if (Py_TYPE(root) != span_type)
+        Py_RETURN_NONE;
+    PyObject *trace_id = SLOT(root, S_TRACE_ID);
+    if (trace_id == NULL || !PyLong_CheckExact(start) || !PyLong_CheckExact(end))
+        Py_RETURN_NONE;
+    if (events != Py_None && !(PyList_CheckExact(events) && PyList_GET_SIZE(events) == 0))
+        Py_RETURN_NONE;
+    if (status != str_ok && (!PyUnicode_CheckExact(status) || PyUnicode_Compare(status, str_ok) != 0))
+        Py_RETURN_NONE;
+    if (!PyUnicode_CheckExact(name) || PyUnicode_GET_LENGTH(name) == 0 ||
+        PyUnicode_GET_LENGTH(name) > MAX_NAME_LENGTH || !is_kind(kind))
+        Py_RETURN_NONE;
+    int plain = exportable_as_is(attrs, max_attributes, max_length);
+    if (plain < 0)
+        return NULL;
+    if (!plain)
+        Py_RETURN_NONE;
+
+    PyObject *trace_hex = NULL, *span_hex = NULL, *parent_hex = NULL, *wall = NULL, *duration = NULL;
+    PyObject *no_events = NULL, *result = NULL;
+    trace_hex = hex_of(trace_id, 32);
+    span_hex = trace_hex ? hex_of(span_id, 16) : NULL;
+    if (span_hex == NULL)
+        goto special;
+    int parent_true = PyObject_IsTrue(parent_id);
+    if (parent_true < 0)
+        goto error;
+    if (parent_true) {
+        parent_hex = hex_of(parent_id, 16);
+        if (parent_hex == NULL)
+            goto special;
+    }
+    else {
+        parent_hex = Py_None;
+        Py_INCREF(parent_hex);
+    }
+    wall = PyNumber_Add(start, offset);
+    if (wall == NULL)
+        goto error;
+    int later = PyObject_RichCompareBool(end, start, Py_GT);
+    if (later < 0)
+        goto error;
+    duration = later ? PyNumber_Subtract(end, start) : PyLong_FromLong(0);
+    no_events = PyList_New(0);
+    if (duration == NULL || no_events == NULL)
+        goto error;
+    result = PyTuple_New(12);
+    if (result == NULL)
+        goto error;
+    PyObject *items[12] = {trace_hex, span_hex, parent_hex, name, kind, service, wall, duration, str_ok, attrs,
+                           no_events, trace_id};
+    for (int i = 0; i < 12; i++) {
+        if (i == 3 || i == 4 || i == 5 || i == 8 || i == 9 || i == 11)
+            Py_INCREF(items[i]);  /* borrowed: the others are new references, handed over */
+        PyTuple_SET_ITEM(result, i, items[i]);
+    }
+    if (root == span && SLOT(span, S_ROOT) != NULL) {  /* see records._unlink_root */
+        PyObject *self_ref = SLOT(span, S_ROOT);
+        SLOT(span, S_ROOT) = NULL;
+        Py_DECREF(self_ref);
+    }
+    return result;
+
+special:
+    if (PyErr_Occurred())
+        goto error;
+    Py_XDECREF(trace_hex);
+    Py_XDECREF(span_hex);
+    Py_XDECREF(parent_hex);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(trace_hex);
+    Py_XDECREF(span_hex);
+    Py_XDECREF(parent_hex);
+    Py_XDECREF(wall);
+    Py_XDECREF(duration);
+    Py_XDECREF(no_events);
+    return NULL;
+}
+
+static PyObject *fields(PyObject *self, PyObject *args)
+{
+    PyObject *spans, *service, *offset;
+    Py_ssize_t max_attributes, max_length;
+    if (!PyArg_ParseTuple(args, "O!UO!nn", &PyList_Type, &spans, &service, &PyLong_Type, &offset, &max_attributes,
+                          &max_length))
+        return NULL;
+    if (span_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(spans);
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = span_fields(PyList_GET_ITEM(spans, i), service, offset, max_attributes, max_length);
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, item);
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------------------------------ JSON text */
+
+/* What the store's compact encoder (jsontext.compact_encoder: json, no spaces, non-ASCII kept) writes for a
+   dict of str keys and values str (ASCII), int64, bool or finite float, written here directly: json's C
+   encoder costs ten times as much on a span's attributes (its per-call set-up, a list of chunks, a join). */
+typedef struct {
+    char *data;
+    Py_ssize_t size, capacity;
+    char local[1024];
+} Buffer;
+
+static int buffer_reserve(Buffer *b, Py_ssize_t more)
+{
+    if (b->size + more <= b->capacity)
+        return 0;
+    Py_ssize_t capacity = (b->size + more) * 2;
+    char *data = b->data == b->local ? PyMem_Malloc(capacity) : PyMem_Realloc(b->data, capacity);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (b->data == b->local)
+        memcpy(data, b->local, b->size);
+    b->data = data;
+    b->capacity = capacity;
+    return 0;
+}
+
+static int buffer_text(Buffer *b, const char *text, Py_ssize_t length)
+{
+    if (buffer_reserve(b, length) < 0)
+        return -1;
+    memcpy(b->data + b->size, text, length);
+    b->size += length;
+    return 0;
+}
+
+/* An ASCII str as a JSON string, escaped as json.encoder.c_encode_basestring does. */
+static int buffer_string(Buffer *b, PyObject *text)
+{
+    Py_ssize_t length = PyUnicode_GET_LENGTH(text);
+    const unsigned char *chars = PyUnicode_1BYTE_DATA(text);
+    if (buffer_reserve(b, length * 6 + 2) < 0)
+        return -1;
+    char *out = b->data + b->size;
+    *out++ = '"';
+    for (Py_ssize_t i = 0; i < length; i++) {
+        unsigned char c = chars[i];
+        if (c >= ' ' && c != '"' && c != '\\') {
+            *out++ = (char)c;
+            continue;
+        }
+        *out++ = '\\';
+        switch (c) {
+        case '"': *out++ = '"'; break;
+        case '\\': *out++ = '\\'; break;
+        case '\n': *out++ = 'n'; break;
+        case '\r': *out++ = 'r'; break;
+        case '\t': *out++ = 't'; break;
+        case '\b': *out++ = 'b'; break;
+        case '\f': *out++ = 'f'; break;
+        default:
+            out += sprintf(out, "u%04x", c);
+        }
+    }
+    *out++ = '"';
+    b->size = out - b->data;
+    return 0;
+}
+
+/* The JSON text of a plain attribute dict; Py_None (a new reference) when it is not one. */
+static PyObject *plain_json_object(PyObject *attrs)
+{
+    Buffer b;
+    b.data = b.local;
+    b.size = 0;
+    b.capacity = sizeof(b.local);
+    PyObject *result = NULL;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    char number[32];
+    if (buffer_text(&b, "{", 1) < 0)
+        goto done;
+    int first = 1;
+    while (PyDict_Next(attrs, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key) || !PyUnicode_IS_ASCII(key))
+            goto not_plain;
+        if (!first && buffer_text(&b, ",", 1) < 0)
+            goto done;
+        first = 0;
+        if (buffer_string(&b, key) < 0 || buffer_text(&b, ":", 1) < 0)
+            goto done;
+        if (PyUnicode_CheckExact(value)) {
+            if (!PyUnicode_IS_ASCII(value))
+                goto not_plain;
+            if (buffer_string(&b, value) < 0)
+                goto done;
+        }
+        else if (value == Py_True) {
+            if (buffer_text(&b, "true", 4) < 0)
+                goto done;
+        }
+        else if (value == Py_False) {
+            if (buffer_text(&b, "false", 5) < 0)
+                goto done;
+        }
+        else if (PyLong_CheckExact(value)) {
+            int overflow = 0;
+            long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+            if (overflow || (v == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                goto not_plain;
+            }
+            int n = snprintf(number, sizeof(number), "%lld", v);
+            if (buffer_text(&b, number, n) < 0)
+                goto done;
+        }
+        else if (PyFloat_CheckExact(value) && isfinite(PyFloat_AS_DOUBLE(value))) {
+            PyObject *repr = PyObject_Repr(value);  /* as json writes a float */
+            if (repr == NULL)
+                goto done;
+            int ok = PyUnicode_IS_ASCII(repr) &&
+                     buffer_text(&b, (const char *)PyUnicode_1BYTE_DATA(repr), PyUnicode_GET_LENGTH(repr)) == 0;
+            Py_DECREF(repr);
+            if (!ok)
+                goto done;
+        }
+        else
+            goto not_plain;
+    }
+    if (buffer_text(&b, "}", 1) < 0)
+        goto done;
+    result = PyUnicode_DecodeASCII(b.data, b.size, NULL);
+    goto done;
+not_plain:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (b.data != b.local)
+        PyMem_Free(b.data);
+    return result;
+}
+
+/* encode(value) through json's C encoder (`fast`, called as fast(value, 0) -> chunks), else `fallback`. */
+static PyObject *json_text(PyObject *value, PyObject *fast, PyObject *fallback)
+{
+    PyObject *chunks = PyObject_CallFunction(fast, "On", value, (Py_ssize_t)0);
+    if (chunks != NULL && PySequence_Check(chunks)) {
+        Py_ssize_t n = PySequence_Size(chunks);
+        PyObject *text = NULL;
+        if (n == 1)
+            text = PySequence_GetItem(chunks, 0);
+        else if (n >= 0) {
+            PyObject *empty = PyUnicode_New(0, 0);
+            text = empty ? PyUnicode_Join(empty, chunks) : NULL;
+            Py_XDECREF(empty);
+        }
+        Py_DECREF(chunks);
+        if (text != NULL && PyUnicode_CheckExact(text))
+            return text;
+        Py_XDECREF(text);
+    }
+    else
+        Py_XDECREF(chunks);
+    PyErr_Clear();
+    return PyObject_CallOneArg(fallback, value);
+}
+
+static PyObject *store_values(PyObject *self, PyObject *args)
+{
+    PyObject *rows, *fast, *encode, *attributes_json;
+    if (!PyArg_ParseTuple(args, "O!OOO", &PyList_Type, &rows, &fast, &encode, &attributes_json))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(rows);
+    PyObject *out = PyList_New(count * 12);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *f = PyList_GET_ITEM(rows, i);
+        if (!PyTuple_CheckExact(f) || PyTuple_GET_SIZE(f) != 12 || !PyLong_Check(PyTuple_GET_ITEM(f, 11))) {
+            PyErr_SetString(PyExc_TypeError, "store_values() takes span_fields() tuples");
+            goto error;
+        }
+        unsigned long long low = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(f, 11));
+        if (low == (unsigned long long)-1 && PyErr_Occurred())
+            goto error;
+        PyObject *key = PyLong_FromLongLong((long long)low);  /* the low 64 bits, as a signed SQLite integer */
+        if (key == NULL)
+            goto error;
+        PyList_SET_ITEM(out, i * 12, key);
+        for (int k = 0; k < 9; k++) {
+            PyObject *v = PyTuple_GET_ITEM(f, k);
+            Py_INCREF(v);
+            PyList_SET_ITEM(out, i * 12 + 1 + k, v);
+        }
+        PyObject *attrs = PyTuple_GET_ITEM(f, 9), *text;
+        if (PyDict_CheckExact(attrs) && PyDict_GET_SIZE(attrs) == 0) {
+            text = empty_json_object;
+            Py_INCREF(text);
+        }
+        else if (PyDict_CheckExact(attrs)) {
+            text = plain_json_object(attrs);
+            if (text == Py_None) {
+                Py_DECREF(text);
+                text = json_text(attrs, fast, encode);
+            }
+        }
+        else
+            text = PyObject_CallOneArg(attributes_json, attrs);  /* shared attributes: their JSON kept */
+        if (text == NULL)
+            goto error;
+        PyList_SET_ITEM(out, i * 12 + 10, text);
+        PyObject *events = PyTuple_GET_ITEM(f, 10);
+        int has_events = PyObject_IsTrue(events);
+        if (has_events < 0)
+            goto error;
+        if (has_events)
+            text = json_text(events, fast, encode);
+        else {
+            text = empty_json_array;
+            Py_INCREF(text);
+        }
+        if (text == NULL)
+            goto error;
+        PyList_SET_ITEM(out, i * 12 + 11, text);
+    }
+    return out;
+error:
+    Py_DECREF(out);  /* (unset items are NULL: list_dealloc skips them) */
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_O, "configure(Span): where the span class keeps its slots."},
+    {"fields", fields, METH_VARARGS,
+     "fields(spans, service, offset, max_attributes, max_length) -> [span_fields() tuple or None per span]"},
+    {"store_values", store_values, METH_VARARGS,
+     "store_values(rows, fast_encoder, encode, attributes_json) -> the flat list of the rows' SQLite values"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "autoinstr._speedups", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__speedups(void)
+{
+    static const char *kind_names[5] = {"internal", "server", "client", "producer", "consumer"};
+    for (int i = 0; i < 5; i++)
+        if ((kinds[i] = PyUnicode_InternFromString(kind_names[i])) == NULL)
+            return NULL;
+    if ((str_ok = PyUnicode_InternFromString("ok")) == NULL ||
+        (str_error = PyUnicode_InternFromString("error")) == NULL ||
+        (str_db_query_text = PyUnicode_InternFromString("db.query.text")) == NULL ||
+        (empty_json_object = PyUnicode_InternFromString("{}")) == NULL ||
+        (empty_json_array = PyUnicode_InternFromString("[]")) == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,236 @@
+"""The optional compiled conversion (autoinstr._speedups) gives exactly what the pure-Python code gives.
+
+It is built with the wheel where a C compiler is found (hatch_build.py; test.sh builds it in place for these
+tests, and sets AUTOINSTR_REQUIRE_SPEEDUPS so that a failed build fails here rather than skipping).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from autoinstr.export import records
+from autoinstr.export.records import FIELDS, records_of, span_fields
+from autoinstr.store import _MASK64, _TWO63, _TWO64, _attributes_json, to_json
+from autoinstr.trace.span import Span, SpanContext
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    monkeypatch.setattr(records, "_speedups", False)  # looked for afresh
+    module = records.speedups()
+    if module is None:
+        if os.environ.get("AUTOINSTR_REQUIRE_SPEEDUPS"):
+            pytest.fail("autoinstr._speedups is not built (python hatch_build.py)")
+        pytest.skip("autoinstr._speedups is not built here")
+    return module
+
+
+def python_values(rows):
+    """store.Store.insert_fields' rows, as its pure-Python loop makes them."""
+    values = []
+    for f in rows:
+        key = f[11] & _MASK64
+        values.extend((key - _TWO64 if key >= _TWO63 else key, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
+                       _attributes_json(f[9]), to_json(f[10]) if f[10] else "[]"))
+    return values
+
+
+class Odd:
+    def __str__(self):
+        return "odd"
+
+
+ascii_text = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=40)
+any_text = st.one_of(ascii_text, st.text(max_size=20), st.just("\ud800x"), st.just("é" * 3),
+                     st.text(alphabet="ab", min_size=4090, max_size=4100))
+plain_values = st.one_of(ascii_text, st.booleans(), st.integers(-(1 << 63), (1 << 63) - 1),
+                         st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([-0.0, 1e16, 5e-324, 1e300]))
+odd_values = st.one_of(any_text, st.none(), st.integers(), st.floats(), st.binary(max_size=5),
+                       st.lists(st.integers(), max_size=3), st.builds(Odd))
+keys = st.one_of(ascii_text, st.text(max_size=10), st.text(min_size=250, max_size=260), st.integers(0, 3))
+
+
+@st.composite
+def span_specs(draw):
+    plain = draw(st.booleans())
+    attrs = draw(st.dictionaries(ascii_text if plain else keys, plain_values if plain else odd_values, max_size=12))
+    return {
+        "name": draw(st.one_of(st.sampled_from(["GET /users/<int:id>", "SELECT users", "db"]), any_text,
+                               st.integers(0, 9))),
+        "kind": draw(st.sampled_from(["internal", "server", "client", "producer", "consumer", "weird"])),
+        "attrs": attrs,
+        "statement": draw(st.one_of(st.none(), st.sampled_from(["SELECT * FROM t WHERE a = 'x'", "UPDATE t SET a=1"]))),
+        "error": draw(st.booleans()),
+        "event": draw(st.booleans()),
+        "parent": draw(st.sampled_from(["new", "child", "remote", "remote-zero-span"])),
+        "span_id": draw(st.one_of(st.none(), st.sampled_from([1, (1 << 64) - 1, 1 << 64, 7]))),
+        "trace_id": draw(st.sampled_from([1, (1 << 128) - 1, 1 << 128, 0xABC])),
+    }
+
+
+def make_spans(specs):
+    """Finished local traces (as the pipeline takes them) from the specs: each spec one span, children under
+    the previous root when asked."""
+    batches = []
+    root = None
+    for spec in specs:
+        if spec["parent"] == "child" and root is not None:
+            span = Span(spec["name"], kind=spec["kind"], parent=root)
+        elif spec["parent"].startswith("remote"):
+            span_id = 0 if spec["parent"] == "remote-zero-span" else 0x1234
+            span = Span(spec["name"], kind=spec["kind"], parent=SpanContext(spec["trace_id"], span_id, True))
+            root = span
+        else:
+            span = Span(spec["name"], kind=spec["kind"], parent=None)
+            root = span
+        span.attributes.update(spec["attrs"])
+        if spec["statement"] is not None:
+            span.attributes["db.query.text"] = spec["statement"]
+            span.attributes["db.system"] = "sqlite"
+        if spec["span_id"] is not None:
+            span.span_id = spec["span_id"]
+        span.start()
+        if spec["event"]:
+            span.add_event("ev", {"k": "v"})
+        if spec["error"]:
+            span.set_status("error")
+        span.end_ns = span.start_ns + 1000
+        batches.append([span])
+    return batches
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(span_specs(), min_size=1, max_size=8))
+def test_fields_equal_span_fields_for_every_span_they_convert(specs):
+    module = records.speedups()
+    if module is None:
+        pytest.skip("autoinstr._speedups is not built here")
+    spans = [s for batch in make_spans(specs) for s in batch]
+    offset = 1_700_000_000_000_000_000
+    expected = [span_fields(s, "svc", offset, 8, 64) for s in spans]  # (unlinks the roots first: C copes)
+    got = module.fields(spans, "svc", offset, 8, 64)
+    assert len(got) == len(spans)
+    for span, want, have in zip(spans, expected, got):
+        if have is not None:
+            assert have == want
+            assert type(have[9]) in (dict, records.SharedAttributes)
+        else:  # left to Python: something span_fields changes or must look at
+            attrs = span.attributes
+            assert (span._status == "error" or span._events or "db.query.text" in attrs or span.kind not in
+                    records._KINDS or want[9] != attrs or want[3] != span.name or span.span_id >= 1 << 64
+                    or (span.parent_id or 0) >= 1 << 64
+                    or span.root._trace_id >= 1 << 128 or not isinstance(span.name, str)
+                    or any(type(v) not in (str, int, bool, float) or type(v) is str and not v.isascii()
+                           for v in attrs.values()) or any(type(k) is not str for k in attrs))
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(span_specs(), min_size=1, max_size=8), st.booleans())
+def test_records_of_gives_the_same_records_either_way(specs, as_fields):
+    module = records.speedups()
+    if module is None:
+        pytest.skip("autoinstr._speedups is not built here")
+    batches = make_spans(specs)
+    saved = records._speedups, records.wall_offset_ns
+    records.wall_offset_ns = lambda: 1_700_000_000_000_000_000  # (each call would read the clocks afresh)
+    try:
+        records._speedups = None  # pure Python
+        python = records_of(batches, "svc", 8, 64, fields=as_fields)
+        records._speedups = saved[0]
+        compiled = records_of(batches, "svc", 8, 64, fields=as_fields)
+    finally:
+        records._speedups, records.wall_offset_ns = saved
+    if as_fields:
+        python, compiled = [dict(zip(FIELDS, f)) for f in python], [dict(zip(FIELDS, f)) for f in compiled]
+    assert python == compiled
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.one_of(st.dictionaries(ascii_text, plain_values, max_size=10),
+                                    st.dictionaries(keys, odd_values, max_size=4)),
+                          st.booleans(), st.sampled_from([1, (1 << 128) - 1, 1 << 63, (1 << 63) - 1])),
+                max_size=12))
+def test_store_values_equal_the_python_rows(items):
+    module = records.speedups()
+    if module is None:
+        pytest.skip("autoinstr._speedups is not built here")
+    rows = []
+    for attrs, shared, trace in items:
+        cleaned = records.clean_attributes(attrs, 128, 4096)
+        attributes = records.SharedAttributes(cleaned) if shared else cleaned
+        events = [{"name": "e", "time_ns": 1, "attributes": {"a": 1}}] if shared else []
+        rows.append(("%032x" % trace, "%016x" % 5, None, "n", "internal", "svc", 1, 2, "ok", attributes, events,
+                     trace))
+    assert module.store_values(rows, to_json.c_encoder, to_json, _attributes_json) == python_values(rows)
+
+
+def test_json_of_plain_attributes_is_the_stores_json_text(compiled):
+    """The compiled writer of plain attribute dicts against json (through the store's encoder), on the values
+    where writers differ: escapes, control characters, float formatting, the int64 bounds."""
+    attrs = {"quote\"back\\slash": "a\"b\\c", "ctl": "".join(map(chr, range(32))) + "\x7f", "empty": "",
+             "min": -(1 << 63), "max": (1 << 63) - 1, "zero": 0, "t": True, "f": False, "neg0": -0.0, "tiny": 5e-324,
+             "big": 1e300, "e16": 1e16, "third": 1 / 3, "int-float": 2.0, "": "key empty"}
+    row = ("0" * 32, "0" * 16, None, "n", "internal", "svc", 1, 2, "ok", attrs, [], 1)
+    values = compiled.store_values([row], to_json.c_encoder, to_json, _attributes_json)
+    assert values[10] == to_json(attrs)
+    assert values == python_values([row])
+
+
+def test_fields_unlink_local_roots(compiled, collected):
+    """As span_fields does: a converted local root no longer refers to itself, so the trace is freed by
+    reference counting alone."""
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            with Span("root"), Span("child"):
+                pass
+        spans = [s for batch in collected for s in batch]
+        assert all(r.root is r for r in spans[1::2])
+        converted = compiled.fields(spans, "svc", 0, 128, 4096)
+        assert None not in converted
+        assert all(r.root is r for r in spans[1::2])  # still answered, through __getattr__
+        del spans, converted
+        collected.clear()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+def test_fields_leave_what_they_cannot_convert_to_python(compiled):
+    plain = Span("plain", parent=None)
+    plain.start().finish()
+    others = []
+    for attrs in ({"x": None}, {"x": "é"}, {"x": 1 << 70}, {"x": math.nan}, {"x": [1]}, {1: "k"}, {"x": "v" * 65}):
+        span = Span("odd", parent=None)
+        span.attributes.update(attrs)
+        span.start().finish()
+        others.append(span)
+    converted = compiled.fields([plain] + others, "svc", 0, 128, 64)
+    assert converted[0] is not None
+    assert converted[1:] == [None] * len(others)
+
+
+def test_configure_refuses_a_class_without_the_slots(compiled):
+    class NotASpan:
+        __slots__ = ("name",)
+
+    with pytest.raises(TypeError):
+        compiled.configure(NotASpan)
+    compiled.configure(Span)
+
+
+def test_the_agent_runs_without_the_compiled_module(monkeypatch, collected):
+    monkeypatch.setenv("AUTOINSTR_SPEEDUPS", "false")
+    monkeypatch.setattr(records, "_speedups", False)
+    assert records.speedups() is None
+    with Span("a"), Span("b"):
+        pass
+    assert [r["name"] for r in records_of(collected, "svc", 128, 4096)] == ["b", "a"]
+
