@@ -25,6 +25,7 @@ static Py_ssize_t offsets[S_COUNT];
 static PyTypeObject *span_type = NULL;
 static PyObject *str_ok, *str_error, *str_db_query_text, *kinds[5];
 static PyObject *empty_json_object, *empty_json_array;
+static PyObject *no_events;  /* the events of every record converted here: one empty list, never changed */
 
 #define SLOT(obj, i) (*(PyObject **)((char *)(obj) + offsets[i]))
 
@@ -101,7 +102,8 @@ static int is_kind(PyObject *kind)
 /* "%0{width}x" of a non-negative int below 2**(4*width); NULL without an error set when it is not one. */
 static PyObject *hex_of(PyObject *value, int width)
 {
-    char text[33];
+    static const char digits[] = "0123456789abcdef";
+    unsigned char bytes[16];
     if (!PyLong_CheckExact(value))  /* (a negative one: OverflowError below, cleared) */
         return NULL;
     if (width == 16) {
@@ -110,24 +112,26 @@ static PyObject *hex_of(PyObject *value, int width)
             PyErr_Clear();
             return NULL;
         }
-        snprintf(text, sizeof(text), "%016llx", v);
-        return PyUnicode_FromStringAndSize(text, 16);
+        for (int i = 7; i >= 0; i--, v >>= 8)
+            bytes[i] = (unsigned char)(v & 0xff);
     }
-    unsigned char bytes[16];
 #if PY_VERSION_HEX >= 0x030D0000
-    if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 0, 0, 1) < 0) {
+    else if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 0, 0, 1) < 0) {
 #else
-    if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 0, 0) < 0) {
+    else if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 0, 0) < 0) {
 #endif
         PyErr_Clear();
         return NULL;
     }
-    static const char digits[] = "0123456789abcdef";
-    for (int i = 0; i < 16; i++) {
-        text[2 * i] = digits[bytes[i] >> 4];
-        text[2 * i + 1] = digits[bytes[i] & 15];
+    PyObject *text = PyUnicode_New(width, 127);
+    if (text == NULL)
+        return NULL;
+    Py_UCS1 *out = PyUnicode_1BYTE_DATA(text);
+    for (int i = 0; i < width / 2; i++) {
+        out[2 * i] = digits[bytes[i] >> 4];
+        out[2 * i + 1] = digits[bytes[i] & 15];
     }
-    return PyUnicode_FromStringAndSize(text, 32);
+    return text;
 }
 
 /* The span_fields() tuple of one span, Py_None when Python must convert it, NULL on error. */
@@ -163,7 +167,7 @@ static PyObject *span_fields(PyObject *span, PyObject *service, PyObject *offset
         Py_RETURN_NONE;
 
     PyObject *trace_hex = NULL, *span_hex = NULL, *parent_hex = NULL, *wall = NULL, *duration = NULL;
-    PyObject *no_events = NULL, *result = NULL;
+    PyObject *result = NULL;
     trace_hex = hex_of(trace_id, 32);
     span_hex = trace_hex ? hex_of(span_id, 16) : NULL;
     if (span_hex == NULL)
@@ -187,8 +191,7 @@ static PyObject *span_fields(PyObject *span, PyObject *service, PyObject *offset
     if (later < 0)
         goto error;
     duration = later ? PyNumber_Subtract(end, start) : PyLong_FromLong(0);
-    no_events = PyList_New(0);
-    if (duration == NULL || no_events == NULL)
+    if (duration == NULL)
         goto error;
     result = PyTuple_New(12);
     if (result == NULL)
@@ -196,10 +199,14 @@ static PyObject *span_fields(PyObject *span, PyObject *service, PyObject *offset
     PyObject *items[12] = {trace_hex, span_hex, parent_hex, name, kind, service, wall, duration, str_ok, attrs,
                            no_events, trace_id};
     for (int i = 0; i < 12; i++) {
-        if (i == 3 || i == 4 || i == 5 || i == 8 || i == 9 || i == 11)
+        if (i == 3 || i == 4 || i == 5 || i == 8 || i == 9 || i == 10 || i == 11)
             Py_INCREF(items[i]);  /* borrowed: the others are new references, handed over */
         PyTuple_SET_ITEM(result, i, items[i]);
     }
+    /* No cycle can go through the record (its attributes hold only str, int, bool and float; its events list is
+       empty for good): the cyclic GC need not visit it, and a flush's thousands of records waiting for the
+       store otherwise make every young-generation collection longer. */
+    PyObject_GC_UnTrack(result);
     if (root == span && SLOT(span, S_ROOT) != NULL) {  /* see records._unlink_root */
         PyObject *self_ref = SLOT(span, S_ROOT);
         SLOT(span, S_ROOT) = NULL;
@@ -220,7 +227,6 @@ error:
     Py_XDECREF(parent_hex);
     Py_XDECREF(wall);
     Py_XDECREF(duration);
-    Py_XDECREF(no_events);
     return NULL;
 }
 
@@ -502,7 +508,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         (str_error = PyUnicode_InternFromString("error")) == NULL ||
         (str_db_query_text = PyUnicode_InternFromString("db.query.text")) == NULL ||
         (empty_json_object = PyUnicode_InternFromString("{}")) == NULL ||
-        (empty_json_array = PyUnicode_InternFromString("[]")) == NULL)
+        (empty_json_array = PyUnicode_InternFromString("[]")) == NULL || (no_events = PyList_New(0)) == NULL)
         return NULL;
     return PyModule_Create(&module);
 }

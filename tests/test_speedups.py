@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from autoinstr.export import records
 from autoinstr.export.records import FIELDS, records_of, span_fields
-from autoinstr.store import _MASK64, _TWO63, _TWO64, _attributes_json, to_json
+from autoinstr.store import _attributes_json, python_values, to_json
 from autoinstr.trace.span import Span, SpanContext
 
 
@@ -29,16 +29,6 @@ def compiled(monkeypatch):
             pytest.fail("autoinstr._speedups is not built (python hatch_build.py)")
         pytest.skip("autoinstr._speedups is not built here")
     return module
-
-
-def python_values(rows):
-    """store.Store.insert_fields' rows, as its pure-Python loop makes them."""
-    values = []
-    for f in rows:
-        key = f[11] & _MASK64
-        values.extend((key - _TWO64 if key >= _TWO63 else key, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
-                       _attributes_json(f[9]), to_json(f[10]) if f[10] else "[]"))
-    return values
 
 
 class Odd:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 2  # 2: no trace index (spans_trace), see below
 BUSY_TIMEOUT_MS = 5000
+PAGE_SIZE = 16384
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,6 +83,17 @@ def _attributes_json(attributes: Any) -> str:
         if as_json is not None:
             return as_json(to_json)  # type: ignore[no-any-return]
     return to_json(attributes)
+
+
+def python_values(rows: Sequence[Sequence[Any]]) -> List[Any]:
+    """The values of span_fields() tuples' rows, flat, in the INSERT's column order (see _speedups_store_values)."""
+    values: List[Any] = []
+    add = values.extend
+    for f in rows:
+        key = f[11] & _MASK64
+        add((key - _TWO64 if key >= _TWO63 else key, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
+             _attributes_json(f[9]), to_json(f[10]) if f[10] else "[]"))
+    return values
 
 
 def _speedups_store_values() -> Optional[Callable[[List[Any]], Optional[List[Any]]]]:
@@ -157,6 +169,10 @@ class Store:
         self._rows_per_insert = _MAX_ROWS_PER_INSERT
 
     def _init_schema(self) -> None:
+        # A new store gets 16 KB pages (set before its first write; an existing store keeps its own): a span
+        # costs SQLite about 1.6 us to store instead of 2.4-3.4 with 4 KB pages (fewer pages split and
+        # rewritten per 512-row statement, and WAL checkpoints a quarter as often).
+        self.db.execute("PRAGMA page_size = %d" % PAGE_SIZE)
         mode = self.db.execute("PRAGMA journal_mode").fetchall()[0][0]
         if str(mode).lower() != "wal":
             self.db.execute("PRAGMA journal_mode = WAL")
@@ -229,12 +245,7 @@ class Store:
             part = spans[done:done + per]
             values = _store_values(part) if _store_values is not None else None
             if values is None:
-                values = []
-                add = values.extend
-                for f in part:
-                    key = f[11] & _MASK64
-                    add((key - _TWO64 if key >= _TWO63 else key, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7],
-                         f[8], _attributes_json(f[9]), to_json(f[10]) if f[10] else "[]"))
+                values = python_values(part)
             try:
                 stored += self._insert_rows(values, per)
             except sqlite3.OperationalError as exc:
