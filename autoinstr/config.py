@@ -94,7 +94,7 @@ class Config:
         "trace_response_header", "sql_obfuscation", "max_span_names", "http_request_headers", "http_response_headers",
         "collector_token", "collector_max_body_mb", "collector_compression",
         "otlp_traces_endpoint", "otlp_protocol", "otlp_compression", "otlp_headers", "export_timeout",
-        "resource_attributes",
+        "resource_attributes", "speedups",
         "statsd_prefix", "statsd_tags",
         "sources", "warnings",
         "_emit", "_env",
@@ -111,6 +111,7 @@ class Config:
         self.flush_on_sigterm = self._bool("AUTOINSTR_FLUSH_ON_SIGTERM", True)
         self.trace_response_header = self._bool("AUTOINSTR_TRACE_RESPONSE_HEADER", False)
         self.sql_obfuscation = self._bool("AUTOINSTR_SQL_OBFUSCATION", True)
+        self.speedups = self._bool("AUTOINSTR_SPEEDUPS", True)
         self.http_request_headers = self._names(("AUTOINSTR_HTTP_REQUEST_HEADERS",
                                                   "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"))
         self.http_response_headers = self._names(("AUTOINSTR_HTTP_RESPONSE_HEADERS",
@@ -369,6 +370,7 @@ class Config:
             ("AUTOINSTR_MAX_SPAN_NAMES", self.max_span_names),
             ("AUTOINSTR_HTTP_REQUEST_HEADERS", ",".join(self.http_request_headers) or "(none)"),
             ("AUTOINSTR_HTTP_RESPONSE_HEADERS", ",".join(self.http_response_headers) or "(none)"),
+            ("AUTOINSTR_SPEEDUPS", self.speedups),
             ("AUTOINSTR_DEBUG", self.debug),
         ]
 

@@ -217,10 +217,76 @@ def test_configure_refuses_a_class_without_the_slots(compiled):
 
 
 def test_the_agent_runs_without_the_compiled_module(monkeypatch, collected):
-    monkeypatch.setenv("AUTOINSTR_SPEEDUPS", "false")
+    from autoinstr import config
+
     monkeypatch.setattr(records, "_speedups", False)
-    assert records.speedups() is None
+    config.reset({"AUTOINSTR_SPEEDUPS": "false"})
+    try:
+        assert records.speedups() is None
+    finally:
+        config.reset()
     with Span("a"), Span("b"):
         pass
     assert [r["name"] for r in records_of(collected, "svc", 128, 4096)] == ["b", "a"]
 
+
+def test_a_bad_speedups_setting_warns_once_and_keeps_them_on():
+    from autoinstr import config
+
+    cfg = config.reset({"AUTOINSTR_SPEEDUPS": "perhaps"})
+    try:
+        assert cfg.speedups is True
+        assert len([w for w in cfg.warnings if "AUTOINSTR_SPEEDUPS" in w]) == 1
+    finally:
+        config.reset()
+
+
+
+msgpack_values = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 63), (1 << 64) - 1), st.floats(),
+                           st.text(max_size=40), st.text(min_size=250, max_size=70000).filter(lambda t: len(t) > 255),
+                           st.just("\ud800"), st.binary(max_size=4), st.lists(st.integers(), max_size=3))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.tuples(st.dictionaries(st.one_of(st.text(max_size=20), st.integers(0, 3)), msgpack_values,
+                                          max_size=20),
+                          st.booleans(), st.one_of(st.none(), st.text(max_size=20)), msgpack_values),
+                max_size=20))
+def test_pack_records_is_what_msgpack_packs(items):
+    """The collector's body from span_fields() tuples equals msgpack.packb of their records, byte for byte, for
+    every value msgpack packs (ints of every width and sign, floats, str of every length, the odd ones that
+    go through msgpack itself); a value msgpack refuses is refused alike."""
+    import msgpack
+
+    module = records.speedups()
+    if module is None:
+        pytest.skip("autoinstr._speedups is not built here")
+    from autoinstr.export.collector import _pack_one
+
+    rows = []
+    for attrs, with_events, parent, start in items:
+        events = [{"name": "e", "time_ns": 1, "attributes": {}}] if with_events else []
+        rows.append(("%032x" % 7, "%016x" % 5, parent, "GET /x", "server", "svc", start, 12, "ok", attrs, events, 7))
+    try:
+        expected = msgpack.packb([dict(zip(FIELDS, f)) for f in rows], use_bin_type=True)
+    except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
+        with pytest.raises(type(exc)):
+            module.pack_records(rows, _pack_one)
+        return
+    assert module.pack_records(rows, _pack_one) == expected
+
+
+def test_the_collector_body_is_the_same_with_or_without_the_compiled_module(compiled, collected, monkeypatch):
+    import msgpack
+
+    from autoinstr.export import collector
+
+    for i in range(600):  # past array16 and map16 headers; one span with an event (packed by msgpack)
+        with Span("GET /users/<int:id>", kind="server", **{"http.route": "/users/<int:id>", "n": i}) as s:
+            if i == 7:
+                s.add_event("retry", {"attempt": 2})
+    fields = records_of(collected, "svc", 128, 4096, fields=True)
+    with_module = collector.packed_batch(fields)
+    monkeypatch.setattr(collector, "speedups", lambda: None)
+    assert collector.packed_batch(fields) == with_module
+    assert msgpack.unpackb(with_module)[7]["events"][0]["name"] == "retry"

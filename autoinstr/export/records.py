@@ -6,10 +6,8 @@ becomes the documented record: hex ids, wall-clock nanoseconds, bounded JSON-saf
 
 from __future__ import annotations
 
-import os
 import time
 from itertools import chain, repeat
-from operator import attrgetter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -383,7 +381,9 @@ def speedups() -> Any:
     global _speedups
     if _speedups is False:
         _speedups = None
-        if os.environ.get("AUTOINSTR_SPEEDUPS", "").strip().lower() not in ("0", "false", "no", "off"):
+        from autoinstr import config
+
+        if config.get().speedups:
             try:
                 from autoinstr import _speedups as module
                 from autoinstr.trace.span import Span
@@ -394,8 +394,13 @@ def speedups() -> Any:
                 pass
     return _speedups
 
-_start_of = attrgetter("start_ns")
 FAST_SLICE = 512  # spans converted by one speedups.fields() call, when there are no pauses
+
+
+def _start_of() -> Callable[[Span], int]:
+    from operator import attrgetter  # (here: `operator` is not among the modules a plain start-up loads)
+
+    return attrgetter("start_ns")
 
 
 def records_of(batches: List[List[Span]], service: str, max_attributes: int, max_length: int,
@@ -410,7 +415,7 @@ def records_of(batches: List[List[Span]], service: str, max_attributes: int, max
     fast = compiled.fields if compiled is not None else None
     if fast is not None:
         spans = batches[0] if len(batches) == 1 else list(chain.from_iterable(batches))
-        if not_before_ns and spans and min(map(_start_of, spans)) < not_before_ns:
+        if not_before_ns and spans and min(map(_start_of(), spans)) < not_before_ns:
             spans = [s for s in spans if s.start_ns >= not_before_ns]
         size = PAUSE_EVERY if pause is not None else FAST_SLICE  # (a pause, if any, after each slice)
         batches = [spans[i:i + size] for i in range(0, len(spans), size)]
