@@ -6,8 +6,8 @@ callable, with and without the agent, in one run (rounds alternated), written to
 Runs in the interpreter that runs it (the project's .venv, where the frameworks are installed): "without"
 is plain `python`, "with" is `autoinstr-run python` exporting (by default to the embedded store, the agent's
 default exporter; --exporter jsonl for a file) into a temporary folder. The
-target (issue 3): a traced GET /hello costs at most 25 us more than untraced; the export work that follows on
-the flush thread is reported beside it (and summed: all-in), not hidden.
+target (issue 3): a traced GET /hello costs at most 25 us more than untraced, judged all-in: the export work
+that follows on the flush thread is reported beside it and summed, not hidden.
 """
 
 from __future__ import annotations
@@ -214,13 +214,13 @@ def main() -> int:
         "",
         "| framework | plain us/request (best) | traced us/request (best) | added us, request path (best) | "
         "added us, request path (median) | export us/request, flush thread (best) | all-in added us | "
-        "server spans exported | request path <= 25 us |",
+        "server spans exported | all-in <= 25 us (issue 3) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for framework, plain_best, traced_best, added_best, added_median, export, all_in, spans in rows:
         lines.append("| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %d / %d | %s |" % (
             framework, plain_best, traced_best, added_best, added_median, export, all_in, spans, total,
-            "MET" if added_best <= 25 else "NOT MET"))
+            "MET" if all_in <= 25 else "NOT MET"))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
