@@ -24,7 +24,7 @@ static const char *slot_names[S_COUNT] = {"name", "attributes", "kind", "root", 
                                            "start_ns", "end_ns", "_status", "_events", "_trace_id"};
 static Py_ssize_t offsets[S_COUNT];
 static PyTypeObject *span_type = NULL;
-static PyObject *str_ok, *str_error, *str_db_query_text, *kinds[5];
+static PyObject *str_ok, *str_db_query_text, *kinds[5];
 static PyObject *empty_json_object, *empty_json_array;
 static PyObject *no_events;  /* the events of every record converted here: one empty list, never changed */
 
@@ -720,7 +720,6 @@ PyMODINIT_FUNC PyInit__speedups(void)
         if ((kinds[i] = PyUnicode_InternFromString(kind_names[i])) == NULL)
             return NULL;
     if ((str_ok = PyUnicode_InternFromString("ok")) == NULL ||
-        (str_error = PyUnicode_InternFromString("error")) == NULL ||
         (str_db_query_text = PyUnicode_InternFromString("db.query.text")) == NULL ||
         (empty_json_object = PyUnicode_InternFromString("{}")) == NULL ||
         (empty_json_array = PyUnicode_InternFromString("[]")) == NULL || (no_events = PyList_New(0)) == NULL)

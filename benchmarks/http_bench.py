@@ -69,7 +69,8 @@ async def main():
 asyncio.run(main())
 '''
 
-DRIVER = r'''
+# both drivers: the HTTP client integrations, and traced(on) to patch them or not
+PATCHING = r'''
 import json, sys, time, http.client, urllib.request
 import requests, requests.sessions, urllib3.connectionpool, urllib3.poolmanager
 import autoinstr
@@ -81,8 +82,6 @@ try:
 except ImportError:
     httpx = None
 
-PORT, N, ROUNDS = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-URL = "http://127.0.0.1:%d/hello" % PORT
 PATCHES = [(httpclient, http.client), (httpclient, urllib.request), (i_urllib3, urllib3.connectionpool),
            (i_urllib3, urllib3.poolmanager), (i_requests, requests.sessions)]
 if httpx is not None:
@@ -96,6 +95,11 @@ def traced(on):
     if on:
         for integration, module in PATCHES:
             integration.patch(module)
+'''
+
+DRIVER = PATCHING + r'''
+PORT, N, ROUNDS = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+URL = "http://127.0.0.1:%d/hello" % PORT
 
 
 session = requests.Session()
@@ -149,17 +153,9 @@ print("RESULT " + json.dumps({"results": results, "export_us": export_us, "stats
 '''
 
 
-INSTRUCTIONS_DRIVER = r'''
-import sys, requests
-from autoinstr.integrations import _http, requests as i_requests, urllib3 as i_urllib3, httpclient
-import http.client, urllib.request, urllib3.connectionpool, urllib3.poolmanager, requests.sessions
+INSTRUCTIONS_DRIVER = PATCHING + r'''
 URL, N, TRACED = "http://127.0.0.1:%s/hello" % sys.argv[1], int(sys.argv[2]), sys.argv[3] == "traced"
-if not TRACED:
-    for integration, module in [(httpclient, http.client), (httpclient, urllib.request),
-                                (i_urllib3, urllib3.connectionpool), (i_urllib3, urllib3.poolmanager),
-                                (i_requests, requests.sessions)]:
-        integration.unpatch(module)
-    _http.uninstall_wire()
+traced(TRACED)
 for _ in range(50):
     requests.get(URL)
 for _ in range(N):

@@ -279,13 +279,19 @@ def test_record_is_json_serializable_with_hostile_values(collected):
     text.encode("utf-8")
 
 
-def test_converted_local_roots_leave_no_reference_cycle(collected):
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_converted_local_roots_leave_no_reference_cycle(collected, monkeypatch, compiled):
     """A local root refers to itself until it is converted: after records_of, the trace is freed by
-    reference counting alone (the queue held it long enough to reach an old GC generation)."""
+    reference counting alone (the queue held it long enough to reach an old GC generation). The same with
+    the compiled conversion (autoinstr._speedups) as with the Python one."""
     import gc
 
-    from autoinstr.export.records import records_of
+    from autoinstr.export import records
 
+    if compiled and records.speedups() is None:
+        pytest.skip("autoinstr._speedups is not built here")
+    if not compiled:
+        monkeypatch.setattr(records, "_speedups", None)
     gc.collect()
     gc.disable()
     try:

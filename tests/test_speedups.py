@@ -6,7 +6,6 @@ tests, and sets AUTOINSTR_REQUIRE_SPEEDUPS so that a failed build fails here rat
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 
@@ -170,27 +169,6 @@ def test_json_of_plain_attributes_is_the_stores_json_text(compiled):
     values = compiled.store_values([row], to_json.c_encoder, to_json, _attributes_json)
     assert values[10] == to_json(attrs)
     assert values == python_values([row])
-
-
-def test_fields_unlink_local_roots(compiled, collected):
-    """As span_fields does: a converted local root no longer refers to itself, so the trace is freed by
-    reference counting alone."""
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(20):
-            with Span("root"), Span("child"):
-                pass
-        spans = [s for batch in collected for s in batch]
-        assert all(r.root is r for r in spans[1::2])
-        converted = compiled.fields(spans, "svc", 0, 128, 4096)
-        assert None not in converted
-        assert all(r.root is r for r in spans[1::2])  # still answered, through __getattr__
-        del spans, converted
-        collected.clear()
-        assert gc.collect() == 0
-    finally:
-        gc.enable()
 
 
 def test_fields_leave_what_they_cannot_convert_to_python(compiled):

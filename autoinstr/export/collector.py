@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from autoinstr.export import _http_post
 from autoinstr.export.base import Exporter
-from autoinstr.export.records import FIELDS, speedups
+from autoinstr.export.records import record_of_fields, speedups
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -102,15 +102,14 @@ def packed_batch(records: List[Any]) -> bytes:
         return msgpack.packb(records, use_bin_type=True)  # type: ignore[no-any-return]
     compiled = speedups()
     if compiled is not None:
-        return compiled.pack_records(records if records.__class__ is list else list(records),  # type: ignore
-                                     _pack_one)
-    return msgpack.packb([dict(zip(FIELDS, f)) for f in records], use_bin_type=True)  # type: ignore[no-any-return]
+        return compiled.pack_records(list(records), _pack_one)  # type: ignore[no-any-return]
+    return msgpack.packb(list(map(record_of_fields, records)), use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def _pack_one(fields: Any) -> bytes:
     import msgpack
 
-    return msgpack.packb(dict(zip(FIELDS, fields)), use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb(record_of_fields(fields), use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def _is_loopback(host: str) -> bool:

@@ -7,11 +7,11 @@ becomes the documented record: hex ids, wall-clock nanoseconds, bounded JSON-saf
 from __future__ import annotations
 
 import time
-from itertools import chain, repeat
+from itertools import chain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
     from autoinstr.trace.span import Span
 
@@ -233,6 +233,11 @@ FIELDS = ("trace_id", "span_id", "parent_id", "name", "kind", "service", "start_
           "attributes", "events")
 
 
+def record_of_fields(fields: Sequence[Any]) -> Dict[str, Any]:
+    """The record of a span_fields() tuple (zip stops at FIELDS' end: the trace id's int is left out)."""
+    return dict(zip(FIELDS, fields))
+
+
 def to_record(span: Span, service: str, offset: int, max_attributes: int, max_length: int) -> Dict[str, Any]:
     f = span_fields(span, service, offset, max_attributes, max_length)
     return {"trace_id": f[0], "span_id": f[1], "parent_id": f[2], "name": f[3], "kind": f[4], "service": f[5],
@@ -394,6 +399,7 @@ def speedups() -> Any:
                 pass
     return _speedups
 
+
 FAST_SLICE = 512  # spans converted by one speedups.fields() call, when there are no pauses
 
 
@@ -411,7 +417,7 @@ def records_of(batches: List[List[Span]], service: str, max_attributes: int, max
     skipped, as is any span that cannot be converted. `pause` is called every PAUSE_EVERY spans (the
     pipeline lends the GIL to the app there)."""
     offset = wall_offset_ns()
-    compiled = _speedups if _speedups is not False else speedups()
+    compiled = speedups()
     fast = compiled.fields if compiled is not None else None
     if fast is not None:
         spans = batches[0] if len(batches) == 1 else list(chain.from_iterable(batches))
@@ -429,11 +435,10 @@ def records_of(batches: List[List[Span]], service: str, max_attributes: int, max
             except Exception:  # converted in Python below
                 converted = [None] * len(spans)
             if None in converted:  # a statement, an error, events, an odd value: span_fields() for those
-                converted = [f if f is not None else _convert(span_fields, span, service, offset, max_attributes,
-                                                                max_length, errors)
-                             for f, span in zip(converted, spans)]
-                converted = [f for f in converted if f is not None]
-            out.extend(converted if fields else map(dict, map(zip, repeat(FIELDS), converted)))
+                redone = (f if f is not None else _convert(span_fields, span, service, offset, max_attributes,
+                                                          max_length, errors) for f, span in zip(converted, spans))
+                converted = [f for f in redone if f is not None]  # (None: could not be converted, reported)
+            out.extend(converted if fields else map(record_of_fields, converted))
             countdown -= len(spans)
             if pause is not None and countdown <= 0:
                 countdown = PAUSE_EVERY
