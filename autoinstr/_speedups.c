@@ -4,6 +4,7 @@
    events; every attribute already exportable), None for the others, which the caller converts in Python.
    store_values(): the rows store.Store.insert_fields() binds, from span_fields() tuples.
    pack_records(): the collector exporter's msgpack body, from span_fields() tuples.
+   pb_spans(): the OTLP exporter's Span messages (protobuf), from span_fields() tuples.
 
    Built when the wheel is built, where a C compiler is found (hatch_build.py); without it the pure-Python
    code does the same work. tests/test_speedups.py holds both to the same results. */
@@ -661,6 +662,28 @@ not_plain:
     return 0;
 }
 
+/* The bytes `fallback(row)` gives, appended: for the rows the writers here leave to Python. */
+static int append_fallback(Bytes *b, PyObject *fallback, PyObject *row, const char *caller)
+{
+    PyObject *written = PyObject_CallOneArg(fallback, row);
+    if (written == NULL)
+        return -1;
+    if (!PyBytes_Check(written)) {
+        Py_DECREF(written);
+        PyErr_Format(PyExc_TypeError, "%s(): the fallback must return bytes", caller);
+        return -1;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(written);
+    if (bytes_reserve(b, n) < 0) {
+        Py_DECREF(written);
+        return -1;
+    }
+    memcpy(b->data + b->size, PyBytes_AS_STRING(written), n);
+    b->size += n;
+    Py_DECREF(written);
+    return 0;
+}
+
 static PyObject *pack_records(PyObject *self, PyObject *args)
 {
     PyObject *rows, *fallback;
@@ -676,24 +699,288 @@ static PyObject *pack_records(PyObject *self, PyObject *args)
         int r = pack_row(&b, f);
         if (r < 0)
             goto done;
-        if (r == 0) {
-            PyObject *packed = PyObject_CallOneArg(fallback, f);
-            if (packed == NULL)
-                goto done;
-            if (!PyBytes_Check(packed)) {
-                Py_DECREF(packed);
-                PyErr_SetString(PyExc_TypeError, "pack_records(): the fallback must return bytes");
-                goto done;
-            }
-            Py_ssize_t n = PyBytes_GET_SIZE(packed);
-            if (bytes_reserve(&b, n) < 0) {
-                Py_DECREF(packed);
-                goto done;
-            }
-            memcpy(b.data + b.size, PyBytes_AS_STRING(packed), n);
-            b.size += n;
-            Py_DECREF(packed);
+        if (r == 0 && append_fallback(&b, fallback, f, "pack_records") < 0)
+            goto done;
+    }
+    result = PyBytes_FromStringAndSize(b.data, b.size);
+done:
+    PyMem_Free(b.data);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------------ protobuf */
+
+/* What otlp._pb_span() gives for a span_fields() tuple's record, framed as a ScopeSpans' `spans` field
+   (0x12, length, Span), written directly: rows with ids in hex, a name, a known or absent kind, times in
+   0..2^62, status not "error", no events, and attributes (a dict or nothing) of str keys and values None
+   (left out), str, bool, int64 or float; the other rows through `fallback(row) -> bytes`. */
+static Py_ssize_t varint_size(unsigned long long v)
+{
+    Py_ssize_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static void put_varint(Bytes *b, unsigned long long v)
+{
+    while (v >= 0x80) {
+        b->data[b->size++] = (char)((v & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    b->data[b->size++] = (char)v;
+}
+
+static void put_le(Bytes *b, unsigned long long v, int width)
+{
+    for (int i = 0; i < width; i++)
+        b->data[b->size++] = (char)((v >> (8 * i)) & 0xff);
+}
+
+static int hex_digit(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* An id's hex text (exactly 2 * n hex digits) as its n bytes after `tag`: 1 written, 0 not such an id. */
+static int put_id(Bytes *b, const char *tag, PyObject *text, Py_ssize_t n)
+{
+    if (!PyUnicode_CheckExact(text) || !PyUnicode_IS_ASCII(text) || PyUnicode_GET_LENGTH(text) != 2 * n)
+        return 0;
+    const unsigned char *hex = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t mark = b->size;
+    b->data[b->size++] = tag[0];
+    b->data[b->size++] = tag[1];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int high = hex_digit(hex[2 * i]), low = hex_digit(hex[2 * i + 1]);
+        if (high < 0 || low < 0) {
+            b->size = mark;
+            return 0;
         }
+        b->data[b->size++] = (char)(high * 16 + low);
+    }
+    return 1;
+}
+
+/* A length-delimited UTF-8 field; 1 written, 0 not encodable as is (lone surrogates), -1 error. */
+static int put_text_field(Bytes *b, unsigned char tag, PyObject *text)
+{
+    Py_ssize_t n;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(text, &n);
+    if (utf8 == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (bytes_reserve(b, n + 11) < 0)
+        return -1;
+    b->data[b->size++] = (char)tag;
+    put_varint(b, (unsigned long long)n);
+    memcpy(b->data + b->size, utf8, n);
+    b->size += n;
+    return 1;
+}
+
+/* One attribute as a KeyValue in the span's field 9; 1 written (or None: nothing), 0 not plain, -1 error. */
+static int put_attribute(Bytes *b, PyObject *key, PyObject *value)
+{
+    if (value == Py_None)
+        return 1;
+    Py_ssize_t key_n, text_n = 0;
+    const char *key_utf8 = PyUnicode_AsUTF8AndSize(key, &key_n), *text = NULL;
+    unsigned long long number = 0;
+    Py_ssize_t any_size;  /* the AnyValue's size */
+    if (key_utf8 == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (PyUnicode_CheckExact(value)) {
+        if ((text = PyUnicode_AsUTF8AndSize(value, &text_n)) == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        any_size = 1 + varint_size((unsigned long long)text_n) + text_n;
+    }
+    else if (value == Py_True || value == Py_False)
+        any_size = 2;
+    else if (PyLong_CheckExact(value)) {
+        int overflow = 0;
+        long long d = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow || (d == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        number = (unsigned long long)d;
+        any_size = 1 + varint_size(number);
+    }
+    else if (PyFloat_CheckExact(value)) {
+        union { double d; unsigned long long u; } bits;
+        bits.d = PyFloat_AS_DOUBLE(value);
+        number = bits.u;
+        any_size = 9;
+    }
+    else
+        return 0;
+    Py_ssize_t kv_size = 1 + varint_size((unsigned long long)key_n) + key_n
+                         + 1 + varint_size((unsigned long long)any_size) + any_size;
+    if (bytes_reserve(b, kv_size + 11) < 0)
+        return -1;
+    b->data[b->size++] = 0x4a;
+    put_varint(b, (unsigned long long)kv_size);
+    b->data[b->size++] = 0x0a;
+    put_varint(b, (unsigned long long)key_n);
+    memcpy(b->data + b->size, key_utf8, key_n);
+    b->size += key_n;
+    b->data[b->size++] = 0x12;
+    put_varint(b, (unsigned long long)any_size);
+    if (text != NULL) {
+        b->data[b->size++] = 0x0a;
+        put_varint(b, (unsigned long long)text_n);
+        memcpy(b->data + b->size, text, text_n);
+        b->size += text_n;
+    }
+    else if (value == Py_True || value == Py_False) {
+        b->data[b->size++] = 0x10;
+        b->data[b->size++] = value == Py_True ? 1 : 0;
+    }
+    else if (PyLong_CheckExact(value)) {
+        b->data[b->size++] = 0x18;
+        put_varint(b, number);
+    }
+    else {
+        b->data[b->size++] = 0x21;
+        put_le(b, number, 8);
+    }
+    return 1;
+}
+
+/* A non-negative int below 2^62 (so that start + duration cannot overflow); -1 when not one. */
+static long long small_time(PyObject *v)
+{
+    if (!PyLong_CheckExact(v))
+        return -1;
+    int overflow = 0;
+    long long d = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || d < 0 || d >= (1LL << 62)) {
+        PyErr_Clear();
+        return -1;
+    }
+    return d;
+}
+
+#define SPAN_LENGTH_ROOM 5  /* varint bytes kept for a span's length (spans under 32 GiB) */
+
+/* 1 written, 0 not plain (the buffer is back where it was), -1 error. */
+static int pb_span_row(Bytes *b, PyObject *f)
+{
+    static const char *kind_names[5] = {"internal", "server", "client", "producer", "consumer"};
+    Py_ssize_t mark = b->size;
+    int r;
+    if (!PyTuple_CheckExact(f) || PyTuple_GET_SIZE(f) != 12)
+        return 0;
+    PyObject *parent = PyTuple_GET_ITEM(f, 2), *name = PyTuple_GET_ITEM(f, 3), *kind = PyTuple_GET_ITEM(f, 4);
+    PyObject *status = PyTuple_GET_ITEM(f, 8), *attrs = PyTuple_GET_ITEM(f, 9), *events = PyTuple_GET_ITEM(f, 10);
+    long long start = small_time(PyTuple_GET_ITEM(f, 6));
+    PyObject *duration_obj = PyTuple_GET_ITEM(f, 7);
+    long long duration = duration_obj == Py_None ? 0 : small_time(duration_obj);
+    if (start < 0 || duration < 0 || !PyUnicode_CheckExact(name))
+        return 0;
+    if (!(events == Py_None || (PyList_CheckExact(events) && PyList_GET_SIZE(events) == 0)))
+        return 0;
+    if (status != Py_None && (!PyUnicode_CheckExact(status) || PyUnicode_CompareWithASCIIString(status, "error") == 0))
+        return 0;
+    if (!(attrs == Py_None || PyDict_CheckExact(attrs)))
+        return 0;
+    int kind_number = 1;
+    if (PyUnicode_CheckExact(kind)) {
+        for (int i = 0; i < 5; i++)
+            if (PyUnicode_CompareWithASCIIString(kind, kind_names[i]) == 0)
+                kind_number = i + 1;
+    }
+    else if (kind != Py_None)
+        return 0;
+    if (bytes_reserve(b, 1 + SPAN_LENGTH_ROOM + 18 + 10 + 10) < 0)
+        return -1;
+    b->size += 1 + SPAN_LENGTH_ROOM;
+    Py_ssize_t content = b->size;
+    if (!put_id(b, "\x0a\x10", PyTuple_GET_ITEM(f, 0), 16) || !put_id(b, "\x12\x08", PyTuple_GET_ITEM(f, 1), 8))
+        goto not_plain;
+    if (parent != Py_None && !(PyUnicode_CheckExact(parent) && PyUnicode_GET_LENGTH(parent) == 0)
+        && !put_id(b, "\x22\x08", parent, 8))
+        goto not_plain;
+    if ((r = put_text_field(b, 0x2a, name)) <= 0) {
+        if (r < 0)
+            return -1;
+        goto not_plain;
+    }
+    if (bytes_reserve(b, 2 + 18) < 0)
+        return -1;
+    b->data[b->size++] = 0x30;
+    b->data[b->size++] = (char)kind_number;
+    b->data[b->size++] = 0x39;
+    put_le(b, (unsigned long long)start, 8);
+    b->data[b->size++] = 0x41;
+    put_le(b, (unsigned long long)(start + duration), 8);
+    if (attrs != Py_None) {
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(attrs, &pos, &key, &value)) {
+            if (!PyUnicode_CheckExact(key))
+                goto not_plain;
+            if ((r = put_attribute(b, key, value)) <= 0) {
+                if (r < 0)
+                    return -1;
+                goto not_plain;
+            }
+        }
+    }
+    if (bytes_reserve(b, 6) < 0)
+        return -1;
+    b->data[b->size++] = (char)0x85;
+    b->data[b->size++] = 0x01;
+    put_le(b, 1, 4);  /* flags: sampled */
+    /* the length goes before the span: move the span back over the room left that the length does not use */
+    Py_ssize_t length = b->size - content;
+    Py_ssize_t room = varint_size((unsigned long long)length);
+    if (room > SPAN_LENGTH_ROOM) {
+        PyErr_SetString(PyExc_OverflowError, "pb_spans(): a span over 32 GiB");
+        return -1;
+    }
+    b->size = mark;
+    b->data[b->size++] = 0x12;
+    put_varint(b, (unsigned long long)length);
+    memmove(b->data + b->size, b->data + content, length);
+    b->size += length;
+    return 1;
+not_plain:
+    b->size = mark;
+    return 0;
+}
+
+static PyObject *pb_spans(PyObject *self, PyObject *args)
+{
+    PyObject *rows, *fallback;
+    if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &rows, &fallback))
+        return NULL;
+    Bytes b = {NULL, 0, 0};
+    Py_ssize_t count = PyList_GET_SIZE(rows);
+    PyObject *result = NULL;
+    if (bytes_reserve(&b, count * 400 + 16) < 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *f = PyList_GET_ITEM(rows, i);
+        int r = pb_span_row(&b, f);
+        if (r < 0)
+            goto done;
+        if (r == 0 && append_fallback(&b, fallback, f, "pb_spans") < 0)
+            goto done;
     }
     result = PyBytes_FromStringAndSize(b.data, b.size);
 done:
@@ -709,6 +996,8 @@ static PyMethodDef methods[] = {
      "store_values(rows, fast_encoder, encode, attributes_json) -> the flat list of the rows' SQLite values"},
     {"pack_records", pack_records, METH_VARARGS,
      "pack_records(rows, fallback) -> msgpack bytes of the rows' records, as msgpack.packb would give them"},
+    {"pb_spans", pb_spans, METH_VARARGS,
+     "pb_spans(rows, fallback) -> the rows' OTLP Span messages, each framed as a ScopeSpans.spans field"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "autoinstr._speedups", NULL, -1, methods};

@@ -202,6 +202,18 @@ def test_the_flush_thread_lends_the_gil_between_slices_of_conversion(make_pipeli
     assert len(exporter.records) == 150 and sleeps == []
 
 
+def test_a_backlog_of_batches_is_sent_with_a_pause_between_two_batches():
+    """After an outage the retry queue holds several batches, sent in one go: the flush thread lends the
+    GIL between two of them (each may be milliseconds of encoding), not before the first nor after the last."""
+    exporter = MemoryExporter()
+    slot = pipeline_mod._ExporterSlot(exporter, max_pending_spans=1000)
+    calls: list = []
+    for i in range(3):
+        slot.offer([{"n": i}, {"n": i}])
+    slot.pump(time.monotonic(), pause=lambda: calls.append(len(exporter.records)))
+    assert len(exporter.records) == 6 and calls == [2, 4]
+
+
 def test_flush_thread_is_suppressed(make_pipeline):
     seen = []
 

@@ -268,3 +268,87 @@ def test_the_collector_body_is_the_same_with_or_without_the_compiled_module(comp
     monkeypatch.setattr(collector, "speedups", lambda: None)
     assert collector.packed_batch(fields) == with_module
     assert msgpack.unpackb(with_module)[7]["events"][0]["name"] == "retry"
+
+
+otlp_values = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 64), 1 << 64), st.floats(), st.text(max_size=30),
+                        st.text(min_size=120, max_size=300), st.just("\ud800"), st.binary(max_size=4),
+                        st.lists(st.integers(), max_size=3),
+                        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+hex_ids = st.one_of(st.integers(0, (1 << 64) - 1).map("{:016x}".format), st.just(""), st.just("zz" * 8),
+                    st.just("AB" * 8), st.none())
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.tuples(st.dictionaries(st.one_of(st.text(max_size=20), st.just("\udc80"), st.integers(0, 3)),
+                                          otlp_values, max_size=20),
+                          st.booleans(), hex_ids,
+                          st.one_of(st.text(max_size=12), st.just("x" * 200), st.just("\ud800")),
+                          st.sampled_from(["internal", "server", "client", "producer", "consumer", "weird", None]),
+                          st.sampled_from(["svc", "other", "", None]),
+                          st.one_of(st.integers(-5, 1 << 64), st.just(1 << 62)),
+                          st.one_of(st.none(), st.integers(-5, 1 << 63)),
+                          st.sampled_from(["ok", "error", None])),
+                max_size=12))
+def test_otlp_spans_are_what_the_python_encoder_writes(items):
+    """The OTLP exporter's protobuf body from span_fields() tuples equals encode_protobuf() of their records,
+    byte for byte: every attribute value kind (ints of every varint width and sign, beyond int64 as text,
+    floats, long and non-ASCII text, None left out), ids in hex or not, kinds known or not, services grouped,
+    and the rows the compiled code leaves to Python (events, errors, odd values, times beyond 2^62)."""
+    from autoinstr.export import otlp
+
+    module = records.speedups()
+    if module is None:
+        pytest.skip("autoinstr._speedups is not built here")
+    rows = []
+    for i, (attrs, with_events, parent, name, kind, service, start, duration, status) in enumerate(items):
+        events = [{"name": "e", "time_ns": 1, "attributes": {"a": 1}}] if with_events else []
+        rows.append(("%032x" % (i + 1), "%016x" % (i + 1), parent, name, kind, service, start, duration, status,
+                     attrs, events, i + 1))
+    resource = {"host.name": "h", "process.pid": 7}
+    try:
+        expected = otlp.encode_protobuf([dict(zip(FIELDS, f)) for f in rows], resource)
+    except (TypeError, ValueError, AttributeError) as exc:
+        with pytest.raises(type(exc)):
+            otlp.encode_protobuf_fields(rows, resource)
+        return
+    assert otlp.encode_protobuf_fields(rows, resource) == expected
+    declined = []
+    module.pb_spans(rows, lambda row: declined.append(row) or otlp._pb_framed_span_of_fields(row))
+    assert declined == [row for row in rows if not otlp_plain(row)]  # Python writes only what it must
+
+
+def encodable(text) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def otlp_plain(row) -> bool:
+    """What the compiled Span writer takes: the rest is left to Python."""
+    _, _, parent, name, kind, _, start, duration, status, attrs, events, _ = row
+    hex16 = parent is None or parent == "" or (len(parent) == 16 and all(c in "0123456789abcdefABCDEF" for c in parent))
+    small = [v for v in (start, duration) if v is not None]
+    values_plain = all(type(k) is str and (v is None or encodable(k)) and (
+        v is None or type(v) in (bool, float) or (type(v) is int and -(1 << 63) <= v < (1 << 63))
+        or (type(v) is str and encodable(v))) for k, v in attrs.items())
+    return (hex16 and type(name) is str and encodable(name) and kind in (None, "internal", "server", "client",
+            "producer", "consumer", "weird") and all(0 <= v < (1 << 62) for v in small) and start is not None
+            and status in ("ok", None) and values_plain and events == [])
+
+
+def test_the_otlp_body_is_the_same_with_or_without_the_compiled_module(compiled, collected, monkeypatch):
+    from autoinstr.export import otlp
+
+    for i in range(600):
+        with Span("GET /users/<int:id>", kind="server", **{"http.route": "/users/<int:id>", "n": i}) as s:
+            if i == 7:
+                s.add_event("retry", {"attempt": 2})
+    fields = records_of(collected, "svc", 128, 4096, fields=True)
+    with_module = otlp.encode_protobuf_fields(fields)
+    monkeypatch.setattr(records, "speedups", lambda: None)
+    assert otlp.encode_protobuf_fields(fields) == with_module
+    decoded = otlp.decode_protobuf(with_module)
+    assert len(decoded) == 600 and decoded[7]["events"][0]["name"] == "retry"
+    assert decoded[8]["attributes"] == {"http.route": "/users/<int:id>", "n": 8}

@@ -1,6 +1,7 @@
 """The OTLP trace wire format, both ways, without protobuf or opentelemetry-proto at run time.
 
     encode_protobuf(records, resource) -> bytes   an ExportTraceServiceRequest (http/protobuf)
+    encode_protobuf_fields(rows, resource)        the same from span_fields() tuples (the flush thread's form)
     encode_json(records, resource) -> bytes       the same per the OTLP/JSON mapping (http/json)
     decode_protobuf(body) -> records              what an OTLP/HTTP receiver (our collector) gets
     decode_json(body) -> records
@@ -46,7 +47,7 @@ import struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+    from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 MAX_DEPTH = 16  # nesting of arrays and kvlists in one attribute value
 MAX_SPANS = 100_000  # per request
@@ -186,10 +187,11 @@ def _pb_span(r: Mapping[str, Any]) -> bytes:
     return b"".join(parts)
 
 
-def _by_service(records: Iterable[Mapping[str, Any]]) -> Dict[str, List[Mapping[str, Any]]]:
-    groups: Dict[str, List[Mapping[str, Any]]] = {}
+def _by_service(records: Iterable[Any], fields: bool = False) -> Dict[str, List[Any]]:
+    """Records (or span_fields() tuples) grouped by their service, in order."""
+    groups: Dict[str, List[Any]] = {}
     for r in records:
-        service = r.get("service")
+        service = r[5] if fields else r.get("service")
         groups.setdefault(service if isinstance(service, str) and service else UNKNOWN_SERVICE, []).append(r)
     return groups
 
@@ -204,11 +206,40 @@ def _resource_for(service: str, resource: Optional[Mapping[str, Any]]) -> Dict[s
 
 def encode_protobuf(records: Iterable[Mapping[str, Any]], resource: Optional[Mapping[str, Any]] = None) -> bytes:
     """An ExportTraceServiceRequest holding the records, one ResourceSpans per service."""
+    return _pb_request(_by_service(records), resource, lambda group: b"".join(map(_pb_framed_span, group)))
+
+
+def encode_protobuf_fields(rows: List[Any], resource: Optional[Mapping[str, Any]] = None) -> bytes:
+    """encode_protobuf() of the records of span_fields() tuples, the same bytes: their Span messages are
+    written by the compiled speedups where they are built (tests/test_speedups.py), else from the records."""
+    from autoinstr.export.records import speedups
+
+    compiled = speedups()
+    if compiled is not None:
+        return _pb_request(_by_service(rows, fields=True), resource,
+                           lambda group: compiled.pb_spans(group, _pb_framed_span_of_fields))  # type: ignore[no-any-return]
+    return _pb_request(_by_service(rows, fields=True), resource,
+                       lambda group: b"".join(map(_pb_framed_span_of_fields, group)))
+
+
+def _pb_framed_span(r: Mapping[str, Any]) -> bytes:
+    """A span as a ScopeSpans' `spans` field."""
+    return _ld(b"\x12", _pb_span(r))
+
+
+def _pb_framed_span_of_fields(fields: Any) -> bytes:
+    from autoinstr.export.records import record_of_fields
+
+    return _ld(b"\x12", _pb_span(record_of_fields(fields)))
+
+
+def _pb_request(groups: Dict[str, List[Any]], resource: Optional[Mapping[str, Any]],
+                framed_spans: Callable[[List[Any]], bytes]) -> bytes:
     scope = _ld(b"\x0a", _ld(b"\x0a", SCOPE_NAME.encode()) + _ld(b"\x12", _scope_version().encode()))
     out = []
-    for service, group in _by_service(records).items():
+    for service, group in groups.items():
         res = _ld(b"\x0a", _pb_attributes(b"\x0a", _resource_for(service, resource)))
-        scope_spans = _ld(b"\x12", scope + b"".join(_ld(b"\x12", _pb_span(r)) for r in group))
+        scope_spans = _ld(b"\x12", scope + framed_spans(group))
         out.append(_ld(b"\x0a", res + scope_spans))
     return b"".join(out)
 

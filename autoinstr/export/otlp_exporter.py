@@ -13,6 +13,7 @@ import sys
 
 from autoinstr.export import _http_post, otlp
 from autoinstr.export.base import Exporter
+from autoinstr.export.records import record_of_fields
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -66,10 +67,19 @@ class OtlpExporter(Exporter):
                 self.headers[key] = value
         self._encode = otlp.encode_json if self.protocol == "http/json" else otlp.encode_protobuf
 
-    def export(self, records: List[Dict[str, Any]]) -> None:
+    takes_fields = True  # the pipeline may hand over span_fields() tuples rather than records
+
+    def export(self, records: List[Any]) -> None:
         if not records:
             return
-        _http_post.send(self.url, self._encode(records, self.resource), self.headers, self.timeout, self.gzip)
+        if records[0].__class__ is tuple:  # span_fields() tuples
+            if self.protocol == "http/json":
+                body = otlp.encode_json(map(record_of_fields, records), self.resource)
+            else:
+                body = otlp.encode_protobuf_fields(list(records), self.resource)
+        else:
+            body = self._encode(records, self.resource)
+        _http_post.send(self.url, body, self.headers, self.timeout, self.gzip)
 
     def after_fork(self) -> None:
         self.resource["process.pid"] = os.getpid()

@@ -190,8 +190,9 @@ class _ExporterSlot:
         except Exception:
             pass
 
-    def pump(self, now: float, final: bool = False) -> None:
-        """Move the inbox into the retry queue (trimming the oldest beyond the bound), then send what is due."""
+    def pump(self, now: float, final: bool = False, pause: Optional[Callable[[], None]] = None) -> None:
+        """Move the inbox into the retry queue (trimming the oldest beyond the bound), then send what is due
+        (`pause` called between two batches: the flush thread lending the GIL)."""
         inbox = self.inbox
         offers = self.offers
         while inbox:
@@ -203,11 +204,15 @@ class _ExporterSlot:
             old = self.pending.pop(0)
             self.pending_spans -= len(old[0])
             self.dropped += len(old[0])
-        self._send(now, final)
+        self._send(now, final, pause)
         self.done = offers
 
-    def _send(self, now: float, final: bool) -> None:
+    def _send(self, now: float, final: bool, pause: Optional[Callable[[], None]] = None) -> None:
+        first = True
         while self.pending:
+            if pause is not None and not first:
+                pause()
+            first = False
             item = self.pending[0]
             records, attempts, not_before = item
             if not final and now < max(not_before, self.not_before):
@@ -559,6 +564,7 @@ class Pipeline:
             # exporters that all take span_fields() tuples (the local store, the default) get those: no
             # record dicts built to be read back at once
             fields = all(getattr(slot.exporter, "takes_fields", False) for slot in slots)
+            pause = self._lend_gil if lend_gil else None
             for chunk in _chunks(batches, self.batch):
                 size = sum(len(spans) for spans in chunk)
                 if all(slot.would_drop(size) for slot in slots):
@@ -569,7 +575,7 @@ class Pipeline:
                     continue
                 errors: List[str] = []
                 records = records_of(chunk, self.service, self.max_attributes, self.max_attribute_length,
-                                     self._not_before_ns, errors, fields, self._lend_gil if lend_gil else None)
+                                     self._not_before_ns, errors, fields, pause)
                 if errors:
                     self.dropped_conversion += len(errors)
                     _log.warn_once("record-conversion", "could not convert a span for export (%s); it is "
@@ -579,20 +585,21 @@ class Pipeline:
                     if records:
                         slot.offer(records)
                     if slot.thread is None:
-                        slot.pump(now, final)
+                        slot.pump(now, final, pause)
             if not batches:  # nothing new: still retry what is due
                 now = time.monotonic()
                 for slot in slots:
                     if slot.thread is None:
-                        slot.pump(now, final)
+                        slot.pump(now, final, pause)
             self.flushes += 1
         except Exception as exc:  # the flush thread must survive anything
             _log.warn_once("flush-error", "flush failed: %s: %s" % (type(exc).__name__, exc))
 
     def _lend_gil(self) -> None:
-        """Between slices of conversion: a short sleep, so an app thread waiting for the GIL gets it now
-        rather than after a switch interval; skipped while the queue is half full (keeping up comes first)
-        and while a thread waits for this flush (autoinstr.flush(): it wants the flush done, not the GIL)."""
+        """Between slices of work (spans converted, batches sent): a short sleep, so an app thread waiting for
+        the GIL gets it now rather than after a switch interval; skipped while the queue is half full (keeping
+        up comes first) and while a thread waits for this flush (autoinstr.flush(): it wants the flush done,
+        not the GIL)."""
         if self._queued < self._ration_until and not self._stopping and not self._flush_requests:
             time.sleep(GIL_PAUSE_S)
 
