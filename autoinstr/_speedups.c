@@ -5,6 +5,7 @@
    store_values(): the rows store.Store.insert_fields() binds, from span_fields() tuples.
    pack_records(): the collector exporter's msgpack body, from span_fields() tuples.
    pb_spans(): the OTLP exporter's Span messages (protobuf), from span_fields() tuples.
+   SpanCore (_span.c): the span's slots and hot methods, the base class of autoinstr.trace.span.Span.
 
    Built when the wheel is built, where a C compiler is found (hatch_build.py); without it the pure-Python
    code does the same work. tests/test_speedups.py holds both to the same results. */
@@ -31,6 +32,8 @@ static PyObject *no_events;  /* the events of every record converted here: one e
 
 #define SLOT(obj, i) (*(PyObject **)((char *)(obj) + offsets[i]))
 
+#include "_span.c"
+
 static PyObject *configure(PyObject *self, PyObject *arg)
 {
     if (!PyType_Check(arg)) {
@@ -38,12 +41,16 @@ static PyObject *configure(PyObject *self, PyObject *arg)
         return NULL;
     }
     for (int i = 0; i < S_COUNT; i++) {
-        PyObject *descr = PyDict_GetItemString(((PyTypeObject *)arg)->tp_dict, slot_names[i]);
+        PyObject *descr = PyObject_GetAttrString(arg, slot_names[i]);  /* on the class or a base (SpanCore) */
+        if (descr == NULL)
+            PyErr_Clear();
         if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            Py_XDECREF(descr);
             PyErr_Format(PyExc_TypeError, "Span has no slot %s", slot_names[i]);
             return NULL;
         }
         PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        Py_DECREF(descr);
         if (member->type != T_OBJECT_EX) {
             PyErr_Format(PyExc_TypeError, "Span slot %s is not an object slot", slot_names[i]);
             return NULL;
@@ -996,6 +1003,10 @@ static PyMethodDef methods[] = {
      "store_values(rows, fast_encoder, encode, attributes_json) -> the flat list of the rows' SQLite values"},
     {"pack_records", pack_records, METH_VARARGS,
      "pack_records(rows, fallback) -> msgpack bytes of the rows' records, as msgpack.packb would give them"},
+    {"configure_span", configure_span, METH_VARARGS,
+     "configure_span(Span, current_span_var, bits, clock, Sink, span module globals, _UNSET, _handover_failed)"},
+    {"configure_sampling", configure_sampling, METH_VARARGS,
+     "configure_sampling(threshold or None for always, rate limiter or None, never)"},
     {"pb_spans", pb_spans, METH_VARARGS,
      "pb_spans(rows, fallback) -> the rows' OTLP Span messages, each framed as a ScopeSpans.spans field"},
     {NULL, NULL, 0, NULL}};
@@ -1013,5 +1024,10 @@ PyMODINIT_FUNC PyInit__speedups(void)
         (empty_json_object = PyUnicode_InternFromString("{}")) == NULL ||
         (empty_json_array = PyUnicode_InternFromString("[]")) == NULL || (no_events = PyList_New(0)) == NULL)
         return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL || span_module_init(m) < 0) {
+        Py_XDECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -76,6 +76,7 @@ class Sampling:
         cls.threshold = _threshold = 1 << 64 if ratio >= 1.0 else int(max(ratio, 0.0) * (1 << 64))
         cls.limiter = _limiter = _RateLimiter(rate_limit).allow if rate_limit > 0 else None
         _never = _threshold == 0
+        _configure_compiled_sampling()
 
     @classmethod
     def decide(cls, trace_id: int) -> bool:
@@ -165,22 +166,10 @@ class SpanContext:
         return "SpanContext(trace_id=%032x, span_id=%016x, sampled=%r)" % (self.trace_id, self.span_id, self.sampled)
 
 
-class Span:
-    """A timed operation. Use it as a context manager (`with autoinstr.span("name", key=value) as s:`),
-    or call start()/finish() when the operation does not fit one block (a WSGI response, a stream).
-
-    `kind` and `parent` are keyword-only and reserved; every other keyword becomes an attribute. The
-    parent (the current span unless `parent=` is given; `parent=None` starts a new trace) is chosen
-    when the span is created, as in OpenTelemetry's start_span and ddtrace's tracer.trace; the clock
-    starts when it is entered (or start() is called).
-
-    The local root (the first span of a trace in this process) also holds what its local trace shares:
-    the trace id, the sampling decision, the finished spans waiting for the root to end, the incoming
-    tracestate and baggage. Other spans reach it through `root`: no extra object per trace.
-
-    An unsampled span sets only what propagation needs; its id is drawn if it is ever asked for
-    (__getattr__), and it takes no clock readings.
-    """
+class _SpanCore:
+    """The span's slots and hot methods, in Python: the base class of Span where autoinstr._speedups is not
+    built or AUTOINSTR_SPEEDUPS is false; elsewhere its compiled twin, _speedups.SpanCore (autoinstr/_span.c),
+    is. tests/test_span_core.py holds the two to the same behaviour."""
 
     __slots__ = ("name", "attributes", "kind", "root", "span_id", "parent_id", "start_ns", "end_ns",
                  "_status", "_events", "_token",
@@ -215,18 +204,131 @@ class Span:
                 return
             self._sampled = True
             self.parent_id = parent.span_id
-        elif isinstance(parent, SpanContext):
-            self._continue_remote(parent)
-            if not self._sampled:
-                return
         else:
-            self._bad_parent(parent, name)
+            self._adopt(parent)
             if not self._sampled:
                 return
         self.span_id = _bits(64) or 1
         self._status = "ok"
         self._events = None
         self.start_ns = self.end_ns = 0  # set: reads of a recorded span never take __getattr__'s detour
+
+    def __enter__(self) -> Span:
+        self._token = _set_current(self)
+        if self._sampled:  # an unsampled span takes no clock readings
+            self.start_ns = _clock()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if self._sampled:
+            self.end_ns = _clock()
+            try:
+                _reset_current(self._token)
+            except ValueError:
+                self._restore_previous()
+            self._token = None  # a queued span keeps no Token alive: half the objects for the GC to scan
+            if exc is not None:
+                self.record_exception(exc, time_ns=self.end_ns)
+            try:  # (a try costs nothing until it catches: the span is lost, never the app's call)
+                if self.root is self and self._finished is None:  # a trace of one span: the common case
+                    Sink.submit_one(self)
+                else:
+                    self._on_end()
+            except Exception:
+                _handover_failed()
+        else:
+            try:
+                _reset_current(self._token)
+            except ValueError:
+                self._restore_previous()
+            next(_unsampled)
+        return False
+
+    def start(self) -> Span:
+        """Start the clock without making this span the current one (use `with` for that, or
+        autoinstr.trace.tracer.activate). Starting twice does nothing the second time."""
+        if self._sampled and self.start_ns:
+            return self
+        self.start_ns = _clock()  # unsampled spans too: the statsd metrics time every request
+        return self
+
+    def finish(self, end_ns: int = 0) -> None:
+        """End a span started with start() (not needed with `with`); a second call does nothing."""
+        if self._sampled:
+            if self.end_ns:
+                return
+            self.end_ns = end_ns or _clock()
+            try:
+                if self.root is self and self._finished is None:  # a trace of one span (an outgoing call)
+                    Sink.submit_one(self)
+                else:
+                    self._on_end()
+            except Exception:
+                _handover_failed()
+        else:
+            self.end_ns = end_ns or _clock()
+            next(_unsampled)
+
+    def _on_end(self) -> None:
+        # The local root hands over the whole local trace; a span ending after its root (detached work)
+        # goes alone. `end_ns` of the root tells which: no extra state per trace.
+        root = self.root
+        spans = root._finished
+        if root is self:
+            if spans is None:
+                Sink.submit_one(self)
+            else:
+                root._finished = None
+                spans.append(self)
+                Sink.submit(spans)
+        elif root.end_ns:
+            Sink.submit_one(self)
+        elif spans is None:
+            root._finished = [self]
+        else:
+            spans.append(self)
+            if len(spans) >= PARTIAL_FLUSH_SPANS:
+                root._finished = None
+                Sink.submit(spans)
+
+
+def _span_base() -> type:
+    """SpanCore from autoinstr._speedups where it is built and not turned off, configured; else _SpanCore."""
+    if os.environ.get("AUTOINSTR_SPEEDUPS", "").strip().lower() in ("0", "false", "no", "off"):
+        return _SpanCore
+    try:
+        from autoinstr import _speedups
+
+        return _speedups.SpanCore  # type: ignore[no-any-return]
+    except (ImportError, AttributeError):
+        return _SpanCore
+
+
+class Span(_span_base()):  # type: ignore[misc]
+    """A timed operation. Use it as a context manager (`with autoinstr.span("name", key=value) as s:`),
+    or call start()/finish() when the operation does not fit one block (a WSGI response, a stream).
+
+    `kind` and `parent` are keyword-only and reserved; every other keyword becomes an attribute. The
+    parent (the current span unless `parent=` is given; `parent=None` starts a new trace) is chosen
+    when the span is created, as in OpenTelemetry's start_span and ddtrace's tracer.trace; the clock
+    starts when it is entered (or start() is called).
+
+    The local root (the first span of a trace in this process) also holds what its local trace shares:
+    the trace id, the sampling decision, the finished spans waiting for the root to end, the incoming
+    tracestate and baggage. Other spans reach it through `root`: no extra object per trace.
+
+    An unsampled span sets only what propagation needs; its id is drawn if it is ever asked for
+    (__getattr__), and it takes no clock readings.
+    """
+
+    __slots__ = ()
+
+    def _adopt(self, parent: Any) -> None:
+        """A parent that is not a Span (nor None): a remote one (a SpanContext), or none at all."""
+        if isinstance(parent, SpanContext):
+            self._continue_remote(parent)
+        else:
+            self._bad_parent(parent, self.name)
 
     def _bad_parent(self, parent: Any, name: Any) -> None:
         """`parent=` got something that is neither a span, a SpanContext nor None: start a new trace
@@ -277,37 +379,6 @@ class Span:
 
     # --------------------------------------------------------------------------- lifecycle
 
-    def __enter__(self) -> Span:
-        self._token = _set_current(self)
-        if self._sampled:  # an unsampled span takes no clock readings
-            self.start_ns = _clock()
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        if self._sampled:
-            self.end_ns = _clock()
-            try:
-                _reset_current(self._token)
-            except ValueError:
-                self._restore_previous()
-            self._token = None  # a queued span keeps no Token alive: half the objects for the GC to scan
-            if exc is not None:
-                self.record_exception(exc, time_ns=self.end_ns)
-            try:  # (a try costs nothing until it catches: the span is lost, never the app's call)
-                if self.root is self and self._finished is None:  # a trace of one span: the common case
-                    Sink.submit_one(self)
-                else:
-                    self._on_end()
-            except Exception:
-                _handover_failed()
-        else:
-            try:
-                _reset_current(self._token)
-            except ValueError:
-                self._restore_previous()
-            next(_unsampled)
-        return False
-
     def _restore_previous(self) -> None:
         """The span is left in another context than it entered (a generator resumed elsewhere)."""
         previous = self._token.old_value
@@ -329,53 +400,6 @@ class Span:
         if name == "parent_id":
             return None
         raise AttributeError(name)
-
-    def start(self) -> Span:
-        """Start the clock without making this span the current one (use `with` for that, or
-        autoinstr.trace.tracer.activate). Starting twice does nothing the second time."""
-        if self._sampled and self.start_ns:
-            return self
-        self.start_ns = _clock()  # unsampled spans too: the statsd metrics time every request
-        return self
-
-    def finish(self, end_ns: int = 0) -> None:
-        """End a span started with start() (not needed with `with`); a second call does nothing."""
-        if self._sampled:
-            if self.end_ns:
-                return
-            self.end_ns = end_ns or _clock()
-            try:
-                if self.root is self and self._finished is None:  # a trace of one span (an outgoing call)
-                    Sink.submit_one(self)
-                else:
-                    self._on_end()
-            except Exception:
-                _handover_failed()
-        else:
-            self.end_ns = end_ns or _clock()
-            next(_unsampled)
-
-    def _on_end(self) -> None:
-        # The local root hands over the whole local trace; a span ending after its root (detached work)
-        # goes alone. `end_ns` of the root tells which: no extra state per trace.
-        root = self.root
-        spans = root._finished
-        if root is self:
-            if spans is None:
-                Sink.submit_one(self)
-            else:
-                root._finished = None
-                spans.append(self)
-                Sink.submit(spans)
-        elif root.end_ns:
-            Sink.submit_one(self)
-        elif spans is None:
-            root._finished = [self]
-        else:
-            spans.append(self)
-            if len(spans) >= PARTIAL_FLUSH_SPANS:
-                root._finished = None
-                Sink.submit(spans)
 
     # ------------------------------------------------------------------------- annotation
 
@@ -484,6 +508,22 @@ def _format_stack(exc: BaseException) -> str:
     if len(text) <= MAX_STACK_CHARS:
         return text
     return text[: MAX_STACK_CHARS // 4] + "\n...\n" + text[-MAX_STACK_CHARS * 3 // 4:]
+
+
+def _configure_compiled_sampling() -> None:
+    """The compiled span core reads the sampling settings from its own copy of these globals."""
+    if Span.__init__ is not _SpanCore.__init__:
+        from autoinstr import _speedups
+
+        _speedups.configure_sampling(None if _threshold >= 1 << 64 else _threshold, _limiter, _never)
+
+
+if Span.__init__ is not _SpanCore.__init__:  # the compiled core: what it reads of this module
+    from autoinstr import _speedups as _compiled
+
+    _compiled.configure_span(Span, current_span_var, _bits, _clock, Sink, globals(), _UNSET, _handover_failed)
+    _configure_compiled_sampling()
+    del _compiled
 
 
 class Limits:
