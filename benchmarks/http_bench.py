@@ -31,8 +31,6 @@ import argparse
 import json
 import os
 import platform
-import re
-import shutil
 import socket
 import statistics
 import subprocess
@@ -40,6 +38,8 @@ import sys
 import tempfile
 import time
 from typing import Dict, List
+
+import _cachegrind  # benchmarks/_cachegrind.py (run as a script: its folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
@@ -166,8 +166,7 @@ INSTRUCTION_CALLS = (100, 300)
 
 def count_instructions(folder: str, port: int, env: Dict[str, str]) -> Dict[str, float]:
     """Instructions per requests.get, plain and traced, under cachegrind (empty without valgrind)."""
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
+    if not _cachegrind.available():
         return {}
     from autoinstr.cli import hook_dir
 
@@ -179,13 +178,8 @@ def count_instructions(folder: str, port: int, env: Dict[str, str]) -> Dict[str,
     for mode in ("plain", "traced"):
         totals = []
         for calls in INSTRUCTION_CALLS:
-            out = subprocess.run([valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-                                  sys.executable, script, str(port), str(calls), mode], env=run_env, cwd=folder,
-                                 capture_output=True, text=True, timeout=1200)
-            found = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
-            if out.returncode != 0 or found is None:
-                raise SystemExit("cachegrind run failed: %s" % out.stderr[-600:])
-            totals.append(int(found.group(1).replace(",", "")))
+            totals.append(_cachegrind.instructions([sys.executable, script, str(port), str(calls), mode], run_env,
+                                                   folder))
         per_call[mode] = (totals[1] - totals[0]) / (INSTRUCTION_CALLS[1] - INSTRUCTION_CALLS[0])
     return per_call
 

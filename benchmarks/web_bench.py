@@ -23,6 +23,8 @@ import tempfile
 import time
 from typing import Dict, List
 
+import _cachegrind  # benchmarks/_cachegrind.py (run as a script: its folder is on sys.path)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
 
@@ -143,6 +145,41 @@ def run_variant(framework: str, traced: bool, n: int, folder: str, exporter: str
     return json.loads(lines[-1])
 
 
+INSTRUCTION_REQUESTS = (200, 1200)
+
+
+def count_instructions(framework: str, folder: str) -> Dict[str, float]:
+    """Instructions per request (cachegrind, user space, the whole process: the flush thread too; the
+    difference of runs of 1200 and 200 requests after the warm-up, divided by 1000): plain, traced with no
+    exporter (the request path), traced with the local store (all-in: the export included). Counts do not
+    depend on the machine's load, which the timings do."""
+    from autoinstr.cli import hook_dir
+
+    script = os.path.join(folder, "drive_%s.py" % framework.replace("-", "_"))
+    with open(script, "w") as f:
+        f.write(DRIVER.format(app=APPS[framework]))
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOINSTR_", "OTEL_"))}
+    base.pop("PYTHONPATH", None)
+    base["PYTHONHASHSEED"] = "0"
+    out: Dict[str, float] = {}
+    for variant, exporter in (("plain", None), ("path", "none"), ("all-in", "local")):
+        env = dict(base)
+        if exporter is not None:  # (as autoinstr-run sets it up, without a launcher process under valgrind)
+            queue = str(8 * INSTRUCTION_REQUESTS[1] + 10000)
+            env.update(PYTHONPATH=hook_dir(), AUTOINSTR_EXPORTER=exporter, AUTOINSTR_FLUSH_INTERVAL="3600",
+                       AUTOINSTR_MAX_QUEUE_SPANS=queue, AUTOINSTR_MAX_BATCH_SPANS=queue, AUTOINSTR_SERVICE_NAME="bench",
+                       AUTOINSTR_STORE=os.path.join(folder, "instructions-%s.db" % framework))
+        totals = []
+        for n in INSTRUCTION_REQUESTS:
+            store = env.get("AUTOINSTR_STORE")
+            for suffix in ("", "-wal", "-shm"):  # each run stores into a fresh store
+                if store and os.path.exists(store + suffix):
+                    os.remove(store + suffix)
+            totals.append(_cachegrind.instructions([sys.executable, script, str(n)], env, folder))
+        out[variant] = (totals[1] - totals[0]) / (INSTRUCTION_REQUESTS[1] - INSTRUCTION_REQUESTS[0])
+    return out
+
+
 def count_server_spans(folder: str, framework: str) -> int:
     """Server spans the traced runs exported (to the store or the jsonl file): none lost."""
     store = os.path.join(folder, "%s.db" % framework)
@@ -173,6 +210,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--frameworks", default=",".join(APPS), help="comma-separated subset of: " + ", ".join(APPS))
+    ap.add_argument("--instructions", default="flask", help="comma-separated frameworks whose instructions per "
+                    "request are counted under cachegrind where valgrind is installed (empty: none)")
     ap.add_argument("--exporter", default="local", help="AUTOINSTR_EXPORTER for the traced runs (default: local, "
                     "the default exporter: the embedded store)")
     args = ap.parse_args()
@@ -190,6 +229,8 @@ def main() -> int:
             print("[web] round %d/%d done" % (r + 1, args.rounds), file=sys.stderr)
         for framework in frameworks:
             exported[framework] = count_server_spans(folder, framework)
+        counted = [f for f in args.instructions.split(",") if f in frameworks] if _cachegrind.available() else []
+        instructions = {framework: count_instructions(framework, folder) for framework in counted}
     rows = []
     for framework in frameworks:
         plain, traced, export = (results[framework][k] for k in ("plain", "traced", "export"))
@@ -221,6 +262,27 @@ def main() -> int:
         lines.append("| %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %d / %d | %s |" % (
             framework, plain_best, traced_best, added_best, added_median, export, all_in, spans, total,
             "MET" if all_in <= 25 else "NOT MET"))
+    if instructions:
+        lines += [
+            "",
+            "Instructions per request (cachegrind, user space, the whole process, the flush thread included; "
+            "%d requests minus %d): they do not move with the machine's load, which the times above do. "
+            "`us, scaled` = the plain request's best time x added instructions / plain instructions: what the "
+            "added work costs at the app's own instructions per second (cache misses the agent causes are not in "
+            "it)." % (INSTRUCTION_REQUESTS[1], INSTRUCTION_REQUESTS[0]),
+            "",
+            "| framework | plain | traced, request path (exporter none) | traced, all-in (local store) | "
+            "added, path | added, all-in | added all-in, us scaled |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for framework, counts in instructions.items():
+            plain_best = min(results[framework]["plain"])
+            added = counts["all-in"] - counts["plain"]
+            lines.append("| %s | %s | %s | %s | +%s (%.0f%%) | +%s (%.0f%%) | %.1f |" % (
+                framework, format(round(counts["plain"]), ","), format(round(counts["path"]), ","),
+                format(round(counts["all-in"]), ","), format(round(counts["path"] - counts["plain"]), ","),
+                100 * (counts["path"] - counts["plain"]) / counts["plain"], format(round(added), ","),
+                100 * added / counts["plain"], plain_best * added / counts["plain"]))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
