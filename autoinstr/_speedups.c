@@ -691,7 +691,12 @@ static int append_fallback(Bytes *b, PyObject *fallback, PyObject *row, const ch
     return 0;
 }
 
-static PyObject *pack_records(PyObject *self, PyObject *args)
+typedef int (*RowWriter)(Bytes *b, PyObject *row);  /* 1 written, 0 left to the fallback, -1 error */
+
+/* `write_row` of each of the rows (a list), `fallback(row) -> bytes` for those it leaves, after a msgpack
+   array header when `array_header`: the body both pack_records and pb_spans give. */
+static PyObject *write_rows(PyObject *args, RowWriter write_row, Py_ssize_t row_size, int array_header,
+                            const char *caller)
 {
     PyObject *rows, *fallback;
     if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &rows, &fallback))
@@ -699,20 +704,26 @@ static PyObject *pack_records(PyObject *self, PyObject *args)
     Bytes b = {NULL, 0, 0};
     Py_ssize_t count = PyList_GET_SIZE(rows);
     PyObject *result = NULL;
-    if (bytes_reserve(&b, count * 320 + 16) < 0 || pack_header(&b, count, 0x90, 0xdc, 0xdd) < 0)
+    if (bytes_reserve(&b, count * row_size + 16) < 0 ||
+        (array_header && pack_header(&b, count, 0x90, 0xdc, 0xdd) < 0))
         goto done;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *f = PyList_GET_ITEM(rows, i);
-        int r = pack_row(&b, f);
+        int r = write_row(&b, f);
         if (r < 0)
             goto done;
-        if (r == 0 && append_fallback(&b, fallback, f, "pack_records") < 0)
+        if (r == 0 && append_fallback(&b, fallback, f, caller) < 0)
             goto done;
     }
     result = PyBytes_FromStringAndSize(b.data, b.size);
 done:
     PyMem_Free(b.data);
     return result;
+}
+
+static PyObject *pack_records(PyObject *self, PyObject *args)
+{
+    return write_rows(args, pack_row, 320, 1, "pack_records");
 }
 
 /* ------------------------------------------------------------------------------------------ protobuf */
@@ -973,26 +984,7 @@ not_plain:
 
 static PyObject *pb_spans(PyObject *self, PyObject *args)
 {
-    PyObject *rows, *fallback;
-    if (!PyArg_ParseTuple(args, "O!O", &PyList_Type, &rows, &fallback))
-        return NULL;
-    Bytes b = {NULL, 0, 0};
-    Py_ssize_t count = PyList_GET_SIZE(rows);
-    PyObject *result = NULL;
-    if (bytes_reserve(&b, count * 400 + 16) < 0)
-        goto done;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *f = PyList_GET_ITEM(rows, i);
-        int r = pb_span_row(&b, f);
-        if (r < 0)
-            goto done;
-        if (r == 0 && append_fallback(&b, fallback, f, "pb_spans") < 0)
-            goto done;
-    }
-    result = PyBytes_FromStringAndSize(b.data, b.size);
-done:
-    PyMem_Free(b.data);
-    return result;
+    return write_rows(args, pb_span_row, 400, 0, "pb_spans");
 }
 
 static PyMethodDef methods[] = {

@@ -254,16 +254,22 @@ def test_pack_records_is_what_msgpack_packs(items):
     assert module.pack_records(rows, _pack_one) == expected
 
 
+def six_hundred_server_spans(collected) -> list:
+    """span_fields() tuples of 600 server spans (past msgpack's array16 and map16 headers), the 8th with an event
+    (which the compiled writers leave to Python)."""
+    for i in range(600):
+        with Span("GET /users/<int:id>", kind="server", **{"http.route": "/users/<int:id>", "n": i}) as s:
+            if i == 7:
+                s.add_event("retry", {"attempt": 2})
+    return records_of(collected, "svc", 128, 4096, fields=True)
+
+
 def test_the_collector_body_is_the_same_with_or_without_the_compiled_module(compiled, collected, monkeypatch):
     import msgpack
 
     from autoinstr.export import collector
 
-    for i in range(600):  # past array16 and map16 headers; one span with an event (packed by msgpack)
-        with Span("GET /users/<int:id>", kind="server", **{"http.route": "/users/<int:id>", "n": i}) as s:
-            if i == 7:
-                s.add_event("retry", {"attempt": 2})
-    fields = records_of(collected, "svc", 128, 4096, fields=True)
+    fields = six_hundred_server_spans(collected)
     with_module = collector.packed_batch(fields)
     monkeypatch.setattr(collector, "speedups", lambda: None)
     assert collector.packed_batch(fields) == with_module
@@ -341,11 +347,7 @@ def otlp_plain(row) -> bool:
 def test_the_otlp_body_is_the_same_with_or_without_the_compiled_module(compiled, collected, monkeypatch):
     from autoinstr.export import otlp
 
-    for i in range(600):
-        with Span("GET /users/<int:id>", kind="server", **{"http.route": "/users/<int:id>", "n": i}) as s:
-            if i == 7:
-                s.add_event("retry", {"attempt": 2})
-    fields = records_of(collected, "svc", 128, 4096, fields=True)
+    fields = six_hundred_server_spans(collected)
     with_module = otlp.encode_protobuf_fields(fields)
     monkeypatch.setattr(records, "speedups", lambda: None)
     assert otlp.encode_protobuf_fields(fields) == with_module
