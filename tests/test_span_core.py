@@ -133,7 +133,9 @@ def test_the_span_tests_pass_on_the_other_core(require_compiled):
 
 def test_the_compiled_core_is_the_base_of_span_unless_turned_off():
     expected = span_module._SpanCore
-    turned_off = os.environ.get("AUTOINSTR_SPEEDUPS", "").lower() in ("0", "false", "no", "off")
+    from autoinstr.config import _FALSE
+
+    turned_off = os.environ.get("AUTOINSTR_SPEEDUPS", "").strip().lower() in _FALSE
     if compiled_core_available() and not turned_off:
         from autoinstr import _speedups
 

@@ -216,10 +216,12 @@ def encode_protobuf_fields(rows: List[Any], resource: Optional[Mapping[str, Any]
 
     compiled = speedups()
     if compiled is not None:
-        return _pb_request(_by_service(rows, fields=True), resource,
-                           lambda group: compiled.pb_spans(group, _pb_framed_span_of_fields))  # type: ignore[no-any-return]
-    return _pb_request(_by_service(rows, fields=True), resource,
-                       lambda group: b"".join(map(_pb_framed_span_of_fields, group)))
+        def framed_spans(group: List[Any]) -> bytes:
+            return compiled.pb_spans(group, _pb_framed_span_of_fields)  # type: ignore[no-any-return]
+    else:
+        def framed_spans(group: List[Any]) -> bytes:
+            return b"".join(map(_pb_framed_span_of_fields, group))
+    return _pb_request(_by_service(rows, fields=True), resource, framed_spans)
 
 
 def _pb_framed_span(r: Mapping[str, Any]) -> bytes:

@@ -76,7 +76,7 @@ class OtlpExporter(Exporter):
             if self.protocol == "http/json":
                 body = otlp.encode_json(map(record_of_fields, records), self.resource)
             else:
-                body = otlp.encode_protobuf_fields(list(records), self.resource)
+                body = otlp.encode_protobuf_fields(records, self.resource)
         else:
             body = self._encode(records, self.resource)
         _http_post.send(self.url, body, self.headers, self.timeout, self.gzip)

@@ -208,11 +208,7 @@ class _ExporterSlot:
         self.done = offers
 
     def _send(self, now: float, final: bool, pause: Optional[Callable[[], None]] = None) -> None:
-        first = True
         while self.pending:
-            if pause is not None and not first:
-                pause()
-            first = False
             item = self.pending[0]
             records, attempts, not_before = item
             if not final and now < max(not_before, self.not_before):
@@ -260,6 +256,8 @@ class _ExporterSlot:
             self.exported += len(records)
             self.failures_in_a_row = 0
             self.not_before = 0.0
+            if pause is not None and self.pending:  # another batch follows at once
+                pause()
 
     def _disable(self) -> None:
         """A bug in the exporter, not a failing destination: retrying cannot help. Its spans are dropped

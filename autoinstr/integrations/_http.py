@@ -376,7 +376,8 @@ def _fail(call: Call, exc: BaseException, error_status: Optional[ErrorStatus]) -
 
 # ----------------------------------------------------------------------------------- header helpers
 
-_slot_baggage = Span._baggage.__get__  # type: ignore[attr-defined]  # a slot read that raises in C, without Span.__getattr__
+# a slot read that raises in C, without Span.__getattr__
+_slot_baggage = Span._baggage.__get__  # type: ignore[attr-defined]
 
 
 def span_context(span: Span) -> SpanContext:

@@ -11,6 +11,7 @@ handed to the pipeline, in one call, when the local root ends (or in pieces, for
 from __future__ import annotations
 
 import os
+import sys
 import time
 from _random import Random  # the C generator alone: `random` costs a millisecond at start-up
 from contextvars import ContextVar
@@ -293,8 +294,11 @@ class _SpanCore:
 
 
 def _span_base() -> type:
-    """SpanCore from autoinstr._speedups where it is built and not turned off, configured; else _SpanCore."""
-    if os.environ.get("AUTOINSTR_SPEEDUPS", "").strip().lower() in ("0", "false", "no", "off"):
+    """SpanCore from autoinstr._speedups where it is built and not turned off (AUTOINSTR_SPEEDUPS read as the
+    configuration reads it: a value that is not false keeps them on); else _SpanCore."""
+    from autoinstr.config import _FALSE
+
+    if os.environ.get("AUTOINSTR_SPEEDUPS", "").strip().lower() in _FALSE:
         return _SpanCore
     try:
         from autoinstr import _speedups
@@ -510,20 +514,18 @@ def _format_stack(exc: BaseException) -> str:
     return text[: MAX_STACK_CHARS // 4] + "\n...\n" + text[-MAX_STACK_CHARS * 3 // 4:]
 
 
+_compiled_core: Any = None if Span.__mro__[1] is _SpanCore else sys.modules["autoinstr._speedups"]
+
+
 def _configure_compiled_sampling() -> None:
     """The compiled span core reads the sampling settings from its own copy of these globals."""
-    if Span.__init__ is not _SpanCore.__init__:
-        from autoinstr import _speedups
-
-        _speedups.configure_sampling(None if _threshold >= 1 << 64 else _threshold, _limiter, _never)
+    if _compiled_core is not None:
+        _compiled_core.configure_sampling(None if _threshold >= 1 << 64 else _threshold, _limiter, _never)
 
 
-if Span.__init__ is not _SpanCore.__init__:  # the compiled core: what it reads of this module
-    from autoinstr import _speedups as _compiled
-
-    _compiled.configure_span(Span, current_span_var, _bits, _clock, Sink, globals(), _UNSET, _handover_failed)
+if _compiled_core is not None:  # what the compiled core reads of this module
+    _compiled_core.configure_span(Span, current_span_var, _bits, _clock, Sink, globals(), _UNSET, _handover_failed)
     _configure_compiled_sampling()
-    del _compiled
 
 
 class Limits:
