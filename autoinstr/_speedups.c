@@ -6,6 +6,7 @@
    pack_records(): the collector exporter's msgpack body, from span_fields() tuples.
    pb_spans(): the OTLP exporter's Span messages (protobuf), from span_fields() tuples.
    SpanCore (_span.c): the span's slots and hot methods, the base class of autoinstr.trace.span.Span.
+   wsgi_call and Response (_wsgi_call.c): the WSGI server span's request path (autoinstr.integrations._wsgi).
 
    Built when the wheel is built, where a C compiler is found (hatch_build.py); without it the pure-Python
    code does the same work. tests/test_speedups.py holds both to the same results. */
@@ -16,6 +17,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #define MAX_KEY_LENGTH 256
 #define MAX_NAME_LENGTH 1024
@@ -33,6 +35,7 @@ static PyObject *no_events;  /* the events of every record converted here: one e
 #define SLOT(obj, i) (*(PyObject **)((char *)(obj) + offsets[i]))
 
 #include "_span.c"
+#include "_wsgi_call.c"
 
 static PyObject *configure(PyObject *self, PyObject *arg)
 {
@@ -999,6 +1002,10 @@ static PyMethodDef methods[] = {
      "configure_span(Span, current_span_var, bits, clock, Sink, span module globals, _UNSET, _handover_failed)"},
     {"configure_sampling", configure_sampling, METH_VARARGS,
      "configure_sampling(threshold or None for always, rate limiter or None, never)"},
+    {"configure_wsgi", configure_wsgi, METH_VARARGS,
+     "configure_wsgi(_wsgi module globals, ENVIRON_KEY, KNOWN_METHODS, the suppressed ContextVar, statsd module)"},
+    {"wsgi_call", (PyCFunction)(void (*)(void))wsgi_call, METH_FASTCALL,
+     "wsgi_call(app, environ, start_response): autoinstr.integrations._wsgi.call_traced"},
     {"pb_spans", pb_spans, METH_VARARGS,
      "pb_spans(rows, fallback) -> the rows' OTLP Span messages, each framed as a ScopeSpans.spans field"},
     {NULL, NULL, 0, NULL}};
@@ -1017,7 +1024,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         (empty_json_array = PyUnicode_InternFromString("[]")) == NULL || (no_events = PyList_New(0)) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m == NULL || span_module_init(m) < 0) {
+    if (m == NULL || span_module_init(m) < 0 || wsgi_module_init(m) < 0) {
         Py_XDECREF(m);
         return NULL;
     }

@@ -30,7 +30,8 @@ settings.load_profile("autoinstr-unit")
 
 @pytest.fixture(autouse=True)
 def _restore_trace_globals():
-    """Sampling, limits, propagators and the sink back to their defaults after each test."""
+    """Sampling, limits, propagators and the sink back to their defaults after each test, and no span left
+    current (a response whose body another thread sent leaves its span current in the app's thread)."""
     saved_submit = Sink.__dict__["submit"]
     saved_submit_one = Sink.__dict__.get("submit_one")
     saved_limits = Limits.max_attributes
@@ -44,6 +45,7 @@ def _restore_trace_globals():
     span_module.unsampled_count(reset=True)
     Limits.max_attributes = saved_limits
     propagation.Propagators.names = saved_propagators
+    span_module.current_span_var.set(None)
 
 
 @pytest.fixture

@@ -153,7 +153,7 @@ class TracedApp:
         return call_traced(self.__dict__["_autoinstr_app"], environ, start_response)
 
 
-def call_traced(app: Callable[..., Any], environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+def _call_traced(app: Callable[..., Any], environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
     """Run one WSGI call of `app` inside a server span (unless an outer wrapper already made one)."""
     if ENVIRON_KEY in environ or _suppressed_get():
         return app(environ, start_response)
@@ -168,7 +168,7 @@ def call_traced(app: Callable[..., Any], environ: Dict[str, Any], start_response
         result = app(environ, response._start_response)
     except BaseException as exc:
         _reset(token)
-        response._fail(exc)
+        _fail_response(response, exc)
         raise
     # The span stays current until the body is done (see _Response._finish): the server sends the body in
     # this same context, and every contextvar write would also cost the app's own contextvars (Flask's)
@@ -303,6 +303,67 @@ def _default_port(environ: Dict[str, Any]) -> int:
     return 443 if environ.get("wsgi.url_scheme") == "https" else 80
 
 
+# ------------------------------------------------ shared by _Response and its compiled twin (rare paths)
+
+def _record_response(span: Span, code: int, headers: List[Tuple[str, str]]) -> None:
+    """A sampled span's part of start_response: the status (5xx: an error), the body size, allow-listed
+    headers."""
+    attrs = span.attributes
+    attrs["http.response.status_code"] = code
+    if code >= 500:
+        span.set_status("error")
+        attrs.setdefault("error.type", str(code))
+    for name, value in headers:
+        # most headers are neither Content-Length nor allow-listed: no lower() for them
+        if len(name) == 14 and name.lower() == "content-length" and str(value).isdigit():
+            attrs["http.response.body.size"] = int(value)
+        if _CAPTURE_RESPONSE:
+            lower = name.lower()
+            if lower in _CAPTURE_RESPONSE:
+                key = "http.response.header." + lower
+                shown = "REDACTED" if lower in _SECRET_HEADERS else str(value)
+                attrs[key] = attrs.get(key, []) + [shown]
+
+
+def _trace_headers(span: Span, headers: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    """AUTOINSTR_TRACE_RESPONSE_HEADER: `traceresponse` (W3C Trace Context level 2) and Server-Timing, so a
+    browser's developer tools show the trace id and the server's time to the first byte."""
+    try:
+        context = span.context
+        value = "00-%032x-%016x-%s" % (context.trace_id, context.span_id, "01" if context.sampled else "00")
+        elapsed_ms = span.duration_ns / 1e6 if span.sampled else 0.0
+        timing = 'app;dur=%.1f;desc="trace %032x"' % (elapsed_ms, context.trace_id)
+        return list(headers) + [("traceresponse", value), ("Server-Timing", timing)]
+    except Exception:
+        return headers
+
+
+def _fail_response(response: Any, exc: BaseException) -> None:
+    """The app raised: the exception on the span (a 500 if no status was sent), the span ended."""
+    span = response._span
+    span.record_exception(exc)
+    if span.sampled and not response._status_code:
+        span.attributes["http.response.status_code"] = 500
+    response._finish()
+
+
+def _hook_close(response: Any, result: Any) -> Any:
+    """A wsgi.file_wrapper result, returned as is (servers send it with sendfile): its close() ends the span."""
+    original = getattr(result, "close", None)
+
+    def close() -> None:
+        try:
+            if original is not None:
+                original()
+        finally:
+            response._finish()
+    try:
+        result.close = close
+    except Exception:
+        response._finish()  # cannot know when it ends: end the span now rather than never
+    return result
+
+
 class _Response:
     """One request's span bookkeeping (the status from start_response, the end of the body) and, once the
     app has answered, its response iterable, timed: the span ends when it is exhausted or closed. One
@@ -326,48 +387,14 @@ class _Response:
             self._status_code = code
             span = self._span
             if span._sampled:
-                attrs = span.attributes
-                attrs["http.response.status_code"] = code
-                if code >= 500:
-                    span.set_status("error")
-                    attrs.setdefault("error.type", str(code))
-                for name, value in headers:
-                    # most headers are neither Content-Length nor allow-listed: no lower() for them
-                    if len(name) == 14 and name.lower() == "content-length" and str(value).isdigit():
-                        attrs["http.response.body.size"] = int(value)
-                    if _CAPTURE_RESPONSE:
-                        lower = name.lower()
-                        if lower in _CAPTURE_RESPONSE:
-                            key = "http.response.header." + lower
-                            shown = "REDACTED" if lower in _SECRET_HEADERS else str(value)
-                            attrs[key] = attrs.get(key, []) + [shown]
+                _record_response(span, code, headers)
         except Exception:
             pass
         if _RESPONSE_HEADERS:
-            headers = self._with_trace_headers(headers)
+            headers = _trace_headers(self._span, headers)
         if exc_info is not None:  # as the server's own start_response would: re-raise if already sent
             return self._real_start_response(status, headers, exc_info)
         return self._real_start_response(status, headers)
-
-    def _with_trace_headers(self, headers: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
-        """AUTOINSTR_TRACE_RESPONSE_HEADER: `traceresponse` (W3C Trace Context level 2) and Server-Timing,
-        so a browser's developer tools show the trace id and the server's time to the first byte."""
-        try:
-            span = self._span
-            context = span.context
-            value = "00-%032x-%016x-%s" % (context.trace_id, context.span_id, "01" if context.sampled else "00")
-            elapsed_ms = span.duration_ns / 1e6 if span.sampled else 0.0
-            timing = 'app;dur=%.1f;desc="trace %032x"' % (elapsed_ms, context.trace_id)
-            return list(headers) + [("traceresponse", value), ("Server-Timing", timing)]
-        except Exception:
-            return headers
-
-    def _fail(self, exc: BaseException) -> None:
-        span = self._span
-        span.record_exception(exc)
-        if span.sampled and not self._status_code:
-            span.attributes["http.response.status_code"] = 500
-        self._finish()
 
     def _finish(self) -> None:
         if not self._done:
@@ -386,26 +413,11 @@ class _Response:
         """What the server gets: this object around `result`, or a wsgi.file_wrapper result itself."""
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None and isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
-            return self._hook_close(result)  # keep the server's sendfile path
+            return _hook_close(self, result)  # keep the server's sendfile path
         self._result = result
         if hasattr(result, "__len__"):  # servers use len() for Content-Length: keep it
             self.__class__ = _SizedResponse
         return self
-
-    def _hook_close(self, result: Any) -> Any:
-        original = getattr(result, "close", None)
-
-        def close() -> None:
-            try:
-                if original is not None:
-                    original()
-            finally:
-                self._finish()
-        try:
-            result.close = close
-        except Exception:
-            self._finish()  # cannot know when it ends: end the span now rather than never
-        return result
 
     def __iter__(self) -> Iterator[bytes]:
         # A generator: the chunks pass through `yield from` without a Python call of ours per chunk, and
@@ -465,3 +477,20 @@ class _SizedResponse(_Response):
 
     def __len__(self) -> int:
         return len(self._result)  # type: ignore[arg-type]
+
+
+def _compiled_call() -> Any:
+    """autoinstr._speedups.wsgi_call (_wsgi_call.c), configured, where the compiled span core is in use (the
+    same switch: AUTOINSTR_SPEEDUPS); None where it is not."""
+    from autoinstr.trace import span as span_module
+
+    core = span_module._compiled_core
+    if core is None or not hasattr(core, "wsgi_call"):
+        return None
+    core.configure_wsgi(globals(), ENVIRON_KEY, KNOWN_METHODS, _suppressed, _statsd)
+    return core.wsgi_call
+
+
+# call_traced(app, environ, start_response): run one WSGI call of `app` inside a server span (unless an outer
+# wrapper already made one); compiled where it can be, _call_traced otherwise
+call_traced: Callable[[Callable[..., Any], Dict[str, Any], Callable[..., Any]], Any] = _compiled_call() or _call_traced
