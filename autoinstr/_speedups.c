@@ -7,6 +7,7 @@
    pb_spans(): the OTLP exporter's Span messages (protobuf), from span_fields() tuples.
    SpanCore (_span.c): the span's slots and hot methods, the base class of autoinstr.trace.span.Span.
    wsgi_call and Response (_wsgi_call.c): the WSGI server span's request path (autoinstr.integrations._wsgi).
+   CallCore, method_hook and wire_hook (_client_call.c): outgoing HTTP's (autoinstr.integrations._http).
 
    Built when the wheel is built, where a C compiler is found (hatch_build.py); without it the pure-Python
    code does the same work. tests/test_speedups.py holds both to the same results. */
@@ -17,7 +18,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 
 #define MAX_KEY_LENGTH 256
 #define MAX_NAME_LENGTH 1024
@@ -36,6 +36,7 @@ static PyObject *no_events;  /* the events of every record converted here: one e
 
 #include "_span.c"
 #include "_wsgi_call.c"
+#include "_client_call.c"
 
 static PyObject *configure(PyObject *self, PyObject *arg)
 {
@@ -1006,6 +1007,11 @@ static PyMethodDef methods[] = {
      "configure_wsgi(_wsgi module globals, ENVIRON_KEY, KNOWN_METHODS, the suppressed ContextVar, statsd module)"},
     {"wsgi_call", (PyCFunction)(void (*)(void))wsgi_call, METH_FASTCALL,
      "wsgi_call(app, environ, start_response): autoinstr.integrations._wsgi.call_traced"},
+    {"configure_http", configure_http, METH_VARARGS,
+     "configure_http(_http module globals, _active, the suppressed ContextVar, statsd module, KNOWN_METHODS, "
+     "Propagators, _TRACEPARENT_ONLY, Wire)"},
+    {"method_hook", method_hook, METH_VARARGS, "method_hook(real, describe, settle, prepare, error_status)"},
+    {"wire_hook", wire_hook, METH_O, "wire_hook(real HTTPConnection.endheaders)"},
     {"pb_spans", pb_spans, METH_VARARGS,
      "pb_spans(rows, fallback) -> the rows' OTLP Span messages, each framed as a ScopeSpans.spans field"},
     {NULL, NULL, 0, NULL}};
@@ -1024,7 +1030,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         (empty_json_array = PyUnicode_InternFromString("[]")) == NULL || (no_events = PyList_New(0)) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m == NULL || span_module_init(m) < 0 || wsgi_module_init(m) < 0) {
+    if (m == NULL || span_module_init(m) < 0 || wsgi_module_init(m) < 0 || http_module_init(m) < 0) {
         Py_XDECREF(m);
         return NULL;
     }

@@ -65,6 +65,19 @@ static PyObject *w[W_COUNT];
     } while (0)
 #endif
 
+/* The n bytes at `text`, ASCII letters lowercased (as bytes.lower() and str.lower() do them), equal `lower`. */
+static int ascii_lower_equal(const char *text, const char *lower, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = text[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c - 'A' + 'a');
+        if (c != lower[i])
+            return 0;
+    }
+    return 1;
+}
+
 static PyObject *configure_wsgi(PyObject *self, PyObject *args)
 {
     PyObject *globals, *key, *methods, *suppressed, *statsd;
@@ -439,7 +452,7 @@ static int record_response(SpanObject *span, int code, PyObject *headers)
         int is_length;
         if (PyUnicode_IS_ASCII(name)) {
             const char *c = (const char *)PyUnicode_1BYTE_DATA(name);
-            is_length = strncasecmp(c, "content-length", 14) == 0;
+            is_length = ascii_lower_equal(c, "content-length", 14);
         }
         else {
             PyObject *lower = PyObject_CallMethod(name, "lower", NULL);

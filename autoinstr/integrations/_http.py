@@ -162,9 +162,9 @@ def span_name(method: str, host: str) -> str:
 
 # ------------------------------------------------------------------------------------------ a call
 
-class Call:
-    """One logical request: its client span (started, not made current: nothing below it makes spans) and
-    the number of requests put on the wire for it."""
+class _CallCore:
+    """Call's slots, __init__ and answered, in Python: its base class where autoinstr._speedups is not built or
+    is turned off (AUTOINSTR_SPEEDUPS=false); CallCore (autoinstr/_client_call.c) otherwise."""
 
     __slots__ = ("span", "attempts", "fresh")
 
@@ -181,21 +181,56 @@ class Call:
                                    "server.port": port}
                 span.name = _names.get((method, host)) or span_name(method, host)
             else:
-                attrs = span.attributes
-                attrs["http.request.method"] = method if known else "_OTHER"
-                if not known:
-                    attrs["http.request.method_original"] = method
-                attrs["url.full"] = full
-                if host:
-                    attrs["server.address"] = host
-                    name = method if known else "HTTP"
-                    span.name = _names.get((name, host)) or span_name(name, host)
-                if port:
-                    attrs["server.port"] = port
+                _rare_attributes(span, method, known, full, host, port)
             span.end_ns = 0  # what start() and finish() would otherwise look up through Span.__getattr__
             span.start_ns = _clock()
         elif _statsd.enabled:  # statsd counts unsampled requests too: their clock and host
             _statsd.client_start(span, describe_url(url)[1])
+
+    def answered(self, status: Any, resends: int = -1) -> None:
+        """respond() and end() at once, for a response whose body was read inside the call (the common case).
+        A plain success is recorded inline: this runs on every request, where each call made costs several
+        times its hot-loop price (the client library's own code has pushed ours out of the caches)."""
+        span = self.span
+        if span._sampled and status.__class__ is int and status < 400 and (
+                resends == 0 or resends < 0 and self.attempts <= 1):
+            span.attributes["http.response.status_code"] = status  # all that respond() records then
+        else:
+            self.respond(status, resends)  # type: ignore[attr-defined]
+        if _statsd.enabled:
+            _statsd.client_end(span)
+        span.finish()
+
+
+def _rare_attributes(span: Span, method: str, known: bool, full: str, host: str, port: int) -> None:
+    """A sampled client span's attributes and name when the method is not a known one or the URL has no host
+    or port (Call.__init__'s uncommon case)."""
+    attrs = span.attributes
+    attrs["http.request.method"] = method if known else "_OTHER"
+    if not known:
+        attrs["http.request.method_original"] = method
+    attrs["url.full"] = full
+    if host:
+        attrs["server.address"] = host
+        name = method if known else "HTTP"
+        span.name = _names.get((name, host)) or span_name(name, host)
+    if port:
+        attrs["server.port"] = port
+
+
+def _call_base() -> type:
+    """CallCore where the compiled span core is in use (the same switch, AUTOINSTR_SPEEDUPS), else _CallCore."""
+    from autoinstr.trace import span as span_module
+
+    core = span_module._compiled_core
+    return getattr(core, "CallCore", _CallCore) if core is not None else _CallCore
+
+
+class Call(_call_base()):  # type: ignore[misc]
+    """One logical request: its client span (started, not made current: nothing below it makes spans) and
+    the number of requests put on the wire for it. __init__ and answered() are the base class's."""
+
+    __slots__ = ()
 
     def respond(self, status: Any, resends: int = -1) -> None:
         """The final response's status (4xx/5xx: an error, error.type the code) and the resend count."""
@@ -234,20 +269,6 @@ class Call:
             _statsd.client_end(self.span)
         self.span.finish()  # a second call does nothing
 
-    def answered(self, status: Any, resends: int = -1) -> None:
-        """respond() and end() at once, for a response whose body was read inside the call (the common case).
-        A plain success is recorded inline: this runs on every request, where each call made costs several
-        times its hot-loop price (the client library's own code has pushed ours out of the caches)."""
-        span = self.span
-        if span._sampled and status.__class__ is int and status < 400 and (
-                resends == 0 or resends < 0 and self.attempts <= 1):
-            span.attributes["http.response.status_code"] = status  # all that respond() records then
-        else:
-            self.respond(status, resends)
-        if _statsd.enabled:
-            _statsd.client_end(span)
-        span.finish()
-
     def context(self) -> SpanContext:
         """The span's context, for inject() (see span_context)."""
         span = self.span
@@ -275,6 +296,20 @@ def hook_method(cls: Any, name: str, describe: Describe, settle: Settle, prepare
     real = cls.__dict__[name] if own else getattr(cls, name)
     if getattr(real, "__autoinstr_real__", None) is not None:
         return  # hooked already
+
+    if _compiled is not None:
+        hook = _compiled.method_hook(real, describe, settle, prepare, error_status)
+    else:
+        hook = _python_hook(real, describe, settle, prepare, error_status)
+    functools.update_wrapper(hook, real)
+    hook.__autoinstr_real__ = real
+    hook.__autoinstr_own__ = own
+    setattr(cls, name, hook)
+
+
+def _python_hook(real: Callable[..., Any], describe: Describe, settle: Settle, prepare: Optional[Prepare],
+                 error_status: Optional[ErrorStatus]) -> Callable[..., Any]:
+    """hook_method's function in Python (the compiled one is _client_call.c's method_hook)."""
 
     def hook(self: Any, *args: Any, **kwargs: Any) -> Any:
         if _suppressed_get() or _active_get() is not None:  # the agent's own traffic, or an inner layer
@@ -308,10 +343,7 @@ def hook_method(cls: Any, name: str, describe: Describe, settle: Settle, prepare
             call.end()
         return result
 
-    functools.update_wrapper(hook, real)
-    hook.__autoinstr_real__ = real  # type: ignore[attr-defined]
-    hook.__autoinstr_own__ = own  # type: ignore[attr-defined]
-    setattr(cls, name, hook)
+    return hook
 
 
 def unhook_method(cls: Any, name: str) -> None:
@@ -444,9 +476,10 @@ def install_wire() -> None:
     global _real_endheaders
     conn = module.HTTPConnection
     _real_endheaders = conn.__dict__["endheaders"]
-    functools.update_wrapper(_endheaders, _real_endheaders)  # name, docstring, __wrapped__ (the signature)
-    conn.endheaders = _endheaders
-    Wire.hook = (conn, "endheaders", _endheaders)
+    hook = _compiled.wire_hook(_real_endheaders) if _compiled is not None else _endheaders
+    functools.update_wrapper(hook, _real_endheaders)  # name, docstring, __wrapped__ (the signature)
+    conn.endheaders = hook
+    Wire.hook = (conn, "endheaders", hook)
     Wire.response_class = module.HTTPResponse
     Wire.installed = True
 
@@ -563,17 +596,7 @@ def _endheaders(self: Any, *args: Any, **kwargs: Any) -> Any:
         except Exception:
             return _real_endheaders(self, *args, **kwargs)
     try:
-        span = call.span
-        buffer = getattr(self, "_buffer", None)  # (a connection without one: _inject_buffered uses putheader)
-        if call.fresh and span._sampled and buffer.__class__ is list and Propagators.names in _TRACEPARENT_ONLY:
-            # the commonest case of all, inline (a call less on every request): a new trace's root, whose
-            # propagators write a traceparent alone (a test holds this equal to inject()), straight into the
-            # buffered head as one header line, unless the app put trace headers of its own
-            head = b"\n".join(buffer).lower()
-            if head.find(b"\ntraceparent:") < 0 and head.find(b"\ntracestate:") < 0:
-                buffer.append(b"traceparent: 00-%032x-%016x-01" % (span._trace_id, span.span_id))
-        else:
-            _inject_buffered(self, call)
+        _inject(self, call)
     except Exception:
         pass
     if not own:
@@ -589,6 +612,21 @@ def _endheaders(self: Any, *args: Any, **kwargs: Any) -> Any:
     except Exception:
         call.end()
     return result
+
+
+def _inject(conn: Any, call: Call) -> None:
+    """The trace headers into the request `conn` has buffered."""
+    span = call.span
+    buffer = getattr(conn, "_buffer", None)  # (a connection without one: _inject_buffered uses putheader)
+    if call.fresh and span._sampled and buffer.__class__ is list and Propagators.names in _TRACEPARENT_ONLY:
+        # the commonest case of all: a new trace's root, whose propagators write a traceparent alone (a test
+        # holds this equal to inject()), straight into the buffered head as one header line, unless the app put
+        # trace headers of its own
+        head = b"\n".join(buffer).lower()
+        if head.find(b"\ntraceparent:") < 0 and head.find(b"\ntracestate:") < 0:
+            buffer.append(b"traceparent: 00-%032x-%016x-01" % (span._trace_id, span.span_id))
+    else:
+        _inject_buffered(conn, call)
 
 
 def _buffered_request(conn: Any) -> Tuple[str, str]:
@@ -640,3 +678,18 @@ def _buffered_families(buffer: Any) -> FrozenSet[str]:
         return _NONE
     head = b"\n".join(buffer).lower()
     return frozenset(family for marker, family in _MARKERS if head.find(marker) >= 0)
+
+
+def _configure_compiled() -> Any:
+    """autoinstr._speedups, configured for this module, where the compiled span core is in use and Call is
+    built on its CallCore; None otherwise."""
+    from autoinstr.trace import span as span_module
+
+    core = span_module._compiled_core
+    if core is None or Call.__mro__[1] is _CallCore:
+        return None
+    core.configure_http(globals(), _active, _suppressed, _statsd, KNOWN_METHODS, Propagators, _TRACEPARENT_ONLY, Wire)
+    return core
+
+
+_compiled: Any = _configure_compiled()
