@@ -8,6 +8,7 @@
    SpanCore (_span.c): the span's slots and hot methods, the base class of autoinstr.trace.span.Span.
    wsgi_call and Response (_wsgi_call.c): the WSGI server span's request path (autoinstr.integrations._wsgi).
    CallCore, method_hook and wire_hook (_client_call.c): outgoing HTTP's (autoinstr.integrations._http).
+   db_run (_db_call.c): the DB-API calls' (autoinstr.integrations._dbapi).
 
    Built when the wheel is built, where a C compiler is found (hatch_build.py); without it the pure-Python
    code does the same work. tests/test_speedups.py holds both to the same results. */
@@ -37,6 +38,7 @@ static PyObject *no_events;  /* the events of every record converted here: one e
 #include "_span.c"
 #include "_wsgi_call.c"
 #include "_client_call.c"
+#include "_db_call.c"
 
 static PyObject *configure(PyObject *self, PyObject *arg)
 {
@@ -1012,6 +1014,9 @@ static PyMethodDef methods[] = {
      "Propagators, _TRACEPARENT_ONLY, Wire)"},
     {"method_hook", method_hook, METH_VARARGS, "method_hook(real, describe, settle, prepare, error_status)"},
     {"wire_hook", wire_hook, METH_O, "wire_hook(real HTTPConnection.endheaders)"},
+    {"configure_db", configure_db, METH_VARARGS, "configure_db(_dbapi module globals, the suppressed ContextVar, statsd)"},
+    {"db_run", (PyCFunction)(void (*)(void))db_run, METH_FASTCALL | METH_KEYWORDS,
+     "db_run(attrs, name, statement, cursor, call, *args, **kwargs): autoinstr.integrations._dbapi.run"},
     {"pb_spans", pb_spans, METH_VARARGS,
      "pb_spans(rows, fallback) -> the rows' OTLP Span messages, each framed as a ScopeSpans.spans field"},
     {NULL, NULL, 0, NULL}};
@@ -1030,7 +1035,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         (empty_json_array = PyUnicode_InternFromString("[]")) == NULL || (no_events = PyList_New(0)) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m == NULL || span_module_init(m) < 0 || wsgi_module_init(m) < 0 || http_module_init(m) < 0) {
+    if (m == NULL || span_module_init(m) < 0 || wsgi_module_init(m) < 0 || http_module_init(m) < 0 || db_module_init(m) < 0) {
         Py_XDECREF(m);
         return NULL;
     }

@@ -110,9 +110,10 @@ def _rows(span: Span, cursor: Any) -> None:
         pass
 
 
-def run(attrs: Mapping[str, Any], name: str, statement: Any, cursor: Any, call: Callable[..., Any],
-        *args: Any, **kwargs: Any) -> Any:
-    """call(*args, **kwargs) inside a database span; its result and exceptions pass through unchanged."""
+def _run(attrs: Mapping[str, Any], name: str, statement: Any, cursor: Any, call: Callable[..., Any],
+         *args: Any, **kwargs: Any) -> Any:
+    """call(*args, **kwargs) inside a database span; its result and exceptions pass through unchanged (run, in
+    Python: the compiled one is _db_call.c's db_run)."""
     try:
         span = _start(attrs, name, statement)
     except Exception:
@@ -132,6 +133,23 @@ def run(attrs: Mapping[str, Any], name: str, statement: Any, cursor: Any, call: 
     if _statsd.enabled:
         _statsd.db_span(span)
     return result
+
+
+def _compiled_run() -> Any:
+    """autoinstr._speedups.db_run, configured, where the compiled span core is in use (AUTOINSTR_SPEEDUPS); else
+    None."""
+    from autoinstr.trace import span as span_module
+
+    core = span_module._compiled_core
+    if core is None or not hasattr(core, "db_run"):
+        return None
+    core.configure_db(globals(), _suppressed, _statsd)
+    return core.db_run
+
+
+# run(attrs, name, statement, cursor, call, *args, **kwargs): call(*args, **kwargs) inside a database span (its
+# result and exceptions pass through unchanged); `cursor` (or True: the result) gives the row count
+run: Callable[..., Any] = _compiled_run() or _run
 
 
 async def run_async(attrs: Mapping[str, Any], name: str, statement: Any, cursor: Any,

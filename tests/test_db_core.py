@@ -1,0 +1,162 @@
+"""The DB-API call path has two implementations, compiled (autoinstr/_db_call.c: db_run, where the speedups are
+built) and in Python (_run in autoinstr.integrations._dbapi, with AUTOINSTR_SPEEDUPS=false or no compiler at
+install): they must behave alike.
+
+Random programs on the real sqlite3 driver (connects, execute with and without parameters, executemany,
+executescript, commit, rollback, bad statements, calls inside sampled, unsampled and database parents and in
+the agent's suppressed context, sampling ratios 1, 0 and 1/2) run in one process per implementation. What the
+program sees (results, exceptions, row counts) and what the pipeline receives (every field of every span) must
+be identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from autoinstr.integrations import _dbapi
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROGRAMS = 200
+
+DRIVER = r'''
+import contextvars, json, random, sqlite3, sys
+from autoinstr.integrations import _dbapi, suppress_instrumentation
+from autoinstr.integrations import sqlite3 as sqlite3_integration
+from autoinstr.trace import span as m
+from autoinstr.trace.span import Sampling, Span, current_span
+
+handed = []
+m.Sink.submit = staticmethod(lambda spans: handed.append(list(spans)))
+m.Sink.submit_one = staticmethod(lambda span: handed.append([span]))
+sqlite3_integration.patch(sqlite3)
+out = {"compiled": _dbapi.run is not _dbapi._run, "programs": []}
+
+STATEMENTS = ["SELECT 1", "SELECT a, b FROM t WHERE a > ?", "INSERT INTO t VALUES (?, ?)", "UPDATE t SET b = 'x'",
+              "DELETE FROM t WHERE a = ?", "SELECT * FROM nope", "SELEC broken", b"SELECT 2"]
+
+
+def describe(s):
+    return {"name": s.name, "kind": s.kind, "attributes": sorted((k, repr(v)) for k, v in s.attributes.items()),
+            "sampled": s.sampled, "status": s.status, "ended": bool(s.end_ns), "started": bool(s.start_ns),
+            "events": [(e["name"], sorted((k, repr(v)) for k, v in (e.get("attributes") or {}).items()
+                                          if k != "exception.stacktrace")) for e in s.events or []],
+            "parent": "%x" % s.parent_id if s.parent_id else None, "trace": "%x" % s.trace_id,
+            "span": "%x" % s.span_id}
+
+
+def step(rnd, conn, log):
+    what = rnd.choice(["execute", "execute", "cursor", "many", "script", "commit", "rollback"])
+    try:
+        if what == "execute":
+            sql = rnd.choice(STATEMENTS)
+            params = (rnd.randint(0, 5),) if "?" in str(sql) and "VALUES" not in str(sql) else \
+                (rnd.randint(0, 9), "v") if "VALUES" in str(sql) else ()
+            cur = conn.execute(sql, params)
+            log.append([what, cur.rowcount, cur.fetchall() if cur.description else None])
+        elif what == "cursor":
+            cur = conn.cursor()
+            cur.execute("SELECT a FROM t ORDER BY a")
+            log.append([what, cur.fetchall()])
+        elif what == "many":
+            cur = conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, "m%d" % i) for i in range(rnd.randint(0, 3))])
+            log.append([what, cur.rowcount])
+        elif what == "script":
+            conn.executescript("INSERT INTO t VALUES (100, 's'); DELETE FROM t WHERE a = 100;")
+            log.append([what])
+        else:
+            getattr(conn, what)()
+            log.append([what])
+    except Exception as exc:
+        log.append([what, "raised", type(exc).__name__, str(exc)])
+
+
+def program(seed):
+    rnd = random.Random(seed)
+    m._Ids.rng.seed(seed)
+    Sampling.configure(rnd.choice([1.0, 1.0, 0.0, 0.5]), 0)
+    del handed[:]
+    log = []
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (a INTEGER, b TEXT)")
+    for _ in range(rnd.randint(1, 6)):
+        where = rnd.choice(["top", "top", "sampled", "unsampled", "db-parent", "suppressed"])
+        if where == "top":
+            step(rnd, conn, log)
+        elif where == "suppressed":
+            contextvars.copy_context().run(lambda: (suppress_instrumentation(), step(rnd, conn, log)))
+        elif where == "db-parent":  # a database span current: a call inside it makes none
+            with Span("sqlite", kind="client", **{"db.system": "sqlite"}):
+                step(rnd, conn, log)
+        else:
+            ratio = 1.0 if where == "sampled" else 0.0
+            Sampling.configure(ratio, 0)
+            with Span("outer"):
+                step(rnd, conn, log)
+        log.append(["current", current_span() is not None])
+    conn.close()
+    out["programs"].append({"log": log, "handed": [[describe(s) for s in g] for g in handed],
+                            "unsampled": m.unsampled_count(reset=True)})
+
+
+for seed in range(int(sys.argv[1])):
+    contextvars.Context().run(program, seed)
+print(json.dumps(out))
+'''
+
+
+def run_driver(speedups: bool) -> dict:
+    env = dict(os.environ, AUTOINSTR_SPEEDUPS="true" if speedups else "false", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", DRIVER, str(PROGRAMS)], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def compiled_available() -> bool:
+    try:
+        from autoinstr import _speedups
+    except ImportError:
+        return False
+    return hasattr(_speedups, "db_run")
+
+
+@pytest.fixture
+def require_compiled():
+    if not compiled_available():
+        if os.environ.get("AUTOINSTR_REQUIRE_SPEEDUPS"):
+            pytest.fail("autoinstr._speedups is not built (python hatch_build.py)")
+        pytest.skip("autoinstr._speedups is not built here")
+
+
+def test_both_db_paths_do_the_same_to_random_programs(require_compiled):
+    compiled, python = run_driver(True), run_driver(False)
+    assert compiled["compiled"] and not python["compiled"]
+    for seed, (a, b) in enumerate(zip(compiled["programs"], python["programs"])):
+        assert a == b, "program %d differs:\ncompiled %s\npython   %s" % (seed, a, b)
+    spans = [s for p in python["programs"] for g in p["handed"] for s in g]
+    attributes = {k for s in spans for k, _ in s["attributes"]}
+    # the programs do cover what they are meant to: statements, row counts, errors, every kind of call
+    assert {"db.query.text", "db.response.affected_rows", "error.type"} <= attributes  # (SELECT: sqlite says -1)
+    assert {"connect", "COMMIT", "ROLLBACK", "sqlite"} <= {s["name"] for s in spans}
+    assert any(s["status"] == "error" for s in spans) and any(p["unsampled"] for p in python["programs"])
+
+
+def test_the_db_tests_pass_on_the_other_path(require_compiled):
+    """This process runs one implementation; the DB-API tests run on the other."""
+    other = "false" if _dbapi.run is not _dbapi._run else "true"
+    env = dict(os.environ, AUTOINSTR_SPEEDUPS=other, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_dbapi.py",
+                          "tests/test_metrics.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:]
+
+
+def test_the_compiled_path_serves_where_the_compiled_span_core_does():
+    from autoinstr.trace import span as span_module
+
+    compiled = span_module._compiled_core is not None and compiled_available()
+    assert (_dbapi.run is not _dbapi._run) == compiled
