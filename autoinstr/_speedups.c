@@ -1,7 +1,8 @@
 /* Optional compiled helpers for the flush thread, which shares the GIL with the app.
 
-   fields(): export.records.span_fields() for the spans it can convert as they are (no statement, error or
-   events; every attribute already exportable), None for the others, which the caller converts in Python.
+   fields(): export.records.span_fields() for the spans it can convert as they are (no error or events; every
+   attribute already exportable, or attributes whose cleaned form, a statement's summary among them, is in
+   records' cache), None for the others, which the caller converts in Python.
    store_values(): the rows store.Store.insert_fields() binds, from span_fields() tuples.
    pack_records(): the collector exporter's msgpack body, from span_fields() tuples.
    pb_spans(): the OTLP exporter's Span messages (protobuf), from span_fields() tuples.
@@ -32,6 +33,15 @@ static PyTypeObject *span_type = NULL;
 static PyObject *str_ok, *str_db_query_text, *kinds[5];
 static PyObject *empty_json_object, *empty_json_array;
 static PyObject *no_events;  /* the events of every record converted here: one empty list, never changed */
+static PyObject *records_globals = NULL;  /* autoinstr.export.records' globals (configure_shared) */
+static PyTypeObject *shared_type = NULL;  /* records.SharedAttributes */
+static PyObject *str_prepared, *str_misses, *str_sql_policy, *str_obfuscate;
+
+/* A record's attributes as the writers here take them: a dict, or records.SharedAttributes (a dict). */
+static int record_attributes(PyObject *attrs)
+{
+    return PyDict_CheckExact(attrs) || (shared_type != NULL && Py_TYPE(attrs) == shared_type);
+}
 
 #define SLOT(obj, i) (*(PyObject **)((char *)(obj) + offsets[i]))
 
@@ -150,8 +160,88 @@ static PyObject *hex_of(PyObject *value, int width)
 }
 
 /* The span_fields() tuple of one span, Py_None when Python must convert it, NULL on error. */
+/* configure_shared(records module globals): where records._shared_attributes keeps its cache. */
+static PyObject *configure_shared(PyObject *self, PyObject *globals)
+{
+    if (!PyDict_Check(globals)) {
+        PyErr_SetString(PyExc_TypeError, "configure_shared() takes the records module's globals");
+        return NULL;
+    }
+    PyObject *cls = PyDict_GetItemString(globals, "SharedAttributes");
+    if (cls == NULL || !PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "the records module has no SharedAttributes class");
+        return NULL;
+    }
+    Py_INCREF(globals);
+    Py_XSETREF(records_globals, globals);
+    Py_INCREF(cls);
+    Py_XSETREF(shared_type, (PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
+
+/* What records._shared_attributes(name, attrs, max_attributes, max_length) finds in its cache, (name,
+   SharedAttributes), for attributes that are not exportable as they are (a statement to summarize, a value to
+   bound): a new reference; None when it would do more than look up (a miss, a name bypassing the cache or
+   whose misses it counts, an unhashable value), which the Python code then does. */
+static PyObject *shared_attributes(PyObject *name, PyObject *attrs, PyObject *max_attributes, PyObject *max_length)
+{
+    if (records_globals == NULL || !PyDict_CheckExact(attrs))
+        Py_RETURN_NONE;
+    PyObject *misses = PyDict_GetItemWithError(records_globals, str_misses);
+    PyObject *count = misses == NULL || !PyDict_CheckExact(misses) ? NULL : PyDict_GetItemWithError(misses, name);
+    if (PyErr_Occurred())
+        return NULL;
+    int counted = count == NULL ? 0 : PyObject_IsTrue(count);  /* misses in a row: the Python code counts */
+    if (counted < 0)
+        return NULL;
+    if (misses == NULL || !PyDict_CheckExact(misses) || counted)
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyDict_GET_SIZE(attrs), pos = 0, i = 0;
+    PyObject *items = PyTuple_New(n), *types = PyTuple_New(n), *key = NULL, *found = NULL, *k, *v;
+    if (items == NULL || types == NULL)
+        goto done;
+    while (PyDict_Next(attrs, &pos, &k, &v) && i < n) {
+        PyObject *pair = PyTuple_Pack(2, k, v);
+        if (pair == NULL)
+            goto done;
+        PyTuple_SET_ITEM(items, i, pair);
+        Py_INCREF(Py_TYPE(v));
+        PyTuple_SET_ITEM(types, i, (PyObject *)Py_TYPE(v));
+        i++;
+    }
+    if (i != n)
+        goto done;
+    PyObject *policy = PyDict_GetItemWithError(records_globals, str_sql_policy);
+    PyObject *obfuscate = policy == NULL ? NULL : PyObject_GetAttr(policy, str_obfuscate);
+    if (obfuscate == NULL)
+        goto done;
+    key = PyTuple_Pack(6, name, items, types, max_attributes, max_length, obfuscate);
+    Py_DECREF(obfuscate);
+    PyObject *prepared = key == NULL ? NULL : PyDict_GetItemWithError(records_globals, str_prepared);
+    if (prepared != NULL && PyDict_CheckExact(prepared)) {
+        found = PyDict_GetItemWithError(prepared, key);
+        if (found != NULL && PyTuple_CheckExact(found) && PyTuple_GET_SIZE(found) == 2 &&
+            Py_TYPE(PyTuple_GET_ITEM(found, 1)) == shared_type)
+            Py_INCREF(found);
+        else
+            found = NULL;
+    }
+done:
+    Py_XDECREF(items);
+    Py_XDECREF(types);
+    Py_XDECREF(key);
+    if (found != NULL)
+        return found;
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError))  /* (an unhashable value: the Python code says so) */
+            return NULL;
+        PyErr_Clear();
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *span_fields(PyObject *span, PyObject *service, PyObject *offset, Py_ssize_t max_attributes,
-                             Py_ssize_t max_length)
+                             Py_ssize_t max_length, PyObject *max_attributes_obj, PyObject *max_length_obj)
 {
     if (Py_TYPE(span) != span_type)
         Py_RETURN_NONE;
@@ -178,8 +268,20 @@ static PyObject *span_fields(PyObject *span, PyObject *service, PyObject *offset
     int plain = exportable_as_is(attrs, max_attributes, max_length);
     if (plain < 0)
         return NULL;
-    if (!plain)
-        Py_RETURN_NONE;
+    PyObject *shared = NULL;  /* (name, SharedAttributes) from records' cache, for attributes to clean */
+    if (!plain) {
+        shared = shared_attributes(name, attrs, max_attributes_obj, max_length_obj);
+        if (shared == NULL)
+            return NULL;
+        PyObject *shared_name = shared == Py_None ? NULL : PyTuple_GET_ITEM(shared, 0);
+        if (shared_name == NULL || !PyUnicode_CheckExact(shared_name) || PyUnicode_GET_LENGTH(shared_name) == 0 ||
+            PyUnicode_GET_LENGTH(shared_name) > MAX_NAME_LENGTH) {
+            Py_DECREF(shared);
+            Py_RETURN_NONE;
+        }
+        name = shared_name;
+        attrs = PyTuple_GET_ITEM(shared, 1);
+    }
 
     PyObject *trace_hex = NULL, *span_hex = NULL, *parent_hex = NULL, *wall = NULL, *duration = NULL;
     PyObject *result = NULL;
@@ -222,6 +324,7 @@ static PyObject *span_fields(PyObject *span, PyObject *service, PyObject *offset
        empty for good): the cyclic GC need not visit it, and a flush's thousands of records waiting for the
        store otherwise make every young-generation collection longer. */
     PyObject_GC_UnTrack(result);
+    Py_XDECREF(shared);
     if (root == span && SLOT(span, S_ROOT) != NULL) {  /* see records._unlink_root */
         PyObject *self_ref = SLOT(span, S_ROOT);
         SLOT(span, S_ROOT) = NULL;
@@ -235,8 +338,10 @@ special:
     Py_XDECREF(trace_hex);
     Py_XDECREF(span_hex);
     Py_XDECREF(parent_hex);
+    Py_XDECREF(shared);
     Py_RETURN_NONE;
 error:
+    Py_XDECREF(shared);
     Py_XDECREF(trace_hex);
     Py_XDECREF(span_hex);
     Py_XDECREF(parent_hex);
@@ -258,17 +363,24 @@ static PyObject *fields(PyObject *self, PyObject *args)
     }
     Py_ssize_t count = PyList_GET_SIZE(spans);
     PyObject *out = PyList_New(count);
-    if (out == NULL)
-        return NULL;
+    PyObject *max_attributes_obj = PyLong_FromSsize_t(max_attributes), *max_length_obj = PyLong_FromSsize_t(max_length);
+    if (out == NULL || max_attributes_obj == NULL || max_length_obj == NULL)
+        goto error;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = span_fields(PyList_GET_ITEM(spans, i), service, offset, max_attributes, max_length);
-        if (item == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
+        PyObject *item = span_fields(PyList_GET_ITEM(spans, i), service, offset, max_attributes, max_length,
+                                     max_attributes_obj, max_length_obj);
+        if (item == NULL)
+            goto error;
         PyList_SET_ITEM(out, i, item);
     }
+    Py_DECREF(max_attributes_obj);
+    Py_DECREF(max_length_obj);
     return out;
+error:
+    Py_XDECREF(out);
+    Py_XDECREF(max_attributes_obj);
+    Py_XDECREF(max_length_obj);
+    return NULL;
 }
 
 /* ------------------------------------------------------------------------------------------ JSON text */
@@ -634,7 +746,7 @@ static int pack_row(Bytes *b, PyObject *f)
     if (!PyTuple_CheckExact(f) || PyTuple_GET_SIZE(f) != 12)
         return 0;
     PyObject *attrs = PyTuple_GET_ITEM(f, 9), *events = PyTuple_GET_ITEM(f, 10);
-    if (!PyDict_CheckExact(attrs) || !PyList_CheckExact(events) || PyList_GET_SIZE(events) != 0)
+    if (!record_attributes(attrs) || !PyList_CheckExact(events) || PyList_GET_SIZE(events) != 0)
         return 0;
     if (pack_header(b, 11, 0x80, 0xde, 0xdf) < 0)
         return -1;
@@ -920,7 +1032,7 @@ static int pb_span_row(Bytes *b, PyObject *f)
         return 0;
     if (status != Py_None && (!PyUnicode_CheckExact(status) || PyUnicode_CompareWithASCIIString(status, "error") == 0))
         return 0;
-    if (!(attrs == Py_None || PyDict_CheckExact(attrs)))
+    if (!(attrs == Py_None || record_attributes(attrs)))
         return 0;
     int kind_number = 1;
     if (PyUnicode_CheckExact(kind)) {
@@ -997,6 +1109,8 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_O, "configure(Span): where the span class keeps its slots."},
     {"fields", fields, METH_VARARGS,
      "fields(spans, service, offset, max_attributes, max_length) -> [span_fields() tuple or None per span]"},
+    {"configure_shared", configure_shared, METH_O,
+     "configure_shared(records module globals): fields() then looks up records._shared_attributes' cache"},
     {"store_values", store_values, METH_VARARGS,
      "store_values(rows, fast_encoder, encode, attributes_json) -> the flat list of the rows' SQLite values"},
     {"pack_records", pack_records, METH_VARARGS,
@@ -1031,6 +1145,10 @@ PyMODINIT_FUNC PyInit__speedups(void)
             return NULL;
     if ((str_ok = PyUnicode_InternFromString("ok")) == NULL ||
         (str_db_query_text = PyUnicode_InternFromString("db.query.text")) == NULL ||
+        (str_prepared = PyUnicode_InternFromString("_prepared")) == NULL ||
+        (str_misses = PyUnicode_InternFromString("_misses")) == NULL ||
+        (str_sql_policy = PyUnicode_InternFromString("SqlPolicy")) == NULL ||
+        (str_obfuscate = PyUnicode_InternFromString("obfuscate")) == NULL ||
         (empty_json_object = PyUnicode_InternFromString("{}")) == NULL ||
         (empty_json_array = PyUnicode_InternFromString("[]")) == NULL || (no_events = PyList_New(0)) == NULL)
         return NULL;

@@ -172,6 +172,7 @@ def test_json_of_plain_attributes_is_the_stores_json_text(compiled):
 
 
 def test_fields_leave_what_they_cannot_convert_to_python(compiled):
+    records._prepared.clear()  # (nothing cleaned before: fields() would find these in the cache)
     plain = Span("plain", parent=None)
     plain.start().finish()
     others = []
@@ -183,6 +184,37 @@ def test_fields_leave_what_they_cannot_convert_to_python(compiled):
     converted = compiled.fields([plain] + others, "svc", 0, 128, 64)
     assert converted[0] is not None
     assert converted[1:] == [None] * len(others)
+
+
+def test_fields_convert_spans_whose_cleaned_attributes_records_cache_holds(compiled):
+    """A span whose attributes need cleaning (a statement to summarize, a value to bound) is converted in C once
+    records' cache holds them cleaned: the row span_fields() gives, with the statement's summary and name. The
+    Python code keeps the cache's bookkeeping: a name that just missed goes through it once more."""
+    records._prepared.clear()
+    records._misses.clear()
+
+    def finished(attrs):
+        span = Span("sqlite", kind="client", parent=None)
+        span.attributes.update(attrs)
+        span.start()
+        span.end_ns = span.start_ns + 1000
+        return span
+
+    statement = {"db.system": "sqlite", "db.query.text": "SELECT * FROM t WHERE a = 'secret'"}
+    long_value = {"x": "v" * 65}
+    for attrs in (statement, long_value):
+        first, second, third = finished(attrs), finished(attrs), finished(attrs)
+        assert compiled.fields([first], "svc", 0, 128, 64) == [None]  # not cleaned yet
+        span_fields(first, "svc", 0, 128, 64)  # (cleans, caches, counts the name's miss)
+        assert compiled.fields([second], "svc", 0, 128, 64) == [None]  # the miss counted: Python resets it
+        span_fields(second, "svc", 0, 128, 64)
+        have = compiled.fields([third], "svc", 0, 128, 64)[0]
+        assert have is not None and have == span_fields(third, "svc", 0, 128, 64)
+        assert type(have[9]) is records.SharedAttributes
+    assert have[3] == "sqlite" and have[9]["x"] == "v" * 64  # (bounded to 64 characters)
+    assert records.speedups().fields([finished(statement)], "svc", 0, 128, 64)[0][3] == "SELECT t"
+    assert [f[9]["db.query.text"] for f in compiled.fields([finished(statement)], "svc", 0, 128, 64)] == [
+        "SELECT * FROM t WHERE a = ?"]
 
 
 def test_configure_refuses_a_class_without_the_slots(compiled):

@@ -394,6 +394,7 @@ def speedups() -> Any:
                 from autoinstr.trace.span import Span
 
                 module.configure(Span)
+                module.configure_shared(globals())
                 _speedups = module
             except Exception:  # not built here (ImportError), or built for another layout of Span
                 pass
