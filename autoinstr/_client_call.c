@@ -101,8 +101,7 @@ static int call_init(PyObject *op, PyObject *args, PyObject *kwds)
     if (PyContextVar_Get(current_var, Py_None, &parent) < 0)
         return -1;
     self->fresh = parent == Py_None;  /* the root of a new trace: no tracestate, no baggage to pass on */
-    PyObject *call_args[3] = {known ? method : h[H_HTTP], h[H_CLIENT], parent};
-    PyObject *span = PyObject_Vectorcall((PyObject *)span_class, call_args, 1, kwnames_kind_parent);
+    PyObject *span = span_new(known ? method : h[H_HTTP], h[H_CLIENT], parent);
     Py_DECREF(parent);
     if (span == NULL)
         return -1;

@@ -73,8 +73,7 @@ static PyObject *db_start(PyObject *attrs, PyObject *name, PyObject *statement)
             return NULL;
         Py_RETURN_NONE;
     }
-    PyObject *call_args[3] = {name, d[D_CLIENT], parent};  /* Span(name, kind="client", parent=parent) */
-    PyObject *span = PyObject_Vectorcall((PyObject *)span_class, call_args, 1, kwnames_kind_parent);
+    PyObject *span = span_new(name, d[D_CLIENT], parent);  /* Span(name, kind="client", parent=parent) */
     Py_DECREF(parent);
     if (span == NULL)
         return NULL;

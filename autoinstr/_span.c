@@ -98,6 +98,8 @@ static PyObject *new_id(PyObject *width)
     return id;
 }
 
+static int span_setup(SpanObject *self, PyObject *parent);
+
 static int core_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     SpanObject *self = (SpanObject *)op;
@@ -152,7 +154,44 @@ static int core_init(PyObject *op, PyObject *args, PyObject *kwds)
     }
     Py_XSETREF(self->kind, kind);
     kind = NULL;
+    return span_setup(self, parent);
+fail:
+    Py_XDECREF(name);
+    Py_XDECREF(kind);
+    Py_XDECREF(parent);
+    Py_XDECREF(attributes);
+    return -1;
+}
 
+/* Span(name, kind=kind, parent=parent) for the integrations' C code: the same span, without the keyword
+   dict a call through the class builds and __init__ takes apart (a new reference). */
+static PyObject *span_new(PyObject *name, PyObject *kind, PyObject *parent)
+{
+    PyObject *op = span_class->tp_alloc(span_class, 0);
+    if (op == NULL)
+        return NULL;
+    SpanObject *self = (SpanObject *)op;
+    if ((self->attributes = PyDict_New()) == NULL) {
+        Py_DECREF(op);
+        return NULL;
+    }
+    Py_INCREF(name);
+    self->name = name;
+    Py_INCREF(kind);
+    self->kind = kind;
+    Py_INCREF(parent);
+    if (span_setup(self, parent) < 0) {
+        Py_DECREF(op);
+        return NULL;
+    }
+    return op;
+}
+
+/* The rest of __init__, once name, kind and attributes are set: the parent (a reference it takes; NULL or
+   _UNSET: the current span) decides the trace, the sampling and the ids. */
+static int span_setup(SpanObject *self, PyObject *parent)
+{
+    PyObject *op = (PyObject *)self;
     if (parent == NULL || parent == unset) {
         Py_XDECREF(parent);
         if (PyContextVar_Get(current_var, Py_None, &parent) < 0)
@@ -238,12 +277,6 @@ static int core_init(PyObject *op, PyObject *args, PyObject *kwds)
     set_slot(&self->start_ns, int_0);
     set_slot(&self->end_ns, int_0);
     return 0;
-fail:
-    Py_XDECREF(name);
-    Py_XDECREF(kind);
-    Py_XDECREF(parent);
-    Py_XDECREF(attributes);
-    return -1;
 }
 
 static int truth_of(PyObject *value)

@@ -21,7 +21,6 @@ typedef struct {
 
 static PyTypeObject ResponseType, SizedResponseType;
 static PyObject *wsgi_globals, *wsgi_environ_key, *wsgi_known_methods, *wsgi_suppressed, *wsgi_statsd;
-static PyObject *kwnames_kind_parent;
 
 enum {
     W_CAPTURE_REQUEST, W_CAPTURE_RESPONSE, W_RESPONSE_HEADERS, W_SERVER_SPAN, W_CONNECTION_ATTRIBUTES,
@@ -166,8 +165,7 @@ static PyObject *server_span(PyObject *environ)
         PyObject *make = wsgi_global(W_SERVER_SPAN);
         return make == NULL ? NULL : PyObject_CallOneArg(make, environ);
     }
-    PyObject *call_args[3] = {method, w[W_SERVER], Py_None};  /* Span(method, kind="server", parent=None) */
-    PyObject *span = PyObject_Vectorcall((PyObject *)span_class, call_args, 1, kwnames_kind_parent);
+    PyObject *span = span_new(method, w[W_SERVER], Py_None);  /* Span(method, kind="server", parent=None) */
     if (span == NULL)
         return NULL;
     if (PyDict_SetItem(environ, wsgi_environ_key, span) < 0 || !PyObject_TypeCheck(span, &SpanCoreType))
@@ -829,8 +827,6 @@ static int wsgi_module_init(PyObject *module)
     for (int i = 0; i < W_COUNT; i++)
         if ((w[i] = PyUnicode_InternFromString(wsgi_names[i])) == NULL)
             return -1;
-    if ((kwnames_kind_parent = PyTuple_Pack(2, str_kind, str_parent)) == NULL)
-        return -1;
     if (PyType_Ready(&ResponseType) < 0 || PyType_Ready(&SizedResponseType) < 0)
         return -1;
     Py_INCREF(&ResponseType);
