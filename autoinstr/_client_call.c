@@ -461,12 +461,7 @@ static PyObject *method_hook_call(PyObject *op, PyObject *const *args, size_t na
         reset_active(token);
         Py_DECREF(token);
         SAVE_EXCEPTION(saved);
-        PyObject *fail = http_global(H_FAIL);
-        PyObject *done = fail == NULL ? NULL : PyObject_Vectorcall(fail, (PyObject *[]){call, EXCEPTION_VALUE(saved),
-                                                                                         hook->error_status}, 3, NULL);
-        if (done == NULL)
-            PyErr_Clear();
-        Py_XDECREF(done);
+        call_dropping_errors(http_global(H_FAIL), (PyObject *[]){call, EXCEPTION_VALUE(saved), hook->error_status}, 3);
         RESTORE_EXCEPTION(saved);
         Py_DECREF(call);
         return NULL;
@@ -641,27 +636,19 @@ static PyObject *hook_get(PyObject *op, PyObject *obj, PyObject *type)
     return PyMethod_New(op, obj);
 }
 
+#define HOOK_FIELDS(apply) apply(real) apply(describe) apply(settle) apply(prepare) apply(error_status) apply(dict)
+
 static int hook_traverse(PyObject *op, visitproc visit, void *arg)
 {
-    HookObject *hook = (HookObject *)op;
-    Py_VISIT(hook->real);
-    Py_VISIT(hook->describe);
-    Py_VISIT(hook->settle);
-    Py_VISIT(hook->prepare);
-    Py_VISIT(hook->error_status);
-    Py_VISIT(hook->dict);
+    HookObject *self = (HookObject *)op;
+    HOOK_FIELDS(VISIT_FIELD)
     return 0;
 }
 
 static int hook_clear(PyObject *op)
 {
-    HookObject *hook = (HookObject *)op;
-    Py_CLEAR(hook->real);
-    Py_CLEAR(hook->describe);
-    Py_CLEAR(hook->settle);
-    Py_CLEAR(hook->prepare);
-    Py_CLEAR(hook->error_status);
-    Py_CLEAR(hook->dict);
+    HookObject *self = (HookObject *)op;
+    HOOK_FIELDS(CLEAR_FIELD)
     return 0;
 }
 

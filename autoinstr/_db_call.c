@@ -173,12 +173,8 @@ static PyObject *db_run(PyObject *module, PyObject *const *args, Py_ssize_t narg
     PyObject *result = PyObject_Vectorcall(call, call_args, call_nargs, kwnames);
     if (result == NULL) {
         SAVE_EXCEPTION(saved);
-        PyObject *failed = PyDict_GetItemWithError(db_globals, d[D_FAILED]);
-        PyObject *done = failed == NULL ? NULL : PyObject_Vectorcall(failed, (PyObject *[]){span, EXCEPTION_VALUE(saved)},
-                                                                      2, NULL);
-        if (done == NULL)
-            PyErr_Clear();
-        Py_XDECREF(done);
+        call_dropping_errors(PyDict_GetItemWithError(db_globals, d[D_FAILED]), (PyObject *[]){span,
+                                                                                          EXCEPTION_VALUE(saved)}, 2);
         Py_DECREF(span);
         RESTORE_EXCEPTION(saved);
         return NULL;

@@ -77,6 +77,16 @@ static int ascii_lower_equal(const char *text, const char *lower, Py_ssize_t n)
     return 1;
 }
 
+/* fn(*args), the agent's own bookkeeping beside an exception of the app being raised: its failure is dropped
+   (fn NULL, a lookup that failed: nothing called). */
+static void call_dropping_errors(PyObject *fn, PyObject *const *args, size_t nargs)
+{
+    PyObject *done = fn == NULL ? NULL : PyObject_Vectorcall(fn, args, nargs, NULL);
+    if (done == NULL)
+        PyErr_Clear();
+    Py_XDECREF(done);
+}
+
 static PyObject *configure_wsgi(PyObject *self, PyObject *args)
 {
     PyObject *globals, *key, *methods, *suppressed, *statsd;
@@ -615,25 +625,21 @@ static Py_ssize_t response_length(PyObject *op)
     return PyObject_Size(self->result);
 }
 
+#define RESPONSE_FIELDS(apply) apply(span) apply(real_start_response) apply(token) apply(result) apply(iterator)
+#define VISIT_FIELD(field) Py_VISIT(self->field);
+#define CLEAR_FIELD(field) Py_CLEAR(self->field);
+
 static int response_traverse(PyObject *op, visitproc visit, void *arg)
 {
     ResponseObject *self = (ResponseObject *)op;
-    Py_VISIT(self->span);
-    Py_VISIT(self->real_start_response);
-    Py_VISIT(self->token);
-    Py_VISIT(self->result);
-    Py_VISIT(self->iterator);
+    RESPONSE_FIELDS(VISIT_FIELD)
     return 0;
 }
 
 static int response_clear(PyObject *op)
 {
     ResponseObject *self = (ResponseObject *)op;
-    Py_CLEAR(self->span);
-    Py_CLEAR(self->real_start_response);
-    Py_CLEAR(self->token);
-    Py_CLEAR(self->result);
-    Py_CLEAR(self->iterator);
+    RESPONSE_FIELDS(CLEAR_FIELD)
     return 0;
 }
 
@@ -799,12 +805,8 @@ static PyObject *wsgi_call(PyObject *module, PyObject *const *args, Py_ssize_t n
             Py_XDECREF(other);
         }
         Py_DECREF(token);
-        PyObject *fail = wsgi_global(W_FAIL_RESPONSE);
-        PyObject *done = fail == NULL ? NULL : PyObject_Vectorcall(fail, (PyObject *[]){(PyObject *)response,
-                                                                          EXCEPTION_VALUE(saved)}, 2, NULL);
-        if (done == NULL)
-            PyErr_Clear();
-        Py_XDECREF(done);
+        call_dropping_errors(wsgi_global(W_FAIL_RESPONSE), (PyObject *[]){(PyObject *)response,
+                                                                          EXCEPTION_VALUE(saved)}, 2);
         Py_DECREF(response);
         RESTORE_EXCEPTION(saved);
         return NULL;

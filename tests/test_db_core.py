@@ -11,16 +11,10 @@ be identical.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-import pytest
+from _twins import assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
 
 from autoinstr.integrations import _dbapi
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAMS = 200
 
 DRIVER = r'''
@@ -109,35 +103,11 @@ print(json.dumps(out))
 '''
 
 
-def run_driver(speedups: bool) -> dict:
-    env = dict(os.environ, AUTOINSTR_SPEEDUPS="true" if speedups else "false", PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", DRIVER, str(PROGRAMS)], env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-
-def compiled_available() -> bool:
-    try:
-        from autoinstr import _speedups
-    except ImportError:
-        return False
-    return hasattr(_speedups, "db_run")
-
-
-@pytest.fixture
-def require_compiled():
-    if not compiled_available():
-        if os.environ.get("AUTOINSTR_REQUIRE_SPEEDUPS"):
-            pytest.fail("autoinstr._speedups is not built (python hatch_build.py)")
-        pytest.skip("autoinstr._speedups is not built here")
-
-
-def test_both_db_paths_do_the_same_to_random_programs(require_compiled):
-    compiled, python = run_driver(True), run_driver(False)
+def test_both_db_paths_do_the_same_to_random_programs():
+    require_compiled("db_run")
+    compiled, python = run_driver(DRIVER, PROGRAMS, True), run_driver(DRIVER, PROGRAMS, False)
     assert compiled["compiled"] and not python["compiled"]
-    for seed, (a, b) in enumerate(zip(compiled["programs"], python["programs"])):
-        assert a == b, "program %d differs:\ncompiled %s\npython   %s" % (seed, a, b)
+    assert_same(compiled["programs"], python["programs"], "program")
     spans = [s for p in python["programs"] for g in p["handed"] for s in g]
     attributes = {k for s in spans for k, _ in s["attributes"]}
     # the programs do cover what they are meant to: statements, row counts, errors, every kind of call
@@ -146,17 +116,14 @@ def test_both_db_paths_do_the_same_to_random_programs(require_compiled):
     assert any(s["status"] == "error" for s in spans) and any(p["unsampled"] for p in python["programs"])
 
 
-def test_the_db_tests_pass_on_the_other_path(require_compiled):
+def test_the_db_tests_pass_on_the_other_path():
     """This process runs one implementation; the DB-API tests run on the other."""
-    other = "false" if _dbapi.run is not _dbapi._run else "true"
-    env = dict(os.environ, AUTOINSTR_SPEEDUPS=other, PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_dbapi.py",
-                          "tests/test_metrics.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:]
+    require_compiled("db_run")
+    pass_on_the_other_side(["tests/test_dbapi.py", "tests/test_metrics.py"], _dbapi.run is not _dbapi._run)
 
 
 def test_the_compiled_path_serves_where_the_compiled_span_core_does():
     from autoinstr.trace import span as span_module
 
-    compiled = span_module._compiled_core is not None and compiled_available()
+    compiled = span_module._compiled_core is not None and compiled_has("db_run")
     assert (_dbapi.run is not _dbapi._run) == compiled

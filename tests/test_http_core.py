@@ -12,16 +12,11 @@ body, exception) and what the pipeline received (every field of every span) must
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+from _twins import assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
 
 from autoinstr.integrations import _http
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CALLS = 300
 
 DRIVER = r'''
@@ -195,37 +190,13 @@ print(json.dumps(out))
 '''
 
 
-def run_driver(speedups: bool) -> dict:
-    env = dict(os.environ, AUTOINSTR_SPEEDUPS="true" if speedups else "false", PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", DRIVER, str(CALLS)], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-
-def compiled_available() -> bool:
-    try:
-        from autoinstr import _speedups
-    except ImportError:
-        return False
-    return hasattr(_speedups, "CallCore")
-
-
-@pytest.fixture
-def require_compiled():
-    if not compiled_available():
-        if os.environ.get("AUTOINSTR_REQUIRE_SPEEDUPS"):
-            pytest.fail("autoinstr._speedups is not built (python hatch_build.py)")
-        pytest.skip("autoinstr._speedups is not built here")
-
-
-def test_both_client_paths_do_the_same_to_random_calls(require_compiled):
+def test_both_client_paths_do_the_same_to_random_calls():
+    require_compiled("CallCore")
     pytest.importorskip("requests")
     pytest.importorskip("httpx")
-    compiled, python = run_driver(True), run_driver(False)
+    compiled, python = run_driver(DRIVER, CALLS, True, 300), run_driver(DRIVER, CALLS, False, 300)
     assert compiled["compiled"] and not python["compiled"]
-    for seed, (a, b) in enumerate(zip(compiled["calls"], python["calls"])):
-        assert a == b, "call %d differs:\ncompiled %s\npython   %s" % (seed, a, b)
+    assert_same(compiled["calls"], python["calls"], "call")
     calls = python["calls"]
     # the calls do cover what they are meant to: every client, errors, spans sampled or not, headers injected
     assert {c["log"][0] for c in calls} == {"requests", "session", "urllib3", "urllib", "http.client", "httpx"}
@@ -239,19 +210,16 @@ def test_both_client_paths_do_the_same_to_random_calls(require_compiled):
     assert all(entry[1] for entry in events if entry[0] == "headers unchanged")
 
 
-def test_the_http_tests_pass_on_the_other_path(require_compiled):
+def test_the_http_tests_pass_on_the_other_path():
     """This process runs one implementation; the HTTP client and statsd tests run on the other."""
-    other = "false" if _http._compiled is not None else "true"
-    env = dict(os.environ, AUTOINSTR_SPEEDUPS=other, PYTHONPATH=ROOT)
-    tests = ["tests/test_http_inprocess.py", "tests/test_http_urls.py", "tests/test_metrics.py"]
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + tests, cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:]
+    require_compiled("CallCore")
+    pass_on_the_other_side(["tests/test_http_inprocess.py", "tests/test_http_urls.py", "tests/test_metrics.py"],
+                           _http._compiled is not None)
 
 
 def test_the_compiled_path_serves_where_the_compiled_span_core_does():
     from autoinstr.trace import span as span_module
 
-    compiled = span_module._compiled_core is not None and compiled_available()
+    compiled = span_module._compiled_core is not None and compiled_has("CallCore")
     assert (_http._compiled is not None) == compiled
     assert (_http.Call.__mro__[1] is not _http._CallCore) == compiled

@@ -10,16 +10,12 @@ current after each step must be identical. The span tests also run on the core t
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
-import pytest
+from _twins import assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
 
 from autoinstr.trace import span as span_module
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAMS = 300
 
 DRIVER = r'''
@@ -88,47 +84,20 @@ print(json.dumps(out))
 '''
 
 
-def run_driver(speedups: bool) -> dict:
-    env = dict(os.environ, AUTOINSTR_SPEEDUPS="true" if speedups else "false", PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", DRIVER, str(PROGRAMS)], env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-
-def compiled_core_available() -> bool:
-    try:
-        from autoinstr import _speedups
-    except ImportError:
-        return False
-    return hasattr(_speedups, "SpanCore")
-
-
-@pytest.fixture
-def require_compiled():
-    if not compiled_core_available():
-        if os.environ.get("AUTOINSTR_REQUIRE_SPEEDUPS"):
-            pytest.fail("autoinstr._speedups is not built (python hatch_build.py)")
-        pytest.skip("autoinstr._speedups is not built here")
-
-
-def test_both_span_cores_do_the_same_to_random_programs(require_compiled):
-    compiled, python = run_driver(True), run_driver(False)
+def test_both_span_cores_do_the_same_to_random_programs():
+    require_compiled("SpanCore")
+    compiled, python = run_driver(DRIVER, PROGRAMS, True), run_driver(DRIVER, PROGRAMS, False)
     assert compiled["core"] == "autoinstr._speedups" and python["core"] == "autoinstr.trace.span"
-    for seed, (a, b) in enumerate(zip(compiled["programs"], python["programs"])):
-        assert a == b, "program %d differs:\ncompiled %s\npython   %s" % (seed, a, b)
+    assert_same(compiled["programs"], python["programs"], "program")
     handed = sum(len(p["handed"]) for p in python["programs"])
     assert handed > PROGRAMS and any(p["unsampled"] for p in python["programs"])  # the programs do cover both
 
 
-def test_the_span_tests_pass_on_the_other_core(require_compiled):
+def test_the_span_tests_pass_on_the_other_core():
     """This process runs one core; tests/test_span.py, test_tracer.py and test_sampling.py run on the other."""
-    other = "false" if span_module.Span.__init__ is not span_module._SpanCore.__init__ else "true"
-    env = dict(os.environ, AUTOINSTR_SPEEDUPS=other, PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_span.py",
-                          "tests/test_tracer.py", "tests/test_sampling.py"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:]
+    require_compiled("SpanCore")
+    pass_on_the_other_side(["tests/test_span.py", "tests/test_tracer.py", "tests/test_sampling.py"],
+                           span_module.Span.__init__ is not span_module._SpanCore.__init__)
 
 
 def test_the_compiled_core_is_the_base_of_span_unless_turned_off():
@@ -136,7 +105,7 @@ def test_the_compiled_core_is_the_base_of_span_unless_turned_off():
     from autoinstr.config import _FALSE
 
     turned_off = os.environ.get("AUTOINSTR_SPEEDUPS", "").strip().lower() in _FALSE
-    if compiled_core_available() and not turned_off:
+    if compiled_has("SpanCore") and not turned_off:
         from autoinstr import _speedups
 
         expected = _speedups.SpanCore

@@ -13,16 +13,10 @@ pipeline receives (every field of every span) must be identical in one process p
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-import pytest
+from _twins import assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
 
 from autoinstr.integrations import _wsgi
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUESTS = 400
 
 DRIVER = r'''
@@ -202,35 +196,11 @@ print(json.dumps(out))
 '''
 
 
-def run_driver(speedups: bool) -> dict:
-    env = dict(os.environ, AUTOINSTR_SPEEDUPS="true" if speedups else "false", PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "-c", DRIVER, str(REQUESTS)], env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-
-def compiled_available() -> bool:
-    try:
-        from autoinstr import _speedups
-    except ImportError:
-        return False
-    return hasattr(_speedups, "wsgi_call")
-
-
-@pytest.fixture
-def require_compiled():
-    if not compiled_available():
-        if os.environ.get("AUTOINSTR_REQUIRE_SPEEDUPS"):
-            pytest.fail("autoinstr._speedups is not built (python hatch_build.py)")
-        pytest.skip("autoinstr._speedups is not built here")
-
-
-def test_both_wsgi_paths_do_the_same_to_random_requests(require_compiled):
-    compiled, python = run_driver(True), run_driver(False)
+def test_both_wsgi_paths_do_the_same_to_random_requests():
+    require_compiled("wsgi_call")
+    compiled, python = run_driver(DRIVER, REQUESTS, True), run_driver(DRIVER, REQUESTS, False)
     assert compiled["compiled"] and not python["compiled"]
-    for seed, (a, b) in enumerate(zip(compiled["requests"], python["requests"])):
-        assert a == b, "request %d differs:\ncompiled %s\npython   %s" % (seed, a, b)
+    assert_same(compiled["requests"], python["requests"], "request")
     requests = python["requests"]
     # the requests do cover what they are meant to: every app shape, spans ended and not, errors, sizes
     assert {r["shape"] for r in requests} == {"list", "gen", "body", "sized", "failing", "wrapper", "raise-before",
@@ -244,19 +214,15 @@ def test_both_wsgi_paths_do_the_same_to_random_requests(require_compiled):
     assert any(s["parent"] for s in spans) and any(not s["sampled"] for s in server_spans)
 
 
-def test_the_wsgi_tests_pass_on_the_other_path(require_compiled):
+def test_the_wsgi_tests_pass_on_the_other_path():
     """This process runs one implementation; the WSGI, Django and statsd request tests run on the other."""
-    other = "false" if _wsgi.call_traced is not _wsgi._call_traced else "true"
-    env = dict(os.environ, AUTOINSTR_SPEEDUPS=other, PYTHONPATH=ROOT)
-    tests = ["tests/test_wsgi.py", "tests/test_django_unit.py", "tests/test_metrics_frameworks.py",
-             "tests/test_metrics.py"]
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + tests, cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:]
+    require_compiled("wsgi_call")
+    pass_on_the_other_side(["tests/test_wsgi.py", "tests/test_django_unit.py", "tests/test_metrics_frameworks.py",
+                            "tests/test_metrics.py"], _wsgi.call_traced is not _wsgi._call_traced)
 
 
 def test_the_compiled_path_serves_where_the_compiled_span_core_does():
     from autoinstr.trace import span as span_module
 
-    compiled = span_module._compiled_core is not None and compiled_available()
+    compiled = span_module._compiled_core is not None and compiled_has("wsgi_call")
     assert (_wsgi.call_traced is not _wsgi._call_traced) == compiled

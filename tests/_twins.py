@@ -1,0 +1,56 @@
+"""What the tests of the compiled request path's Python twins share (test_span_core, test_wsgi_core,
+test_http_core, test_db_core): a driver program run once per implementation, the fixture that requires the
+compiled one where it is built, and the test files run on the implementation this process does not use."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Dict, List
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_driver(driver: str, argument: int, speedups: bool, timeout: float = 120) -> Dict[str, Any]:
+    """The JSON a driver program prints, run with the compiled code (speedups) or without."""
+    env = dict(os.environ, AUTOINSTR_SPEEDUPS="true" if speedups else "false", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", driver, str(argument)], env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def compiled_has(name: str) -> bool:
+    """autoinstr._speedups is built here and has `name`."""
+    try:
+        from autoinstr import _speedups
+    except ImportError:
+        return False
+    return hasattr(_speedups, name)
+
+
+def require_compiled(name: str) -> None:
+    """Skip where the compiled module is not built, unless the suite requires it (AUTOINSTR_REQUIRE_SPEEDUPS)."""
+    if not compiled_has(name):
+        if os.environ.get("AUTOINSTR_REQUIRE_SPEEDUPS"):
+            pytest.fail("autoinstr._speedups is not built (python hatch_build.py)")
+        pytest.skip("autoinstr._speedups is not built here")
+
+
+def assert_same(compiled: List[Any], python: List[Any], what: str) -> None:
+    """Each item the compiled run gave equals the Python run's."""
+    assert len(compiled) == len(python)
+    for n, (a, b) in enumerate(zip(compiled, python)):
+        assert a == b, "%s %d differs:\ncompiled %s\npython   %s" % (what, n, a, b)
+
+
+def pass_on_the_other_side(tests: List[str], compiled_here: bool) -> None:
+    """The test files pass on the implementation this process does not use."""
+    env = dict(os.environ, AUTOINSTR_SPEEDUPS="false" if compiled_here else "true", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"] + tests, cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:]
