@@ -322,20 +322,6 @@ static int context_truth(PyObject *var)
     return truth;
 }
 
-/* _active.reset(token), else (a token of another context) _active.set(None). */
-static void reset_active(PyObject *token)
-{
-    SAVE_EXCEPTION(saved);
-    if (PyContextVar_Reset(http_active, token) < 0) {
-        PyErr_Clear();
-        PyObject *other = PyContextVar_Set(http_active, Py_None);
-        if (other == NULL)
-            PyErr_Clear();
-        Py_XDECREF(other);
-    }
-    RESTORE_EXCEPTION(saved);
-}
-
 /* The call's arguments past `self` as (args, kwargs), as a Python function with *args, **kwargs gets them. */
 static int pack_arguments(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **tuple,
                           PyObject **dict)
@@ -458,7 +444,7 @@ static PyObject *method_hook_call(PyObject *op, PyObject *const *args, size_t na
     Py_DECREF(dict);
     tuple = dict = NULL;
     if (result == NULL) {  /* the exception on the span, then raised on unchanged */
-        reset_active(token);
+        reset_or_unset(http_active, token);
         Py_DECREF(token);
         SAVE_EXCEPTION(saved);
         call_dropping_errors(http_global(H_FAIL), (PyObject *[]){call, EXCEPTION_VALUE(saved), hook->error_status}, 3);

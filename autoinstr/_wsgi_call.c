@@ -87,6 +87,21 @@ static void call_dropping_errors(PyObject *fn, PyObject *const *args, size_t nar
     Py_XDECREF(done);
 }
 
+/* var.reset(token), else (a token of another context) var.set(None): what a context left by another path
+   cannot get back. An exception being raised is kept. */
+static void reset_or_unset(PyObject *var, PyObject *token)
+{
+    SAVE_EXCEPTION(saved);
+    if (PyContextVar_Reset(var, token) < 0) {
+        PyErr_Clear();
+        PyObject *other = PyContextVar_Set(var, Py_None);
+        if (other == NULL)
+            PyErr_Clear();
+        Py_XDECREF(other);
+    }
+    RESTORE_EXCEPTION(saved);
+}
+
 static PyObject *configure_wsgi(PyObject *self, PyObject *args)
 {
     PyObject *globals, *key, *methods, *suppressed, *statsd;
@@ -334,16 +349,8 @@ static PyObject *response_next(PyObject *op)
     }
     PyObject *chunk = Py_TYPE(self->iterator)->tp_iternext(self->iterator);
     if (token != NULL) {
-        SAVE_EXCEPTION(saved);
-        if (PyContextVar_Reset(current_var, token) < 0) {
-            PyErr_Clear();
-            PyObject *other = PyContextVar_Set(current_var, Py_None);
-            if (other == NULL)
-                PyErr_Clear();
-            Py_XDECREF(other);
-        }
+        reset_or_unset(current_var, token);
         Py_DECREF(token);
-        RESTORE_EXCEPTION(saved);
     }
     if (chunk != NULL)
         return chunk;
@@ -796,15 +803,9 @@ static PyObject *wsgi_call(PyObject *module, PyObject *const *args, Py_ssize_t n
     PyObject *result = call_plain(app, environ, bound);
     Py_DECREF(bound);
     if (result == NULL) {  /* the exception on the span, then raised on unchanged */
-        SAVE_EXCEPTION(saved);
-        if (PyContextVar_Reset(current_var, token) < 0) {
-            PyErr_Clear();
-            PyObject *other = PyContextVar_Set(current_var, Py_None);
-            if (other == NULL)
-                PyErr_Clear();
-            Py_XDECREF(other);
-        }
+        reset_or_unset(current_var, token);
         Py_DECREF(token);
+        SAVE_EXCEPTION(saved);
         call_dropping_errors(wsgi_global(W_FAIL_RESPONSE), (PyObject *[]){(PyObject *)response,
                                                                           EXCEPTION_VALUE(saved)}, 2);
         Py_DECREF(response);
