@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -42,8 +43,9 @@ class SpeedupsBuildHook(BuildHookInterface):  # type: ignore[misc,valid-type]
     def initialize(self, version: str, build_data: Dict[str, Any]) -> None:
         if self.target_name != "wheel" or os.environ.get("AUTOINSTR_NO_SPEEDUPS"):
             return
+        self._build_folder = tempfile.mkdtemp(prefix="autoinstr-speedups-")
         try:
-            target = compile_speedups(tempfile.mkdtemp(prefix="autoinstr-speedups-"))
+            target = compile_speedups(self._build_folder)
         except (OSError, subprocess.SubprocessError) as exc:
             detail = getattr(exc, "stderr", "") or str(exc)
             sys.stderr.write("autoinstr: the optional C speedups were not built, the agent runs in pure Python (%s)\n"
@@ -52,6 +54,12 @@ class SpeedupsBuildHook(BuildHookInterface):  # type: ignore[misc,valid-type]
         build_data["force_include"][target] = "autoinstr/" + os.path.basename(target)
         build_data["pure_python"] = False
         build_data["infer_tag"] = True
+
+    def finalize(self, version: str, build_data: Dict[str, Any], artifact_path: str) -> None:
+        # the module is in the wheel now; without this every build left its folder in the temp directory
+        folder = getattr(self, "_build_folder", None)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -96,9 +96,9 @@ def inserter(store, how: str):
 
 
 @pytest.mark.parametrize("how", ["records", "fields", "fields-python"])
-@pytest.mark.parametrize("count", [1, 2, 3, 255, 257, 511, 512, 513, 1000, 1100])
+@pytest.mark.parametrize("count", [1, 2, 3, 255, 256, 257, 511, 512, 513, 1000, 1100])
 def test_batches_of_any_size_are_stored_whole_and_once(store, count, how):
-    # one statement per 512 rows, the rest padded with copies of its last row: never a copy stored, the count
+    # one statement per 256 rows, the rest padded with copies of its last row: never a copy stored, the count
     # returned is the rows that were new
     insert = inserter(store, how)
     start = time.time_ns()
@@ -412,3 +412,19 @@ def test_a_new_store_has_16_kb_pages_and_an_old_one_keeps_its_own(tmp_path):
     old.insert_fields([as_fields(rec(1, i + 1)) for i in range(3)])
     assert old.count() == 3
     old.close()
+
+
+def test_the_writer_keeps_a_small_page_cache_and_a_reader_sqlites_default(tmp_path):
+    """The writer appends in time order, so a small cache costs it little; SQLite's default 2 MiB made up most of
+    what the local store added to an app's peak RSS (benchmarks/peers: RSS with the local store)."""
+    from autoinstr.store import WRITER_CACHE_KIB
+
+    path = str(tmp_path / "spans.db")
+    writer = Store(path)
+    assert writer.db.execute("PRAGMA cache_size").fetchone()[0] == -WRITER_CACHE_KIB
+    writer.insert_fields([as_fields(rec(1, i + 1)) for i in range(600)])
+    reader = Store(path, readonly=True)
+    assert reader.db.execute("PRAGMA cache_size").fetchone()[0] == -2000
+    assert reader.count() == 600
+    reader.close()
+    writer.close()
