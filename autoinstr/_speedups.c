@@ -132,11 +132,13 @@ static PyObject *hex_of(PyObject *value, int width)
     if (!PyLong_CheckExact(value))  /* (a negative one: OverflowError below, cleared) */
         return NULL;
     if (width == 16) {
-        unsigned long long v = PyLong_AsUnsignedLongLong(value);
-        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        /* (PyLong_AsUnsignedLongLong goes through _PyLong_AsByteArray: the mask's digit loop is a third of it) */
+        size_t bits = _PyLong_NumBits(value);
+        if (bits == (size_t)-1 || bits > 64 || _PyLong_Sign(value) < 0) {
             PyErr_Clear();
             return NULL;
         }
+        unsigned long long v = PyLong_AsUnsignedLongLongMask(value);
         for (int i = 7; i >= 0; i--, v >>= 8)
             bytes[i] = (unsigned char)(v & 0xff);
     }
@@ -159,7 +161,53 @@ static PyObject *hex_of(PyObject *value, int width)
     return text;
 }
 
-/* The span_fields() tuple of one span, Py_None when Python must convert it, NULL on error. */
+/* hex_of(trace_id, 32), remembered for the last trace id object: a batch holds a trace's spans side by side, and
+   they share their root's id object, so most spans reuse the text (a 128-bit int's bytes cost 800 instructions).
+   Called with the GIL held, and nothing here lets another thread run in between. */
+static PyObject *last_trace_id = NULL, *last_trace_hex = NULL;
+
+static PyObject *trace_hex_of(PyObject *trace_id)
+{
+    if (trace_id == last_trace_id && last_trace_hex != NULL) {
+        Py_INCREF(last_trace_hex);
+        return last_trace_hex;
+    }
+    PyObject *text = hex_of(trace_id, 32);
+    if (text != NULL) {
+        Py_INCREF(trace_id);
+        Py_XSETREF(last_trace_id, trace_id);
+        Py_INCREF(text);
+        Py_XSETREF(last_trace_hex, text);
+    }
+    return text;
+}
+
+/* The record's wall-clock start (start + offset) and duration (end - start, 0 when not later): new references
+   in *wall and *duration, -1 on error. In C arithmetic while the values fit, which they do (nanoseconds). */
+static int times_of(PyObject *start, PyObject *end, PyObject *offset, PyObject **wall, PyObject **duration)
+{
+    int o1 = 0, o2 = 0, o3 = 0;
+    long long s = PyLong_AsLongLongAndOverflow(start, &o1), e = PyLong_AsLongLongAndOverflow(end, &o2);
+    long long off = PyLong_AsLongLongAndOverflow(offset, &o3);
+    if (PyErr_Occurred())
+        return -1;
+    if (!o1 && !o2 && !o3 && s >= 0 && e >= 0 && s <= LLONG_MAX / 2 && e <= LLONG_MAX / 2 && off >= -(LLONG_MAX / 2) &&
+        off <= LLONG_MAX / 2) {
+        *wall = PyLong_FromLongLong(s + off);
+        *duration = *wall == NULL ? NULL : PyLong_FromLongLong(e > s ? e - s : 0);
+    }
+    else {
+        *wall = PyNumber_Add(start, offset);
+        int later = *wall == NULL ? -1 : PyObject_RichCompareBool(end, start, Py_GT);
+        *duration = later < 0 ? NULL : later ? PyNumber_Subtract(end, start) : PyLong_FromLong(0);
+    }
+    if (*duration == NULL) {
+        Py_CLEAR(*wall);
+        return -1;
+    }
+    return 0;
+}
+
 /* configure_shared(records module globals): where records._shared_attributes keeps its cache. */
 static PyObject *configure_shared(PyObject *self, PyObject *globals)
 {
@@ -196,28 +244,36 @@ static PyObject *shared_attributes(PyObject *name, PyObject *attrs, PyObject *ma
         return NULL;
     if (misses == NULL || !PyDict_CheckExact(misses) || counted)
         Py_RETURN_NONE;
-    Py_ssize_t n = PyDict_GET_SIZE(attrs), pos = 0, i = 0;
-    PyObject *items = PyTuple_New(n), *types = PyTuple_New(n), *key = NULL, *found = NULL, *k, *v;
-    if (items == NULL || types == NULL)
-        goto done;
-    while (PyDict_Next(attrs, &pos, &k, &v) && i < n) {
-        PyObject *pair = PyTuple_Pack(2, k, v);
-        if (pair == NULL)
-            goto done;
-        PyTuple_SET_ITEM(items, i, pair);
-        Py_INCREF(Py_TYPE(v));
-        PyTuple_SET_ITEM(types, i, (PyObject *)Py_TYPE(v));
-        i++;
-    }
-    if (i != n)
-        goto done;
+    /* the key records._shared_attributes makes: (name, max_count, limit, obfuscate, key1, value1, type1, ...) */
+    PyObject *key = NULL, *found = NULL, *k, *v;
     PyObject *policy = PyDict_GetItemWithError(records_globals, str_sql_policy);
     PyObject *obfuscate = policy == NULL ? NULL : PyObject_GetAttr(policy, str_obfuscate);
     if (obfuscate == NULL)
         goto done;
-    key = PyTuple_Pack(6, name, items, types, max_attributes, max_length, obfuscate);
+    Py_ssize_t n = PyDict_GET_SIZE(attrs), pos = 0, i = 4;
+    key = PyTuple_New(4 + 3 * n);
+    if (key == NULL) {
+        Py_DECREF(obfuscate);
+        goto done;
+    }
+    PyObject *head[4] = {name, max_attributes, max_length, obfuscate};
+    for (int h = 0; h < 4; h++) {
+        Py_INCREF(head[h]);
+        PyTuple_SET_ITEM(key, h, head[h]);
+    }
     Py_DECREF(obfuscate);
-    PyObject *prepared = key == NULL ? NULL : PyDict_GetItemWithError(records_globals, str_prepared);
+    while (i < 4 + 3 * n && PyDict_Next(attrs, &pos, &k, &v)) {
+        Py_INCREF(k);
+        PyTuple_SET_ITEM(key, i, k);
+        Py_INCREF(v);
+        PyTuple_SET_ITEM(key, i + 1, v);
+        Py_INCREF(Py_TYPE(v));
+        PyTuple_SET_ITEM(key, i + 2, (PyObject *)Py_TYPE(v));
+        i += 3;
+    }
+    if (i != 4 + 3 * n)  /* (the dict changed size: not a key to look up) */
+        goto done;
+    PyObject *prepared = PyDict_GetItemWithError(records_globals, str_prepared);
     if (prepared != NULL && PyDict_CheckExact(prepared)) {
         found = PyDict_GetItemWithError(prepared, key);
         if (found != NULL && PyTuple_CheckExact(found) && PyTuple_GET_SIZE(found) == 2 &&
@@ -227,8 +283,6 @@ static PyObject *shared_attributes(PyObject *name, PyObject *attrs, PyObject *ma
             found = NULL;
     }
 done:
-    Py_XDECREF(items);
-    Py_XDECREF(types);
     Py_XDECREF(key);
     if (found != NULL)
         return found;
@@ -240,6 +294,7 @@ done:
     Py_RETURN_NONE;
 }
 
+/* The span_fields() tuple of one span, Py_None when Python must convert it, NULL on error. */
 static PyObject *span_fields(PyObject *span, PyObject *service, PyObject *offset, Py_ssize_t max_attributes,
                              Py_ssize_t max_length, PyObject *max_attributes_obj, PyObject *max_length_obj)
 {
@@ -285,7 +340,7 @@ static PyObject *span_fields(PyObject *span, PyObject *service, PyObject *offset
 
     PyObject *trace_hex = NULL, *span_hex = NULL, *parent_hex = NULL, *wall = NULL, *duration = NULL;
     PyObject *result = NULL;
-    trace_hex = hex_of(trace_id, 32);
+    trace_hex = trace_hex_of(trace_id);
     span_hex = trace_hex ? hex_of(span_id, 16) : NULL;
     if (span_hex == NULL)
         goto special;
@@ -301,14 +356,7 @@ static PyObject *span_fields(PyObject *span, PyObject *service, PyObject *offset
         parent_hex = Py_None;
         Py_INCREF(parent_hex);
     }
-    wall = PyNumber_Add(start, offset);
-    if (wall == NULL)
-        goto error;
-    int later = PyObject_RichCompareBool(end, start, Py_GT);
-    if (later < 0)
-        goto error;
-    duration = later ? PyNumber_Subtract(end, start) : PyLong_FromLong(0);
-    if (duration == NULL)
+    if (times_of(start, end, offset, &wall, &duration) < 0)
         goto error;
     result = PyTuple_New(12);
     if (result == NULL)
@@ -620,8 +668,10 @@ error:
 /* What msgpack.packb([dict(zip(FIELDS, f)) for f in rows], use_bin_type=True) gives, for the collector's batch,
    written directly: rows whose values are all plain (str, None, int64, float, bool; attributes a dict of
    those; no events) here, the others through `fallback(row) -> bytes` (msgpack itself). */
-static const char *field_names[11] = {"trace_id", "span_id", "parent_id", "name", "kind", "service", "start_ns",
-                                      "duration_ns", "status", "attributes", "events"};
+/* The record's keys packed (a fixstr: 0xa0 | length, then the bytes). */
+static const char *packed_field_names[11] = {"\xa8" "trace_id", "\xa7" "span_id", "\xa9" "parent_id", "\xa4" "name",
+                                             "\xa4" "kind", "\xa7" "service", "\xa8" "start_ns", "\xab" "duration_ns",
+                                             "\xa6" "status", "\xaa" "attributes", "\xa6" "events"};
 
 typedef struct {
     char *data;
@@ -752,8 +802,12 @@ static int pack_row(Bytes *b, PyObject *f)
         return -1;
     for (int i = 0; i < 11; i++) {
         int r;
-        if (pack_text(b, field_names[i], (Py_ssize_t)strlen(field_names[i])) < 0)
+        const char *packed = packed_field_names[i];
+        Py_ssize_t packed_size = 1 + (packed[0] & 0x1f);
+        if (bytes_reserve(b, packed_size) < 0)
             return -1;
+        memcpy(b->data + b->size, packed, packed_size);
+        b->size += packed_size;
         if (i == 9) {
             if (pack_header(b, PyDict_GET_SIZE(attrs), 0x80, 0xde, 0xdf) < 0)
                 return -1;

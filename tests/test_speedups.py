@@ -217,6 +217,26 @@ def test_fields_convert_spans_whose_cleaned_attributes_records_cache_holds(compi
         "SELECT * FROM t WHERE a = ?"]
 
 
+def test_fields_times_out_of_c_range_and_traces_side_by_side(compiled):
+    """Start and duration are computed in C while they fit in 62 bits, with ints beyond; an end before the start is
+    a duration of 0. The last trace id's text is reused only for that same id object."""
+    spans = []
+    for start, end, offset in ((5, 1005, 10), (1 << 62, (1 << 62) + 7, 0), (1 << 70, (1 << 70) + 3, 1),
+                               (100, 90, 1 << 62), (100, 200, -(1 << 63)), (7, 8, -5)):
+        span = Span("t", parent=None)
+        span.start()
+        span.start_ns, span.end_ns = start, end
+        spans.append((span, offset))
+    for span, offset in spans:
+        assert compiled.fields([span], "svc", offset, 128, 64) == [span_fields(span, "svc", offset, 128, 64)]
+    a, b = Span("a", parent=None), Span("b", parent=None)
+    children = [Span("c", parent=root) for root in (a, b, a, b)]
+    batch = [s.start().finish() or s for s in children + [a.start().finish() or a, b.start().finish() or b]]
+    want = [span_fields(s, "svc", 0, 128, 64) for s in batch]
+    assert compiled.fields(batch, "svc", 0, 128, 64) == want
+    assert [f[0] for f in want] == ["%032x" % r._trace_id for r in (a, b, a, b, a, b)]
+
+
 def test_configure_refuses_a_class_without_the_slots(compiled):
     class NotASpan:
         __slots__ = ("name",)
