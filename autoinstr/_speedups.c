@@ -1177,6 +1177,8 @@ static PyMethodDef methods[] = {
      "configure_wsgi(_wsgi module globals, ENVIRON_KEY, KNOWN_METHODS, the suppressed ContextVar, statsd module)"},
     {"wsgi_call", (PyCFunction)(void (*)(void))wsgi_call, METH_FASTCALL,
      "wsgi_call(app, environ, start_response): autoinstr.integrations._wsgi.call_traced"},
+    {"view_run", (PyCFunction)(void (*)(void))view_run, METH_FASTCALL | METH_KEYWORDS,
+     "view_run(name, answered, parent, call, *args, **kwargs): autoinstr.integrations._wsgi.run_view"},
     {"configure_http", configure_http, METH_VARARGS,
      "configure_http(_http module globals, _active, the suppressed ContextVar, statsd module, KNOWN_METHODS, "
      "Propagators, _TRACEPARENT_ONLY, Wire)"},

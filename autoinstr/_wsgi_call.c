@@ -29,7 +29,7 @@ enum {
     W_SERVER, W_GET, W_SLASH, W_TRACEPARENT, W_B3, W_X_B3_TRACEID, W_BAGGAGE, W_REQUEST_METHOD, W_PATH_INFO,
     W_HTTP_HOST, W_URL_SCHEME, W_SERVER_PROTOCOL, W_REMOTE_ADDR, W_QUERY_STRING, W_USER_AGENT, W_CONTENT_LENGTH,
     W_FILE_WRAPPER, W_A_METHOD, W_A_PATH, W_A_QUERY, W_A_USER_AGENT, W_A_REQUEST_SIZE, W_A_STATUS_CODE,
-    W_A_RESPONSE_SIZE, W_A_ERROR_TYPE, W_COUNT
+    W_A_RESPONSE_SIZE, W_A_ERROR_TYPE, W_VIEW_FAILED, W_CODE_FUNCTION, W_COUNT
 };
 static const char *wsgi_names[W_COUNT] = {
     "_CAPTURE_REQUEST", "_CAPTURE_RESPONSE", "_RESPONSE_HEADERS", "_server_span", "_connection_attributes",
@@ -39,7 +39,7 @@ static const char *wsgi_names[W_COUNT] = {
     "PATH_INFO", "HTTP_HOST", "wsgi.url_scheme", "SERVER_PROTOCOL", "REMOTE_ADDR", "QUERY_STRING",
     "HTTP_USER_AGENT", "CONTENT_LENGTH", "wsgi.file_wrapper", "http.request.method", "url.path", "url.query",
     "user_agent.original", "http.request.body.size", "http.response.status_code", "http.response.body.size",
-    "error.type"};
+    "error.type", "_view_failed", "code.function"};
 static PyObject *w[W_COUNT];
 
 #if PY_VERSION_HEX >= 0x030C0000
@@ -823,6 +823,61 @@ untraced:
     Py_XDECREF(token);
     Py_XDECREF(response);
     return call_plain(app, environ, start_response);
+}
+
+/* view_run(name, answered, parent, call, *args, **kwargs): _wsgi._run_view's twin. The framework's view,
+   call(*args, **kwargs), in a child span of the current one named `name` (code.function too); an exception goes
+   to _view_failed (recorded on it and on `parent` unless `answered(exc)`: an answer the app chose), then on.
+   Where the span cannot be made, the view runs without it. */
+static PyObject *view_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs < 4) {
+        PyErr_SetString(PyExc_TypeError, "view_run(name, answered, parent, call, *args, **kwargs)");
+        return NULL;
+    }
+    if (wsgi_globals == NULL || span_class == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "view_run(): configure_wsgi() or configure_span() was not called");
+        return NULL;
+    }
+    PyObject *name = args[0], *answered = args[1], *parent = args[2], *call = args[3];
+    PyObject *const *call_args = args + 4;
+    Py_ssize_t call_nargs = nargs - 4;
+    PyObject *span = span_new(name, str_internal, unset);  /* Span(name): a child of the current span */
+    PyObject *entered = NULL;
+    if (span != NULL && PyDict_SetItem(((SpanObject *)span)->attributes, w[W_CODE_FUNCTION], name) == 0)
+        entered = core_enter(span, NULL);
+    if (entered == NULL) {
+        Py_XDECREF(span);
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL;
+        PyErr_Clear();
+        return PyObject_Vectorcall(call, call_args, call_nargs, kwnames);
+    }
+    Py_DECREF(entered);
+    PyObject *result = PyObject_Vectorcall(call, call_args, call_nargs, kwnames);
+    if (result == NULL) {
+        SAVE_EXCEPTION(saved);
+        PyObject *failed = PyDict_GetItemWithError(wsgi_globals, w[W_VIEW_FAILED]);
+        call_dropping_errors(failed, (PyObject *[]){span, parent, EXCEPTION_VALUE(saved), answered}, 4);
+        PyObject *exited = core_exit(span, (PyObject *[]){Py_None, Py_None, Py_None}, 3);
+        if (exited == NULL)
+            PyErr_Clear();
+        Py_XDECREF(exited);
+        Py_DECREF(span);
+        RESTORE_EXCEPTION(saved);
+        return NULL;
+    }
+    PyObject *exited = core_exit(span, (PyObject *[]){Py_None, Py_None, Py_None}, 3);
+    Py_DECREF(span);
+    if (exited == NULL) {  /* (the agent's failure: the view's result stands) */
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        PyErr_Clear();
+    }
+    Py_XDECREF(exited);
+    return result;
 }
 
 static int wsgi_module_init(PyObject *module)

@@ -479,18 +479,58 @@ class _SizedResponse(_Response):
         return len(self._result)  # type: ignore[arg-type]
 
 
-def _compiled_call() -> Any:
-    """autoinstr._speedups.wsgi_call (_wsgi_call.c), configured, where the compiled span core is in use (the
+def _run_view(name: str, answered: Callable[[BaseException], bool], parent: Any, call: Callable[..., Any],
+              *args: Any, **kwargs: Any) -> Any:
+    """call(*args, **kwargs), a framework's view, in a child span of the current one named `name` (code.function
+    too); an exception is recorded on it and on the server span `parent`, unless `answered(exc)` (an HTTP answer
+    the app chose: abort(404)). Where the span cannot be made, the view runs without it."""
+    try:
+        view_span = Span(name)
+        view_span.attributes["code.function"] = name
+        view_span.__enter__()
+    except Exception:
+        return call(*args, **kwargs)
+    try:
+        result = call(*args, **kwargs)
+    except BaseException as exc:
+        _view_failed(view_span, parent, exc, answered)
+        _exit_quietly(view_span)
+        raise
+    _exit_quietly(view_span)
+    return result
+
+
+def _view_failed(view_span: Span, parent: Any, exc: BaseException, answered: Callable[[BaseException], bool]) -> None:
+    try:
+        if isinstance(exc, Exception) and not answered(exc):
+            view_span.record_exception(exc)
+            parent.record_exception(exc)
+    except Exception:
+        pass
+
+
+def _exit_quietly(span: Span) -> None:
+    try:
+        span.__exit__(None, None, None)
+    except Exception:
+        pass
+
+
+def _compiled(name: str) -> Any:
+    """autoinstr._speedups.<name> (_wsgi_call.c), configured, where the compiled span core is in use (the
     same switch: AUTOINSTR_SPEEDUPS); None where it is not."""
     from autoinstr.trace import span as span_module
 
     core = span_module._compiled_core
-    if core is None or not hasattr(core, "wsgi_call"):
+    if core is None or not hasattr(core, name):
         return None
     core.configure_wsgi(globals(), ENVIRON_KEY, KNOWN_METHODS, _suppressed, _statsd)
-    return core.wsgi_call
+    return getattr(core, name)
 
 
 # call_traced(app, environ, start_response): run one WSGI call of `app` inside a server span (unless an outer
 # wrapper already made one); compiled where it can be, _call_traced otherwise
-call_traced: Callable[[Callable[..., Any], Dict[str, Any], Callable[..., Any]], Any] = _compiled_call() or _call_traced
+call_traced: Callable[[Callable[..., Any], Dict[str, Any], Callable[..., Any]], Any] = (_compiled("wsgi_call")
+                                                                                       or _call_traced)
+# run_view(name, answered, parent, call, *args, **kwargs): a framework's view in a span of its own (_run_view)
+run_view: Callable[..., Any] = _compiled("view_run") or _run_view

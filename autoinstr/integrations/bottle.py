@@ -8,8 +8,8 @@ from types import ModuleType
 from typing import Any, Callable
 
 from autoinstr.integrations._wrapping import replace, unwrap, wrap
-from autoinstr.integrations._wsgi import set_route, wsgi_method
-from autoinstr.trace.span import Span, current_span_var
+from autoinstr.integrations._wsgi import run_view, set_route, wsgi_method
+from autoinstr.trace.span import current_span_var
 
 
 def _match(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -37,20 +37,15 @@ def _make_callback(wrapped: Callable[..., Any], instance: Any, args: tuple, kwar
         parent = current_span_var.get()
         if parent is None or not parent.sampled:  # only inside a recorded request
             return callback(*a, **kw)
-        view_span = Span(name, **{"code.function": name}).__enter__()
-        try:
-            result = callback(*a, **kw)
-        except Exception as exc:
-            status = getattr(exc, "status_code", 500)  # bottle answers with HTTPResponse/HTTPError raises
-            if not (isinstance(status, int) and status < 500):
-                view_span.record_exception(exc)
-                parent.record_exception(exc)
-            view_span.__exit__(None, None, None)
-            raise
-        view_span.__exit__(None, None, None)
-        return result
+        return run_view(name, _is_answer, parent, callback, *a, **kw)
 
     return traced_callback
+
+
+def _is_answer(exc: BaseException) -> bool:
+    """bottle answers with HTTPResponse/HTTPError raised: below 500, an answer the app chose, not a failure."""
+    status = getattr(exc, "status_code", 500)
+    return isinstance(status, int) and status < 500
 
 
 def patch(module: ModuleType) -> None:  # bottle

@@ -8,7 +8,7 @@ from types import ModuleType
 from typing import Any, Callable, Dict, Tuple
 
 from autoinstr.integrations._wrapping import replace, unwrap
-from autoinstr.integrations._wsgi import ENVIRON_KEY, set_route, wsgi_method
+from autoinstr.integrations._wsgi import ENVIRON_KEY, run_view, set_route, wsgi_method
 from autoinstr.trace.span import Span
 
 _request_context_var: Any = None  # flask.globals._cv_request (Flask >= 2.2), looked up once at patch time
@@ -56,21 +56,9 @@ def _traced_dispatch(original: Callable[..., Any]) -> Callable[..., Any]:
                 span.name = name
                 attrs["http.route"] = known[2]
                 view = known[3]
-            view_span = Span(view)
-            view_span.attributes["code.function"] = view
-            view_span.__enter__()
         except Exception:
             return original(self, *args, **kwargs)
-        try:
-            result = original(self, *args, **kwargs)
-        except Exception as exc:
-            if not _is_client_error(exc):
-                view_span.record_exception(exc)
-                span.record_exception(exc)
-            view_span.__exit__(None, None, None)
-            raise
-        view_span.__exit__(None, None, None)
-        return result
+        return run_view(view, _is_client_error, span, original, self, *args, **kwargs)
 
     return dispatch_request
 
