@@ -7,10 +7,10 @@
 static PyObject *db_globals, *db_suppressed, *db_statsd;
 
 enum { D_FAILED, D_DB_UNTRACED, D_DB_SPAN, D_ROWCOUNT, D_DESCRIPTION, D_RETURNED, D_AFFECTED, D_DB_SYSTEM,
-       D_QUERY_TEXT, D_CLIENT, D_COUNT };
+       D_QUERY_TEXT, D_CLIENT, D_CONNECTION, D_DICT, D_CACHE_ATTRIBUTE, D_COUNT };
 static const char *db_names[D_COUNT] = {"_failed", "db_untraced", "db_span", "rowcount", "description",
                                         "db.response.returned_rows", "db.response.affected_rows", "db.system",
-                                        "db.query.text", "client"};
+                                        "db.query.text", "client", "connection", "__dict__", "_autoinstr_db"};
 static PyObject *d[D_COUNT];
 
 static PyObject *configure_db(PyObject *self, PyObject *args)
@@ -195,6 +195,144 @@ static PyObject *db_run(PyObject *module, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     return result;
+}
+
+/* ------------------------------------------------------------------------------------ cursor methods */
+
+/* cursor_hook(python, owner, name, system, rows): a traced cursor class's method (sqlite3's execute, executemany,
+   executescript), the twin of `python`, the mixin `owner`'s own Python method:
+
+       def execute(self, sql, *args):
+           return run(connection_attributes(self.connection), system, sql, self if rows else None,
+                      super().execute, sql, *args)
+
+   without the frame, the super object and the bound method. Its fields, in the shared Hook type: real = python
+   (every call of another shape goes there: keywords, no statement, more arguments), describe = owner,
+   settle = name, prepare = system, error_status = rows (True/False). */
+#define CURSOR_OWNER describe
+#define CURSOR_NAME settle
+#define CURSOR_SYSTEM prepare
+#define CURSOR_ROWS error_status
+
+/* What super(owner, self).<name> finds, borrowed: the next class after `owner` in type(self)'s MRO that has it;
+   NULL without an error when none has (or owner is not in the MRO). */
+static PyObject *next_in_mro(PyObject *self, PyObject *owner, PyObject *name)
+{
+    PyObject *mro = Py_TYPE(self)->tp_mro;
+    if (mro == NULL || !PyTuple_Check(mro))
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(mro), i = 0;
+    while (i < n && PyTuple_GET_ITEM(mro, i) != owner)
+        i++;
+    for (i++; i < n; i++) {
+        PyObject *dict = ((PyTypeObject *)PyTuple_GET_ITEM(mro, i))->tp_dict;
+        PyObject *found = dict == NULL ? NULL : PyDict_GetItemWithError(dict, name);
+        if (found != NULL || PyErr_Occurred())
+            return found;
+    }
+    return NULL;
+}
+
+/* The connection's span attributes (sqlite3._attributes: its __dict__'s cached ones, else the system alone), a
+   new reference; NULL with an error where the Python method would raise the same. */
+static PyObject *connection_attributes(PyObject *cursor, PyObject *system)
+{
+    PyObject *connection = PyObject_GetAttr(cursor, d[D_CONNECTION]);
+    PyObject *dict = connection == NULL ? NULL : PyObject_GetAttr(connection, d[D_DICT]);
+    Py_XDECREF(connection);
+    if (dict == NULL)
+        return NULL;
+    PyObject *cached = PyDict_Check(dict) ? PyDict_GetItemWithError(dict, d[D_CACHE_ATTRIBUTE]) : NULL;
+    int usable = cached == NULL ? 0 : PyObject_IsTrue(cached);
+    if (usable > 0)
+        Py_INCREF(cached);
+    Py_DECREF(dict);
+    if (usable < 0 || PyErr_Occurred())
+        return NULL;
+    if (usable > 0)
+        return cached;
+    PyObject *attrs = PyDict_New();
+    if (attrs != NULL && PyDict_SetItem(attrs, d[D_DB_SYSTEM], system) < 0)
+        Py_CLEAR(attrs);
+    return attrs;
+}
+
+static PyObject *cursor_hook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HookObject *hook = (HookObject *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 2 || nargs > 3 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) || db_globals == NULL ||
+        !PyUnicode_Check(hook->CURSOR_NAME))
+        return forward(hook, args, nargsf, kwnames);
+    PyObject *self = args[0];
+    PyObject *base = next_in_mro(self, hook->CURSOR_OWNER, hook->CURSOR_NAME);
+    PyObject *attrs = base == NULL ? NULL : connection_attributes(self, hook->CURSOR_SYSTEM);
+    if (attrs == NULL) {  /* (the Python method meets the same: it raises, or finds what this did not) */
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL;
+        PyErr_Clear();
+        return forward(hook, args, nargsf, kwnames);
+    }
+    /* run(attrs, system, sql, cursor, call, *call_args): a function or a C method is called with self first;
+       anything else is bound first, as super() binds it */
+    PyObject *stack[8] = {attrs, hook->CURSOR_SYSTEM, args[1], hook->CURSOR_ROWS == Py_True ? self : Py_None};
+    PyObject *bound = NULL;
+    Py_ssize_t n = 4;
+    if (PyFunction_Check(base) || Py_IS_TYPE(base, &PyMethodDescr_Type)) {
+        stack[n++] = base;
+        stack[n++] = self;
+    }
+    else {
+        descrgetfunc get = Py_TYPE(base)->tp_descr_get;
+        if (get == NULL)
+            Py_INCREF(base);
+        bound = get == NULL ? base : get(base, self, (PyObject *)Py_TYPE(self));
+        if (bound == NULL) {
+            Py_DECREF(attrs);
+            return NULL;
+        }
+        stack[n++] = bound;
+    }
+    for (Py_ssize_t i = 1; i < nargs; i++)
+        stack[n++] = args[i];
+    PyObject *result = db_run(NULL, stack, n, NULL);
+    Py_DECREF(attrs);
+    Py_XDECREF(bound);
+    return result;
+}
+
+/* cursor_factory_hook(python, owner, name, factory): a traced connection class's cursor(), the twin of `python`
+   for its common call, conn.cursor() without arguments: super().cursor(factory). Every other call goes to
+   `python` (real), which makes the factory asked for traced. Fields: describe = owner, settle = name,
+   prepare = factory. */
+static PyObject *cursor_factory_hook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HookObject *hook = (HookObject *)op;
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0))
+        return forward(hook, args, nargsf, kwnames);
+    PyObject *base = next_in_mro(args[0], hook->CURSOR_OWNER, hook->CURSOR_NAME);
+    if (base == NULL || !(PyFunction_Check(base) || Py_IS_TYPE(base, &PyMethodDescr_Type))) {
+        if (PyErr_Occurred())
+            return NULL;
+        return forward(hook, args, nargsf, kwnames);
+    }
+    return PyObject_Vectorcall(base, (PyObject *[]){args[0], hook->prepare}, 2, NULL);
+}
+
+static PyObject *cursor_factory_hook(PyObject *module, PyObject *args)
+{
+    PyObject *python, *owner, *name, *factory;
+    if (!PyArg_ParseTuple(args, "OO!UO", &python, &PyType_Type, &owner, &name, &factory))
+        return NULL;
+    return new_hook(python, owner, name, factory, Py_None, cursor_factory_hook_call);
+}
+
+static PyObject *cursor_hook(PyObject *module, PyObject *args)
+{
+    PyObject *python, *owner, *name, *system, *rows;
+    if (!PyArg_ParseTuple(args, "OO!UUO!", &python, &PyType_Type, &owner, &name, &system, &PyBool_Type, &rows))
+        return NULL;
+    return new_hook(python, owner, name, system, rows, cursor_hook_call);
 }
 
 static int db_module_init(PyObject *module)

@@ -1187,6 +1187,10 @@ static PyMethodDef methods[] = {
     {"configure_db", configure_db, METH_VARARGS, "configure_db(_dbapi module globals, the suppressed ContextVar, statsd)"},
     {"db_run", (PyCFunction)(void (*)(void))db_run, METH_FASTCALL | METH_KEYWORDS,
      "db_run(attrs, name, statement, cursor, call, *args, **kwargs): autoinstr.integrations._dbapi.run"},
+    {"cursor_hook", cursor_hook, METH_VARARGS,
+     "cursor_hook(python, owner, name, system, rows): a traced cursor class's method, run() without super()"},
+    {"cursor_factory_hook", cursor_factory_hook, METH_VARARGS,
+     "cursor_factory_hook(python, owner, name, factory): a traced connection's cursor(), super().cursor(factory)"},
     {"pb_spans", pb_spans, METH_VARARGS,
      "pb_spans(rows, fallback) -> the rows' OTLP Span messages, each framed as a ScopeSpans.spans field"},
     {NULL, NULL, 0, NULL}};

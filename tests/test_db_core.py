@@ -28,7 +28,9 @@ handed = []
 m.Sink.submit = staticmethod(lambda spans: handed.append(list(spans)))
 m.Sink.submit_one = staticmethod(lambda span: handed.append([span]))
 sqlite3_integration.patch(sqlite3)
-out = {"compiled": _dbapi.run is not _dbapi._run, "programs": []}
+out = {"compiled": _dbapi.run is not _dbapi._run, "programs": [],
+       "cursor_method": type(sqlite3_integration._TracedCursor.__dict__["execute"]).__name__,
+       "cursor_factory": type(sqlite3_integration._TracedConnection.__dict__["cursor"]).__name__}
 
 STATEMENTS = ["SELECT 1", "SELECT a, b FROM t WHERE a > ?", "INSERT INTO t VALUES (?, ?)", "UPDATE t SET b = 'x'",
               "DELETE FROM t WHERE a = ?", "SELECT * FROM nope", "SELEC broken", b"SELECT 2"]
@@ -43,9 +45,46 @@ def describe(s):
             "span": "%x" % s.span_id}
 
 
+class MyCursor(sqlite3.Cursor):  # an app's cursor class overriding a traced method
+    def execute(self, sql, *args):
+        self.mine = getattr(self, "mine", 0) + 1
+        return super().execute(sql, *args)
+
+
+class PlainCursor(sqlite3.Cursor):
+    pass
+
+
+def shapes(rnd, conn, log):
+    """The calls of other shapes: keywords, no statement, too many arguments, a bound method kept, the real
+    class's method called directly, a cursor class of the app's own."""
+    shape = rnd.choice(["keyword", "none", "many-args", "bound", "direct", "factory", "plain-factory", "name",
+                        "kw-factory"])
+    cur = conn.cursor(MyCursor if shape == "factory" else PlainCursor) if shape in ("factory", "plain-factory") \
+        else conn.cursor(factory=MyCursor) if shape == "kw-factory" else conn.cursor()
+    if shape == "keyword":
+        return cur.execute("SELECT ?", parameters=(1,))
+    if shape == "none":
+        return cur.execute()
+    if shape == "many-args":
+        return cur.execute("SELECT ?", (1,), "extra")
+    if shape == "bound":
+        run = cur.execute
+        return [run("SELECT ?", (i,)).fetchall() for i in range(2)]
+    if shape == "direct":
+        return sqlite3.Cursor.execute(cur, "SELECT 3").fetchall()
+    if shape == "name":
+        return [type(cur).execute.__name__, type(cur).executescript.__qualname__, isinstance(cur, sqlite3.Cursor)]
+    got = cur.execute("SELECT a FROM t WHERE a > ?", (rnd.randint(0, 5),)).fetchall()
+    return [type(cur).__name__, getattr(cur, "mine", None), got, cur.rowcount]
+
+
 def step(rnd, conn, log):
-    what = rnd.choice(["execute", "execute", "cursor", "many", "script", "commit", "rollback"])
+    what = rnd.choice(["execute", "execute", "cursor", "many", "script", "commit", "rollback", "shapes"])
     try:
+        if what == "shapes":
+            log.append([what, repr(shapes(rnd, conn, log))])
+            return
         if what == "execute":
             sql = rnd.choice(STATEMENTS)
             params = (rnd.randint(0, 5),) if "?" in str(sql) and "VALUES" not in str(sql) else \
@@ -107,7 +146,11 @@ def test_both_db_paths_do_the_same_to_random_programs():
     require_compiled("db_run")
     compiled, python = run_driver(DRIVER, PROGRAMS, True), run_driver(DRIVER, PROGRAMS, False)
     assert compiled["compiled"] and not python["compiled"]
+    assert (compiled["cursor_method"], python["cursor_method"]) == ("Hook", "function")
+    assert (compiled["cursor_factory"], python["cursor_factory"]) == ("Hook", "function")
     assert_same(compiled["programs"], python["programs"], "program")
+    shapes = {entry[1].split("(")[0] for p in python["programs"] for entry in p["log"] if entry[0] == "shapes"}
+    assert len([e for p in python["programs"] for e in p["log"] if e[0] == "shapes"]) >= 20, shapes
     spans = [s for p in python["programs"] for g in p["handed"] for s in g]
     attributes = {k for s in spans for k, _ in s["attributes"]}
     # the programs do cover what they are meant to: statements, row counts, errors, every kind of call

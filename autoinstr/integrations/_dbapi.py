@@ -152,6 +152,37 @@ def _compiled_run() -> Any:
 run: Callable[..., Any] = _compiled_run() or _run
 
 
+def compile_cursor_methods(mixin: type, system: str, methods: Mapping[str, bool]) -> None:
+    """Where run() is compiled, put on `mixin` (a traced cursor class's mixin) the compiled twins of its methods
+    (cursor_hook in _db_call.c), {name: whether the cursor gives the row count}. Each method must be the shape
+    `run(<the connection's attributes>, system, sql, self or None, super().<name>, sql, *args)`."""
+    from autoinstr.trace import span as span_module
+
+    core = span_module._compiled_core
+    if run is _run or core is None or not hasattr(core, "cursor_hook"):
+        return
+    import functools
+
+    for name, rows in methods.items():
+        python = mixin.__dict__[name]
+        setattr(mixin, name, functools.update_wrapper(core.cursor_hook(python, mixin, name, system, rows), python))
+
+
+def compile_cursor_factory(mixin: type, factory: type) -> None:
+    """Where run() is compiled, `mixin.cursor` (a traced connection class's mixin) called without arguments is
+    super().cursor(factory) in C (cursor_factory_hook, _db_call.c); its other calls stay the Python method's."""
+    from autoinstr.trace import span as span_module
+
+    core = span_module._compiled_core
+    if run is _run or core is None or not hasattr(core, "cursor_factory_hook"):
+        return
+    import functools
+
+    python = mixin.__dict__["cursor"]
+    hook = core.cursor_factory_hook(python, mixin, "cursor", factory)
+    mixin.cursor = functools.update_wrapper(hook, python)  # type: ignore[attr-defined]
+
+
 async def run_async(attrs: Mapping[str, Any], name: str, statement: Any, cursor: Any,
                     call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """run() for a coroutine method: the span covers the awaited call."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3 as _sqlite3
+import sys
 from types import ModuleType
 from typing import Any, Callable, Dict, Tuple
 
@@ -47,6 +48,10 @@ class _TracedCursor:
         return _dbapi.run(_attributes(self.connection), SYSTEM, script, None, super().executescript, script, *args)  # type: ignore[misc]
 
 
+# compiled where the span core is: the same calls without this frame, super() and a bound method (cursor_hook)
+_dbapi.compile_cursor_methods(_TracedCursor, SYSTEM, {"execute": True, "executemany": True, "executescript": False})
+
+
 def _traced_cursor_class(factory: Any) -> Any:
     return _dbapi.traced_factory(factory, _sqlite3.Cursor, _TracedCursor)
 
@@ -80,6 +85,7 @@ class _TracedConnection(_dbapi.TracedTransactions):
 
 
 _TRACED_CURSOR = _dbapi.traced_class(_sqlite3.Cursor, _TracedCursor)
+_dbapi.compile_cursor_factory(_TracedConnection, _TRACED_CURSOR)  # conn.cursor(), the common call, compiled
 
 
 # (database, factory) -> (the traced factory, the connection's span attributes, the connect span's): an app
@@ -101,14 +107,63 @@ def _prepare(database: Any, factory: Any) -> Tuple[Any, _dbapi.DbAttributes, _db
     return prepared
 
 
+# Python 3.13 and 3.14 warn (DeprecationWarning) when sqlite3.connect() gets more than one positional argument,
+# twice: connect itself, then the connection class's __init__ it calls with them. Each names the innermost Python
+# frame as the caller, which under the agent would be this module's (the app's code, a warnings filter, -W error
+# see it). So connect's warning is given here, from the app's frame (skip_file_prefixes: autoinstr's frames are
+# not the caller), and then: a class whose __init__ is sqlite3's gets the arguments by keyword and its warning
+# from here too; a class with an __init__ of its own is called as connect would call it (its own frame warns).
+_POSITIONAL_DEPRECATED = (3, 13) <= sys.version_info[:2] < (3, 15)
+_PARAMETERS = ("database", "timeout", "detect_types", "isolation_level", "check_same_thread", "factory",
+               "cached_statements", "uri")
+_DEPRECATION = ("Passing more than 1 positional argument to %s is deprecated. Parameters 'timeout', "
+                "'detect_types', 'isolation_level', 'check_same_thread', 'factory', 'cached_statements' and 'uri' "
+                "will become keyword-only parameters in Python 3.15.")
+_AUTOINSTR_FOLDER = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _factory_of(args: tuple, kwargs: dict) -> Any:
+    return args[5] if len(args) > 5 else kwargs.get("factory", _sqlite3.Connection)
+
+
+def _connect_after_warning(*args: Any, **kwargs: Any) -> Any:
+    """What sqlite3.connect does once it has warned: its factory called with every argument."""
+    return _factory_of(args, kwargs)(*args, **kwargs)
+
+
+def _deprecated_positionals(wrapped: Callable[..., Any], args: tuple,
+                            kwargs: dict) -> Tuple[Callable[..., Any], tuple, dict]:
+    """(what to call, args, kwargs) for a call with positional arguments after the database: see above. Left to
+    sqlite3 where the call fails anyway (too many, one given twice) or the factory is a function."""
+    names = _PARAMETERS[1:len(args)]
+    factory = _factory_of(args, kwargs)
+    if len(args) > len(_PARAMETERS) or any(name in kwargs for name in names) or not (
+            isinstance(factory, type) and issubclass(factory, _sqlite3.Connection)):
+        return wrapped, args, kwargs
+    import warnings
+
+    callees = ["sqlite3.connect()"]
+    own_init = factory.__init__ is not _sqlite3.Connection.__init__  # type: ignore[misc]
+    if not own_init:
+        callees.append("_sqlite3.Connection()")
+    for callee in callees:
+        warnings.warn(_DEPRECATION % callee, DeprecationWarning,
+                      skip_file_prefixes=(_AUTOINSTR_FOLDER,))  # type: ignore[call-arg]
+    if own_init:
+        return _connect_after_warning, args, kwargs
+    return wrapped, args[:1], dict(kwargs, **dict(zip(names, args[1:])))
+
+
 def _connect(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
     """sqlite3.connect, giving the connection class asked for (`factory`, positional or keyword) as its traced
     subclass, in a connect span."""
+    if len(args) > 1 and _POSITIONAL_DEPRECATED:
+        wrapped, args, kwargs = _deprecated_positionals(wrapped, args, kwargs)
     if _suppressed_get():  # the agent's own store
         return wrapped(*args, **kwargs)
     try:
         database = args[0] if args else kwargs["database"]
-        factory = args[5] if len(args) > 5 else kwargs.get("factory", _sqlite3.Connection)
+        factory = _factory_of(args, kwargs)
         try:
             prepared = _connects.get((database, factory)) or _prepare(database, factory)
         except TypeError:
