@@ -762,7 +762,9 @@ static int pack_plain(Bytes *b, PyObject *v)
     }
     if (PyUnicode_CheckExact(v)) {
         Py_ssize_t n;
-        const char *text = PyUnicode_AsUTF8AndSize(v, &n);
+        /* (compact ASCII, nearly every key and value: the characters are the UTF-8, no call needed) */
+        const char *text = PyUnicode_IS_COMPACT_ASCII(v) ? (n = PyUnicode_GET_LENGTH(v), (const char *)PyUnicode_DATA(v))
+                                                          : PyUnicode_AsUTF8AndSize(v, &n);
         if (text == NULL) {  /* lone surrogates: msgpack refuses them too, in the fallback */
             PyErr_Clear();
             return 0;
