@@ -266,8 +266,10 @@ static PyObject *cursor_hook_call(PyObject *op, PyObject *const *args, size_t na
         return forward(hook, args, nargsf, kwnames);
     PyObject *self = args[0];
     PyObject *base = next_in_mro(self, hook->CURSOR_OWNER, hook->CURSOR_NAME);
+    Py_XINCREF(base);  /* (held: reading the connection runs the app's code, which could change the class) */
     PyObject *attrs = base == NULL ? NULL : connection_attributes(self, hook->CURSOR_SYSTEM);
     if (attrs == NULL) {  /* (the Python method meets the same: it raises, or finds what this did not) */
+        Py_XDECREF(base);
         if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))
             return NULL;
         PyErr_Clear();
@@ -289,6 +291,7 @@ static PyObject *cursor_hook_call(PyObject *op, PyObject *const *args, size_t na
         bound = get == NULL ? base : get(base, self, (PyObject *)Py_TYPE(self));
         if (bound == NULL) {
             Py_DECREF(attrs);
+            Py_DECREF(base);
             return NULL;
         }
         stack[n++] = bound;
@@ -298,6 +301,7 @@ static PyObject *cursor_hook_call(PyObject *op, PyObject *const *args, size_t na
     PyObject *result = db_run(NULL, stack, n, NULL);
     Py_DECREF(attrs);
     Py_XDECREF(bound);
+    Py_DECREF(base);
     return result;
 }
 
@@ -316,7 +320,10 @@ static PyObject *cursor_factory_hook_call(PyObject *op, PyObject *const *args, s
             return NULL;
         return forward(hook, args, nargsf, kwnames);
     }
-    return PyObject_Vectorcall(base, (PyObject *[]){args[0], hook->prepare}, 2, NULL);
+    Py_INCREF(base);
+    PyObject *cursor = PyObject_Vectorcall(base, (PyObject *[]){args[0], hook->prepare}, 2, NULL);
+    Py_DECREF(base);
+    return cursor;
 }
 
 static PyObject *cursor_factory_hook(PyObject *module, PyObject *args)

@@ -14,6 +14,15 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# What every driver program starts with: `m` is autoinstr.trace.span, and `handed` collects the groups of spans
+# the pipeline would receive (the sink patched), for the driver to describe.
+HANDED_SPANS = """
+from autoinstr.trace import span as m
+handed = []
+m.Sink.submit = staticmethod(lambda spans: handed.append(list(spans)))
+m.Sink.submit_one = staticmethod(lambda span: handed.append([span]))
+"""
+
 
 def run_driver(driver: str, argument: int, speedups: bool, timeout: float = 120) -> Dict[str, Any]:
     """The JSON a driver program prints, run with the compiled code (speedups) or without."""

@@ -11,22 +11,18 @@ be identical.
 
 from __future__ import annotations
 
-from _twins import assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
+from _twins import HANDED_SPANS, assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
 
 from autoinstr.integrations import _dbapi
 
 PROGRAMS = 200
 
-DRIVER = r'''
+DRIVER = HANDED_SPANS + r'''
 import contextvars, json, random, sqlite3, sys
 from autoinstr.integrations import _dbapi, suppress_instrumentation
 from autoinstr.integrations import sqlite3 as sqlite3_integration
-from autoinstr.trace import span as m
 from autoinstr.trace.span import Sampling, Span, current_span
 
-handed = []
-m.Sink.submit = staticmethod(lambda spans: handed.append(list(spans)))
-m.Sink.submit_one = staticmethod(lambda span: handed.append([span]))
 sqlite3_integration.patch(sqlite3)
 out = {"compiled": _dbapi.run is not _dbapi._run, "programs": [],
        "cursor_method": type(sqlite3_integration._TracedCursor.__dict__["execute"]).__name__,

@@ -13,24 +13,20 @@ body, exception) and what the pipeline received (every field of every span) must
 from __future__ import annotations
 
 import pytest
-from _twins import assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
+from _twins import HANDED_SPANS, assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
 
 from autoinstr.integrations import _http
 
 CALLS = 300
 
-DRIVER = r'''
+DRIVER = HANDED_SPANS + r'''
 import http.client, http.server, json, random, socket, sys, threading, urllib.error, urllib.request
 import requests, urllib3, httpx
 import requests.sessions, urllib3.connectionpool, urllib3.poolmanager
 from autoinstr.integrations import _http, httpclient, requests as i_requests, urllib3 as i_urllib3, httpx as i_httpx
-from autoinstr.trace import span as m
 from autoinstr.trace.propagation import Propagators
 from autoinstr.trace.span import Sampling, Span, SpanContext, current_span
 
-handed = []
-m.Sink.submit = staticmethod(lambda spans: handed.append(list(spans)))
-m.Sink.submit_one = staticmethod(lambda span: handed.append([span]))
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled",
                  "x-b3-flags", "x-b3-parentspanid")
 

@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import os
 
-from _twins import assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
+from _twins import HANDED_SPANS, assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
 
 from autoinstr.trace import span as span_module
 
 PROGRAMS = 300
 
-DRIVER = r'''
+DRIVER = HANDED_SPANS + r'''
 import contextvars, json, random, sys
-from autoinstr.trace import span as m
 from autoinstr.trace.span import Span, SpanContext, Sampling, current_span
 
-handed = []
-m.Sink.submit = staticmethod(lambda spans: handed.append(list(spans)))
-m.Sink.submit_one = staticmethod(lambda span: handed.append([span]))
 out = {"core": Span.__mro__[1].__module__, "programs": []}
 def program(seed):  # in an empty context: no span of another program is current
     rnd = random.Random(seed)

@@ -11,21 +11,17 @@ must be identical in one process per implementation.
 
 from __future__ import annotations
 
-from _twins import assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
+from _twins import HANDED_SPANS, assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
 
 from autoinstr.integrations import _wsgi
 
 VIEWS = 300
 
-DRIVER = r'''
+DRIVER = HANDED_SPANS + r'''
 import contextvars, io, json, random, sys
-from autoinstr.trace import span as m
 from autoinstr.trace.span import Span, current_span
 from autoinstr.integrations import _wsgi
 
-handed = []
-m.Sink.submit = staticmethod(lambda spans: handed.append(list(spans)))
-m.Sink.submit_one = staticmethod(lambda span: handed.append([span]))
 out = {"compiled": not isinstance(_wsgi.run_view, type(_wsgi._run_view)), "views": []}
 
 

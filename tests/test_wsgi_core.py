@@ -13,21 +13,17 @@ pipeline receives (every field of every span) must be identical in one process p
 
 from __future__ import annotations
 
-from _twins import assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
+from _twins import HANDED_SPANS, assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
 
 from autoinstr.integrations import _wsgi
 
 REQUESTS = 400
 
-DRIVER = r'''
+DRIVER = HANDED_SPANS + r'''
 import json, random, re, sys, threading
-from autoinstr.trace import span as m
 from autoinstr.trace.span import current_span
 from autoinstr.integrations import _wsgi
 
-handed = []
-m.Sink.submit = staticmethod(lambda spans: handed.append(list(spans)))
-m.Sink.submit_one = staticmethod(lambda span: handed.append([span]))
 out = {"compiled": not isinstance(_wsgi.call_traced, type(_wsgi._call_traced)), "requests": []}
 
 

@@ -152,14 +152,20 @@ def _compiled_run() -> Any:
 run: Callable[..., Any] = _compiled_run() or _run
 
 
+def _compiled_with(name: str) -> Any:
+    """The compiled module, where run() is compiled and the module has `name`; else None."""
+    from autoinstr.trace import span as span_module
+
+    core = span_module._compiled_core
+    return core if run is not _run and core is not None and hasattr(core, name) else None
+
+
 def compile_cursor_methods(mixin: type, system: str, methods: Mapping[str, bool]) -> None:
     """Where run() is compiled, put on `mixin` (a traced cursor class's mixin) the compiled twins of its methods
     (cursor_hook in _db_call.c), {name: whether the cursor gives the row count}. Each method must be the shape
     `run(<the connection's attributes>, system, sql, self or None, super().<name>, sql, *args)`."""
-    from autoinstr.trace import span as span_module
-
-    core = span_module._compiled_core
-    if run is _run or core is None or not hasattr(core, "cursor_hook"):
+    core = _compiled_with("cursor_hook")
+    if core is None:
         return
     import functools
 
@@ -171,10 +177,8 @@ def compile_cursor_methods(mixin: type, system: str, methods: Mapping[str, bool]
 def compile_cursor_factory(mixin: type, factory: type) -> None:
     """Where run() is compiled, `mixin.cursor` (a traced connection class's mixin) called without arguments is
     super().cursor(factory) in C (cursor_factory_hook, _db_call.c); its other calls stay the Python method's."""
-    from autoinstr.trace import span as span_module
-
-    core = span_module._compiled_core
-    if run is _run or core is None or not hasattr(core, "cursor_factory_hook"):
+    core = _compiled_with("cursor_factory_hook")
+    if core is None:
         return
     import functools
 
