@@ -184,3 +184,37 @@ def test_a_driver_error_reaching_another_span_is_scrubbed_too():
     plain.record_exception(ValueError("'kept' as it is"))
     plain.__exit__(None, None, None)
     assert records.to_record(plain, "svc", 0, 128, 4096)["attributes"]["exception.message"] == "'kept' as it is"
+
+
+@pytest.mark.skipif(not (3, 13) <= __import__("sys").version_info[:2] < (3, 15),
+                    reason="sqlite3.connect warns of positional arguments on Python 3.13 and 3.14")
+def test_connects_deprecation_warnings_name_the_apps_line_and_errors_stay_the_apps(traced_sqlite):
+    """As without the agent: the warnings name the line calling connect (not the wrapper's); a connection class
+    with an __init__ of its own warns from that __init__; under an `error` filter connect raises the warning,
+    and the integration stays on (it was no fault of the agent)."""
+    import contextlib
+    import warnings
+
+    class Factory(sqlite3.Connection):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        conn = sqlite3.connect(":memory:", 5.0)
+        own = sqlite3.connect(":memory:", 5.0, 0, None, True, Factory)
+    assert [(w.category, w.filename) for w in caught[:2]] == [(DeprecationWarning, __file__)] * 2
+    assert "sqlite3.connect()" in str(caught[0].message) and "_sqlite3.Connection()" in str(caught[1].message)
+    assert caught[2].filename == __file__ and "sqlite3.connect()" in str(caught[2].message)
+    assert caught[3].filename == __file__ and "_sqlite3.Connection()" in str(caught[3].message)  # Factory's line
+    assert conn.execute("SELECT 1").fetchone() == (1,) and isinstance(own, Factory) and own.isolation_level is None
+    conn.close()
+    own.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        with pytest.raises(DeprecationWarning, match="positional argument to sqlite3.connect"):
+            sqlite3.connect(":memory:", 5.0)
+    before = len(_spans(traced_sqlite))
+    with contextlib.closing(sqlite3.connect(":memory:")) as again:
+        again.execute("SELECT 2")
+    assert len(_spans(traced_sqlite)) > before  # still traced

@@ -146,9 +146,12 @@ def _deprecated_positionals(wrapped: Callable[..., Any], args: tuple,
     own_init = factory.__init__ is not _sqlite3.Connection.__init__  # type: ignore[misc]
     if not own_init:
         callees.append("_sqlite3.Connection()")
-    for callee in callees:
-        warnings.warn(_DEPRECATION % callee, DeprecationWarning,
-                      skip_file_prefixes=(_AUTOINSTR_FOLDER,))  # type: ignore[call-arg]
+    try:
+        for callee in callees:
+            warnings.warn(_DEPRECATION % callee, DeprecationWarning,
+                          skip_file_prefixes=(_AUTOINSTR_FOLDER,))  # type: ignore[call-arg]
+    except Warning:  # a filter makes it an error (-W error): sqlite3 raises the same itself, as without the agent
+        return wrapped, args, kwargs
     if own_init:
         return _connect_after_warning, args, kwargs
     return wrapped, args[:1], dict(kwargs, **dict(zip(names, args[1:])))
