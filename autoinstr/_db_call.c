@@ -5,12 +5,13 @@
    call raised), statsd's db_untraced and db_span (statsd on). */
 
 static PyObject *db_globals, *db_suppressed, *db_statsd;
+static PyObject *db_cache_attribute;  /* _dbapi.CACHE_ATTRIBUTE: where a connection keeps its span attributes */
 
 enum { D_FAILED, D_DB_UNTRACED, D_DB_SPAN, D_ROWCOUNT, D_DESCRIPTION, D_RETURNED, D_AFFECTED, D_DB_SYSTEM,
-       D_QUERY_TEXT, D_CLIENT, D_CONNECTION, D_DICT, D_CACHE_ATTRIBUTE, D_COUNT };
+       D_QUERY_TEXT, D_CLIENT, D_CONNECTION, D_DICT, D_COUNT };
 static const char *db_names[D_COUNT] = {"_failed", "db_untraced", "db_span", "rowcount", "description",
                                         "db.response.returned_rows", "db.response.affected_rows", "db.system",
-                                        "db.query.text", "client", "connection", "__dict__", "_autoinstr_db"};
+                                        "db.query.text", "client", "connection", "__dict__"};
 static PyObject *d[D_COUNT];
 
 static PyObject *configure_db(PyObject *self, PyObject *args)
@@ -22,9 +23,14 @@ static PyObject *configure_db(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "configure_db(): not a ContextVar");
         return NULL;
     }
-    PyObject *objects[3] = {globals, suppressed, statsd};
-    PyObject **slots[3] = {&db_globals, &db_suppressed, &db_statsd};
-    for (int i = 0; i < 3; i++) {
+    PyObject *cache_attribute = PyDict_GetItemString(globals, "CACHE_ATTRIBUTE");
+    if (cache_attribute == NULL || !PyUnicode_Check(cache_attribute)) {
+        PyErr_SetString(PyExc_TypeError, "configure_db(): the module has no CACHE_ATTRIBUTE");
+        return NULL;
+    }
+    PyObject *objects[4] = {globals, suppressed, statsd, cache_attribute};
+    PyObject **slots[4] = {&db_globals, &db_suppressed, &db_statsd, &db_cache_attribute};
+    for (int i = 0; i < 4; i++) {
         Py_INCREF(objects[i]);
         Py_XSETREF(*slots[i], objects[i]);
     }
@@ -242,7 +248,7 @@ static PyObject *connection_attributes(PyObject *cursor, PyObject *system)
     Py_XDECREF(connection);
     if (dict == NULL)
         return NULL;
-    PyObject *cached = PyDict_Check(dict) ? PyDict_GetItemWithError(dict, d[D_CACHE_ATTRIBUTE]) : NULL;
+    PyObject *cached = PyDict_Check(dict) ? PyDict_GetItemWithError(dict, db_cache_attribute) : NULL;
     int usable = cached == NULL ? 0 : PyObject_IsTrue(cached);
     if (usable > 0)
         Py_INCREF(cached);

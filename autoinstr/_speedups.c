@@ -129,7 +129,7 @@ static PyObject *hex_of(PyObject *value, int width)
 {
     static const char digits[] = "0123456789abcdef";
     unsigned char bytes[16];
-    if (!PyLong_CheckExact(value))  /* (a negative one: OverflowError below, cleared) */
+    if (!PyLong_CheckExact(value))  /* (negative or too wide: refused below, the error cleared) */
         return NULL;
     if (width == 16) {
         /* (PyLong_AsUnsignedLongLong goes through _PyLong_AsByteArray: the mask's digit loop is a third of it) */

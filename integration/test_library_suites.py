@@ -7,11 +7,9 @@ of exact types that traced subclasses cannot pass, listed here by name with the 
 from __future__ import annotations
 
 import re
-import subprocess
 from typing import Set, Tuple
 
 import pytest
-from conftest import PYTHON, RUN, clean_env
 
 # The connection sqlite3.connect() gives under the agent is a traced subclass of the class asked for (see
 # autoinstr/integrations/sqlite3.py): isinstance holds, `type(cx) == sqlite3.Connection` does not.
@@ -20,9 +18,8 @@ KNOWN = {"test_database_keyword": "assertEqual(type(cx), sqlite.Connection)"}
 
 def run_suite(sandbox, traced: bool) -> Tuple[int, Set[str], str]:
     """(tests run, names of those that failed or erred, output) of `python -m test -v test_sqlite3`."""
-    cmd = ([RUN] if traced else []) + [PYTHON, "-m", "test", "-v", "test_sqlite3"]
-    env = clean_env(sandbox.home, AUTOINSTR_STORE=sandbox.store, AUTOINSTR_FLUSH_INTERVAL="0.2")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=sandbox.dir)
+    proc = sandbox.run(["python", "-m", "test", "-v", "test_sqlite3"], launcher=traced, timeout=300,
+                       env=sandbox.env(AUTOINSTR_FLUSH_INTERVAL="0.2"))
     out = proc.stdout + proc.stderr
     ran = re.search(r"^Ran (\d+) tests?", out, re.M)
     assert ran, out[-3000:]
@@ -31,8 +28,7 @@ def run_suite(sandbox, traced: bool) -> Tuple[int, Set[str], str]:
 
 
 def test_cpython_sqlite3_suite_passes_under_the_agent(sandbox):
-    probe = subprocess.run([PYTHON, "-c", "import test.test_sqlite3"], capture_output=True, timeout=60)
-    if probe.returncode != 0:
+    if sandbox.run(["python", "-c", "import test.test_sqlite3"], launcher=False).returncode != 0:
         pytest.skip("this Python has no test package (Debian: libpython3-testsuite)")
     plain_ran, plain_failed, _ = run_suite(sandbox, traced=False)
     traced_ran, traced_failed, out = run_suite(sandbox, traced=True)

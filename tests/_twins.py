@@ -15,12 +15,21 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # What every driver program starts with: `m` is autoinstr.trace.span, and `handed` collects the groups of spans
-# the pipeline would receive (the sink patched), for the driver to describe.
+# the pipeline would receive (the sink patched); describe(span) is every field of a span, as JSON.
 HANDED_SPANS = """
 from autoinstr.trace import span as m
 handed = []
 m.Sink.submit = staticmethod(lambda spans: handed.append(list(spans)))
 m.Sink.submit_one = staticmethod(lambda span: handed.append([span]))
+
+
+def describe(s):
+    return {"name": s.name, "kind": s.kind, "attributes": sorted((k, repr(v)) for k, v in s.attributes.items()),
+            "sampled": s.sampled, "status": s.status, "ended": bool(s.end_ns), "started": bool(s.start_ns),
+            "events": [(e["name"], sorted((k, repr(v)) for k, v in (e.get("attributes") or {}).items()
+                                          if k != "exception.stacktrace")) for e in s.events or []],
+            "parent": "%016x" % s.parent_id if s.parent_id else None, "trace": "%032x" % s.trace_id,
+            "span": "%016x" % s.span_id}
 """
 
 
@@ -31,6 +40,15 @@ def run_driver(driver: str, argument: int, speedups: bool, timeout: float = 120)
                          timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def run_both_ways(driver: str, argument: int, key: str, timeout: float = 120) -> List[Any]:
+    """out[key] of the driver run with the compiled code and without (each run saying which it was, in
+    out["compiled"]), which must be identical: the Python run's, for the test's own checks."""
+    compiled, python = run_driver(driver, argument, True, timeout), run_driver(driver, argument, False, timeout)
+    assert compiled["compiled"] and not python["compiled"]
+    assert_same(compiled[key], python[key], key)
+    return python[key]  # type: ignore[no-any-return]
 
 
 def compiled_has(name: str) -> bool:

@@ -32,15 +32,6 @@ STATEMENTS = ["SELECT 1", "SELECT a, b FROM t WHERE a > ?", "INSERT INTO t VALUE
               "DELETE FROM t WHERE a = ?", "SELECT * FROM nope", "SELEC broken", b"SELECT 2"]
 
 
-def describe(s):
-    return {"name": s.name, "kind": s.kind, "attributes": sorted((k, repr(v)) for k, v in s.attributes.items()),
-            "sampled": s.sampled, "status": s.status, "ended": bool(s.end_ns), "started": bool(s.start_ns),
-            "events": [(e["name"], sorted((k, repr(v)) for k, v in (e.get("attributes") or {}).items()
-                                          if k != "exception.stacktrace")) for e in s.events or []],
-            "parent": "%x" % s.parent_id if s.parent_id else None, "trace": "%x" % s.trace_id,
-            "span": "%x" % s.span_id}
-
-
 class MyCursor(sqlite3.Cursor):  # an app's cursor class overriding a traced method
     def execute(self, sql, *args):
         self.mine = getattr(self, "mine", 0) + 1

@@ -11,7 +11,7 @@ must be identical in one process per implementation.
 
 from __future__ import annotations
 
-from _twins import HANDED_SPANS, assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
+from _twins import HANDED_SPANS, compiled_has, pass_on_the_other_side, require_compiled, run_both_ways
 
 from autoinstr.integrations import _wsgi
 
@@ -40,15 +40,6 @@ class Touchy(Exception):  # reading its code fails: the agent must not care
 def answered(exc):
     code = getattr(exc, "code", None)
     return isinstance(code, int) and code < 500
-
-
-def describe(s):
-    return {"name": s.name, "kind": s.kind, "attributes": sorted((k, repr(v)) for k, v in s.attributes.items()),
-            "sampled": s.sampled, "status": s.status, "ended": bool(s.end_ns),
-            "events": [(e["name"], sorted((k, repr(v)) for k, v in (e.get("attributes") or {}).items()
-                                          if k != "exception.stacktrace")) for e in s.events or []],
-            "parent": "%016x" % s.parent_id if s.parent_id else None, "trace": "%032x" % s.trace_id,
-            "span": "%016x" % s.span_id}
 
 
 def direct(rnd, log):
@@ -175,10 +166,7 @@ print(json.dumps(out))
 
 def test_both_view_spans_do_the_same_to_random_views():
     require_compiled("view_run")
-    compiled, python = run_driver(DRIVER, VIEWS, True), run_driver(DRIVER, VIEWS, False)
-    assert compiled["compiled"] and not python["compiled"]
-    assert_same(compiled["views"], python["views"], "view")
-    views = python["views"]
+    views = run_both_ways(DRIVER, VIEWS, "views")
     kinds = {v["kind"] for v in views}
     assert {"value", "raise", "answer", "touchy", "base", "inner-span", "flaskok", "flaskboom", "flaskabort",
             "bottleok", "bottleboom", "bottleabort"} <= kinds

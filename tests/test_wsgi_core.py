@@ -13,7 +13,7 @@ pipeline receives (every field of every span) must be identical in one process p
 
 from __future__ import annotations
 
-from _twins import HANDED_SPANS, assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
+from _twins import HANDED_SPANS, compiled_has, pass_on_the_other_side, require_compiled, run_both_ways
 
 from autoinstr.integrations import _wsgi
 
@@ -127,16 +127,6 @@ def app_for(rnd, log):
     return app, shape
 
 
-def describe(s):
-    attrs = {k: v for k, v in s.attributes.items()}
-    return {"name": s.name, "kind": s.kind, "attributes": sorted((k, repr(v)) for k, v in attrs.items()),
-            "sampled": s.sampled, "status": s.status, "ended": bool(s.end_ns), "started": bool(s.start_ns),
-            "events": [(e["name"], sorted((k, repr(v)) for k, v in (e.get("attributes") or {}).items()
-                                          if k != "exception.stacktrace")) for e in s.events or []],
-            "parent": "%016x" % s.parent_id if s.parent_id else None, "trace": "%032x" % s.trace_id,
-            "span": "%016x" % s.span_id}
-
-
 def request(seed):
     rnd = random.Random(seed)
     m._Ids.rng.seed(seed)
@@ -194,10 +184,7 @@ print(json.dumps(out))
 
 def test_both_wsgi_paths_do_the_same_to_random_requests():
     require_compiled("wsgi_call")
-    compiled, python = run_driver(DRIVER, REQUESTS, True), run_driver(DRIVER, REQUESTS, False)
-    assert compiled["compiled"] and not python["compiled"]
-    assert_same(compiled["requests"], python["requests"], "request")
-    requests = python["requests"]
+    requests = run_both_ways(DRIVER, REQUESTS, "requests")
     # the requests do cover what they are meant to: every app shape, spans ended and not, errors, sizes
     assert {r["shape"] for r in requests} == {"list", "gen", "body", "sized", "failing", "wrapper", "raise-before",
                                               "raise-after", "exc-info", "late-start"}
