@@ -8,10 +8,10 @@ static PyObject *db_globals, *db_suppressed, *db_statsd;
 static PyObject *db_cache_attribute;  /* _dbapi.CACHE_ATTRIBUTE: where a connection keeps its span attributes */
 
 enum { D_FAILED, D_DB_UNTRACED, D_DB_SPAN, D_ROWCOUNT, D_DESCRIPTION, D_RETURNED, D_AFFECTED, D_DB_SYSTEM,
-       D_QUERY_TEXT, D_CLIENT, D_CONNECTION, D_DICT, D_COUNT };
+       D_QUERY_TEXT, D_CLIENT, D_CONNECTION, D_DICT, D_CURSOR, D_COUNT };
 static const char *db_names[D_COUNT] = {"_failed", "db_untraced", "db_span", "rowcount", "description",
                                         "db.response.returned_rows", "db.response.affected_rows", "db.system",
-                                        "db.query.text", "client", "connection", "__dict__"};
+                                        "db.query.text", "client", "connection", "__dict__", "cursor"};
 static PyObject *d[D_COUNT];
 
 static PyObject *configure_db(PyObject *self, PyObject *args)
@@ -330,6 +330,39 @@ static PyObject *cursor_factory_hook_call(PyObject *op, PyObject *const *args, s
     PyObject *cursor = PyObject_Vectorcall(base, (PyObject *[]){args[0], hook->prepare}, 2, NULL);
     Py_DECREF(base);
     return cursor;
+}
+
+/* connection_shortcut_hook(python, name): a traced connection class's execute, executemany or executescript,
+   the twin of `python` for positional calls:
+
+       def execute(self, sql, *args):
+           return self.cursor().execute(sql, *args)
+
+   (the traced cursor makes the span) without the frame. A call with keywords or without a statement goes to
+   `python`. Fields: settle = name. */
+static PyObject *shortcut_hook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HookObject *hook = (HookObject *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 2 || nargs > 4 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0))
+        return forward(hook, args, nargsf, kwnames);
+    PyObject *cursor = PyObject_VectorcallMethod(d[D_CURSOR], args, 1, NULL);
+    if (cursor == NULL)
+        return NULL;
+    PyObject *stack[4] = {cursor};
+    for (Py_ssize_t i = 1; i < nargs; i++)
+        stack[i] = args[i];
+    PyObject *result = PyObject_VectorcallMethod(hook->settle, stack, nargs, NULL);
+    Py_DECREF(cursor);
+    return result;
+}
+
+static PyObject *connection_shortcut_hook(PyObject *module, PyObject *args)
+{
+    PyObject *python, *name;
+    if (!PyArg_ParseTuple(args, "OU", &python, &name))
+        return NULL;
+    return new_hook(python, Py_None, name, Py_None, Py_None, shortcut_hook_call);
 }
 
 static PyObject *cursor_factory_hook(PyObject *module, PyObject *args)

@@ -1191,6 +1191,8 @@ static PyMethodDef methods[] = {
      "db_run(attrs, name, statement, cursor, call, *args, **kwargs): autoinstr.integrations._dbapi.run"},
     {"cursor_hook", cursor_hook, METH_VARARGS,
      "cursor_hook(python, owner, name, system, rows): a traced cursor class's method, run() without super()"},
+    {"connection_shortcut_hook", connection_shortcut_hook, METH_VARARGS,
+     "connection_shortcut_hook(python, name): a traced connection's execute & co., self.cursor().<name>(...)"},
     {"cursor_factory_hook", cursor_factory_hook, METH_VARARGS,
      "cursor_factory_hook(python, owner, name, factory): a traced connection's cursor(), super().cursor(factory)"},
     {"pb_spans", pb_spans, METH_VARARGS,

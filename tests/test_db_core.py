@@ -26,7 +26,8 @@ from autoinstr.trace.span import Sampling, Span, current_span
 sqlite3_integration.patch(sqlite3)
 out = {"compiled": _dbapi.run is not _dbapi._run, "programs": [],
        "cursor_method": type(sqlite3_integration._TracedCursor.__dict__["execute"]).__name__,
-       "cursor_factory": type(sqlite3_integration._TracedConnection.__dict__["cursor"]).__name__}
+       "cursor_factory": type(sqlite3_integration._TracedConnection.__dict__["cursor"]).__name__,
+       "connection_shortcut": type(sqlite3_integration._TracedConnection.__dict__["execute"]).__name__}
 
 STATEMENTS = ["SELECT 1", "SELECT a, b FROM t WHERE a > ?", "INSERT INTO t VALUES (?, ?)", "UPDATE t SET b = 'x'",
               "DELETE FROM t WHERE a = ?", "SELECT * FROM nope", "SELEC broken", b"SELECT 2"]
@@ -46,7 +47,20 @@ def shapes(rnd, conn, log):
     """The calls of other shapes: keywords, no statement, too many arguments, a bound method kept, the real
     class's method called directly, a cursor class of the app's own."""
     shape = rnd.choice(["keyword", "none", "many-args", "bound", "direct", "factory", "plain-factory", "name",
-                        "kw-factory"])
+                        "kw-factory", "conn-keyword", "conn-none", "conn-many-args", "conn-own-cursor"])
+    if shape == "conn-keyword":  # the connection's shortcuts, called in other shapes
+        return conn.execute(sql="SELECT 4").fetchall()
+    if shape == "conn-none":
+        return conn.executemany()
+    if shape == "conn-many-args":
+        return conn.execute("SELECT ?", (1,), "extra", "more")
+    if shape == "conn-own-cursor":  # an instance attribute shadowing cursor(): the shortcut calls it
+        conn.cursor = lambda: sqlite3.Connection.cursor(conn, MyCursor)
+        try:
+            cur = conn.execute("SELECT ?", (5,))
+            return [cur.fetchall(), type(cur).__name__, cur.mine]
+        finally:
+            del conn.cursor
     cur = conn.cursor(MyCursor if shape == "factory" else PlainCursor) if shape in ("factory", "plain-factory") \
         else conn.cursor(factory=MyCursor) if shape == "kw-factory" else conn.cursor()
     if shape == "keyword":
@@ -135,6 +149,7 @@ def test_both_db_paths_do_the_same_to_random_programs():
     assert compiled["compiled"] and not python["compiled"]
     assert (compiled["cursor_method"], python["cursor_method"]) == ("Hook", "function")
     assert (compiled["cursor_factory"], python["cursor_factory"]) == ("Hook", "function")
+    assert (compiled["connection_shortcut"], python["connection_shortcut"]) == ("Hook", "function")
     assert_same(compiled["programs"], python["programs"], "program")
     shapes = {entry[1].split("(")[0] for p in python["programs"] for entry in p["log"] if entry[0] == "shapes"}
     assert len([e for p in python["programs"] for e in p["log"] if e[0] == "shapes"]) >= 20, shapes

@@ -169,12 +169,28 @@ def test_span_context_is_what_span_context_gives(collected):
             b.trace_id, b.span_id, b.sampled, b.tracestate, b.baggage)
 
 
+# the parents a client span can have: none (a new trace), a local root, remote ones (with tracestate and baggage,
+# with neither, unsampled, baggage alone)
+WIRE_PARENTS = {"none": None, "local": "local", "remote": {"traceparent": "00-%032x-%016x-01" % (5, 6),
+                                                           "tracestate": "a=b", "baggage": "k=v"},
+                "remote-bare": {"traceparent": "00-%032x-%016x-01" % (9, 10)},
+                "remote-tracestate": {"traceparent": "00-%032x-%016x-01" % (9, 10), "tracestate": "c=d"},
+                "remote-baggage": {"traceparent": "00-%032x-%016x-01" % (9, 10), "baggage": "k=v"},
+                "unsampled": {"traceparent": "00-%032x-%016x-00" % (7, 8)}, "baggage-only": {"baggage": "only=this"}}
+
+
 @pytest.mark.parametrize("names", _http._TRACEPARENT_ONLY + (("b3", "tracecontext", "baggage"), ("b3multi",)))
 @pytest.mark.parametrize("path", ["endheaders", "inject_buffered"])
-def test_the_wire_adds_what_inject_gives(collected, names, path, monkeypatch):
-    """The endheaders hook's shortcut for a new trace's root and the default propagators, and the general
-    path (_inject_buffered), put on the wire exactly the headers propagation.inject() gives for the span."""
-    from autoinstr.trace.propagation import Propagators, inject
+@pytest.mark.parametrize("parent", sorted(WIRE_PARENTS))
+@pytest.mark.parametrize("sampled", [1.0, 0.0])
+def test_the_wire_adds_what_inject_gives(collected, names, path, parent, sampled, monkeypatch):
+    """The endheaders hook's shortcut for a traceparent alone (the default propagators, a trace without
+    tracestate or baggage), and the general path (_inject_buffered), put on the wire exactly the headers
+    propagation.inject() gives for the span, whatever its parent."""
+    import contextlib
+
+    from autoinstr.trace.propagation import Propagators, extract, inject
+    from autoinstr.trace.span import Sampling, Span
 
     class Conn:  # what http.client has buffered when endheaders() runs
         def __init__(self) -> None:
@@ -182,8 +198,13 @@ def test_the_wire_adds_what_inject_gives(collected, names, path, monkeypatch):
 
     monkeypatch.setattr(_http, "_real_endheaders", lambda conn, *args, **kwargs: None)  # nothing sent
     Propagators.names = names
-    call = _http.Call("GET", "http://h/x")
-    assert call.fresh
+    Sampling.configure(sampled)
+    given = WIRE_PARENTS[parent]
+    outer = contextlib.nullcontext() if given is None else Span(
+        "request", kind="server", parent=None if given == "local" else extract(given))
+    with outer:
+        call = _http.Call("GET", "http://h/x")
+    assert call.fresh == (given is None)
     conn = Conn()
     if path == "endheaders":
         token = _http._active_set(call)  # as inside requests' Session.send
@@ -195,6 +216,11 @@ def test_the_wire_adds_what_inject_gives(collected, names, path, monkeypatch):
     else:
         _http._inject_buffered(conn, call)
     expected = inject({}, call.span.context)
+    assert expected.get("traceparent") or expected.get("b3") or expected.get("X-B3-TraceId")
+    alone = _http._traceparent_alone(call)  # the shortcut is taken where it gives what inject() gives...
+    assert alone is None or (list(expected) == ["traceparent"] and expected["traceparent"].endswith("-01"))
+    if sampled and parent in ("none", "local", "remote-bare") and names in _http._TRACEPARENT_ONLY:
+        assert alone is not None  # ...and in the common cases
     assert conn._buffer[3:] == [("%s: %s" % kv).encode() for kv in expected.items()]
 
 

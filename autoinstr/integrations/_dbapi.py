@@ -16,7 +16,7 @@ name there too. Bound parameters are never recorded.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from autoinstr.export import statsd as _statsd
 from autoinstr.integrations import _suppressed
@@ -185,6 +185,19 @@ def compile_cursor_factory(mixin: type, factory: type) -> None:
     python = mixin.__dict__["cursor"]
     hook = core.cursor_factory_hook(python, mixin, "cursor", factory)
     mixin.cursor = functools.update_wrapper(hook, python)  # type: ignore[attr-defined]
+
+
+def compile_connection_shortcuts(mixin: type, names: Iterable[str]) -> None:
+    """Where run() is compiled, put on `mixin` (a traced connection class's mixin) the compiled twins of its
+    shortcut methods (connection_shortcut_hook in _db_call.c): each must be `self.cursor().<name>(sql, *args)`."""
+    core = _compiled_with("connection_shortcut_hook")
+    if core is None:
+        return
+    import functools
+
+    for name in names:
+        python = mixin.__dict__[name]
+        setattr(mixin, name, functools.update_wrapper(core.connection_shortcut_hook(python, name), python))
 
 
 async def run_async(attrs: Mapping[str, Any], name: str, statement: Any, cursor: Any,

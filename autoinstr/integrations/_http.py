@@ -618,15 +618,34 @@ def _inject(conn: Any, call: Call) -> None:
     """The trace headers into the request `conn` has buffered."""
     span = call.span
     buffer = getattr(conn, "_buffer", None)  # (a connection without one: _inject_buffered uses putheader)
-    if call.fresh and span._sampled and buffer.__class__ is list and Propagators.names in _TRACEPARENT_ONLY:
-        # the commonest case of all: a new trace's root, whose propagators write a traceparent alone (a test
-        # holds this equal to inject()), straight into the buffered head as one header line, unless the app put
-        # trace headers of its own
+    trace_id = _traceparent_alone(call) if buffer.__class__ is list else None
+    if trace_id is not None:
+        # the commonest cases: the default propagators write a traceparent alone (a test holds this equal to
+        # inject()), straight into the buffered head as one header line, unless the app put trace headers of
+        # its own
         head = b"\n".join(buffer).lower()
         if head.find(b"\ntraceparent:") < 0 and head.find(b"\ntracestate:") < 0:
-            buffer.append(b"traceparent: 00-%032x-%016x-01" % (span._trace_id, span.span_id))
+            buffer.append(b"traceparent: 00-%032x-%016x-01" % (trace_id, span.span_id))
     else:
         _inject_buffered(conn, call)
+
+
+def _traceparent_alone(call: Call) -> Optional[int]:
+    """The trace id, where inject() would give a sampled traceparent alone for the call's span: the propagators
+    are tracecontext (and baggage), and the trace carries no tracestate and no baggage (a new trace's root, or a
+    span of a trace begun here or continued without either). None otherwise."""
+    span = call.span
+    if not span._sampled or Propagators.names not in _TRACEPARENT_ONLY:
+        return None
+    if call.fresh:
+        return span._trace_id
+    root = span.root
+    try:  # (what span_context() reads; a root continuing a remote trace has both slots set)
+        if root._sampled and not root._baggage and (root.parent_id is None or not root._tracestate):
+            return root._trace_id
+    except AttributeError:  # (a slot never set: the general path knows what that means)
+        pass
+    return None
 
 
 def _buffered_request(conn: Any) -> Tuple[str, str]:

@@ -86,6 +86,7 @@ class _TracedConnection(_dbapi.TracedTransactions):
 
 _TRACED_CURSOR = _dbapi.traced_class(_sqlite3.Cursor, _TracedCursor)
 _dbapi.compile_cursor_factory(_TracedConnection, _TRACED_CURSOR)  # conn.cursor(), the common call, compiled
+_dbapi.compile_connection_shortcuts(_TracedConnection, ("execute", "executemany", "executescript"))
 
 
 # (database, factory) -> (the traced factory, the connection's span attributes, the connect span's): an app
