@@ -111,3 +111,34 @@ def test_wrk_output_parses(servers):
     assert res["requests"] > 0 and res["rps"] > 0
     assert res["p50_ms"] is not None and res["p99_ms"] is not None and res["p50_ms"] <= res["p99_ms"]
     assert stub.hits["GET"] >= res["requests"]
+
+
+def test_every_measured_process_sees_an_environment_of_one_size(tmp_path, servers):
+    """run.py pads each agent's environment (requests reads all of it on every call), so that the no-agent run
+    and autoinstr's under its launcher (which adds PYTHONPATH), with their different settings and the variants'
+    own, all see the same number of variables."""
+    from pathlib import Path
+
+    import run
+
+    class ThisVenv(run.Venv):  # this test's own venv stands for both agents' (it has flask, requests, autoinstr)
+        @property
+        def path(self) -> Path:
+            return Path(sys.prefix)
+
+    sink, stub = servers
+    venvs = {agent: ThisVenv(agent, [], []) for agent in ("none", "autoinstr")}
+    ctx = run.Ctx(venvs, sink, stub, run.peer_settings(sink.url), tmp_path, run.QUICK)
+    unpadded = run.pad_environments(ctx, ["none", "autoinstr"])
+    assert unpadded["autoinstr"] > unpadded["none"]  # its three settings and the launcher's PYTHONPATH
+    assert ctx.launcher_adds["none"] == 0 and ctx.launcher_adds["autoinstr"] >= 1
+    assert ctx.environment_size >= max(unpadded.values())
+    extra = {"BENCH_ROUTES": "/hello", "BENCH_REQUESTS": "5", "BENCH_REPEATS": "1", "BENCH_WARMUP": "1"}
+    seen = []
+    for agent, more in (("none", {}), ("autoinstr", {}), ("autoinstr", {"AUTOINSTR_EXPORTER": "none"}),
+                        ("autoinstr", {"AUTOINSTR_EXPORTER": "local", "AUTOINSTR_STORE": str(tmp_path / "s.db")})):
+        env = ctx.padded(agent, dict(ctx.env(agent, dict(extra, BENCH_AGENT=agent)), **more))
+        proc = subprocess.run(ctx.command(agent, ["python", os.path.join(PEERS, "inproc.py")]), env=env,
+                              cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+        seen.append(result_of(proc)["environment_size"])
+    assert seen == [ctx.environment_size] * 4, seen

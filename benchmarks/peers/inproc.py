@@ -34,6 +34,7 @@ WARMUP = int(os.environ.get("BENCH_WARMUP", "200"))
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 rss_before_app_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+environment_size = len(os.environ)  # (run.py pads every agent's to the same size)
 import refapp  # noqa: E402  (after the launcher has set up its agent, as an app's own import would be)
 
 app: Callable[..., Any] = refapp.app
@@ -110,6 +111,7 @@ def main() -> None:
         "requests": {p: 1 + WARMUP + REQUESTS * REPEATS for p in ROUTES},
         "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "maxrss_before_app_kb": rss_before_app_kb,
+        "environment_size": environment_size,
         "non_200": sum(1 for s in statuses if not s.startswith("200")),
     }
     print("RESULT " + json.dumps(out), flush=True)

@@ -83,7 +83,7 @@ class Mode:
 QUICK = Mode(rounds=2, inproc_requests=200, inproc_repeats=2, inproc_warmup=50, wrk_rounds=1, wrk_seconds=2,
              startup_runs=4, span_rounds=1, span_count=20000, pipeline_rounds=1, pipeline_spans=20000,
              flood_spans=20000)
-FULL = Mode(rounds=7, inproc_requests=600, inproc_repeats=3, inproc_warmup=200, wrk_rounds=3, wrk_seconds=5,
+FULL = Mode(rounds=11, inproc_requests=600, inproc_repeats=3, inproc_warmup=200, wrk_rounds=5, wrk_seconds=5,
             startup_runs=20, span_rounds=3, span_count=50000, pipeline_rounds=3, pipeline_spans=50000,
             flood_spans=100000)
 
@@ -247,6 +247,10 @@ class Ctx:
     settings: Dict[str, Dict[str, str]]
     work: Path
     mode: Mode
+    # variables each agent's launcher adds to what it is given (PYTHONPATH...), and the size every measured
+    # process's environment is padded to (see pad_environments)
+    launcher_adds: Dict[str, int] = field(default_factory=dict)
+    environment_size: int = 0
 
     def command(self, agent: str, argv: List[str]) -> List[str]:
         """argv (starting with `python` or a venv script name) under the agent's launcher, from its venv."""
@@ -259,7 +263,41 @@ class Ctx:
         env["REFAPP_DB"] = str(self.work / "refapp.db")
         env["REFAPP_STUB_URL"] = self.stub.url + "/stub"
         env.update(extra or {})
+        return self.padded(agent, env)
+
+    def padded(self, agent: str, env: Dict[str, str]) -> Dict[str, str]:
+        """env with padding variables, so that the agent's process sees environment_size of them."""
+        env = {k: v for k, v in env.items() if not k.startswith(ENV_PAD_PREFIX)}
+        missing = self.environment_size - len(env) - self.launcher_adds.get(agent, 0)
+        env.update((ENV_PAD_PREFIX + "%02d" % i, ENV_PAD_VALUE) for i in range(max(missing, 0)))
         return env
+
+
+# requests reads the whole environment on every call (its proxy settings: os.environ decoded item by item, several
+# times), about 30,000 instructions a variable a call here. So the settings an agent is configured with, and the
+# PYTHONPATH its launcher adds, would count as that agent's per-request cost on /outgoing (ddtrace's twenty
+# settings most). Every measured process sees an environment of the same size instead: the others are padded
+# with neutral variables.
+ENV_PAD_PREFIX = "BENCH_ENV_PAD_"
+ENV_PAD_VALUE = "an environment variable of the machine"
+_ENV_SIZE_CODE = "import os; print(len(os.environ))"
+
+
+def pad_environments(ctx: Ctx, agents: Sequence[str] = tuple(AGENTS)) -> Dict[str, int]:
+    """Measure what each launcher adds to its environment, and set the size every measured process gets: the
+    largest an agent's own process has (plus room for the variants' extra settings). {agent: variables it sees
+    unpadded}."""
+    seen: Dict[str, int] = {}
+    for agent in agents:
+        env = ctx.env(agent)
+        r = subprocess.run(ctx.command(agent, ["python", "-c", _ENV_SIZE_CODE]), env=env, cwd=ctx.work,
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise RuntimeError("%s: %s" % (agent, tail(r.stderr)))
+        seen[agent] = int(r.stdout.split()[-1])
+        ctx.launcher_adds[agent] = seen[agent] - len(env)
+    ctx.environment_size = max(seen.values()) + 12  # (room for the steps' own: BENCH_*, AUTOINSTR_STORE...)
+    return seen
 
 
 def rotated(items: List[str], round_index: int) -> List[str]:
@@ -309,9 +347,12 @@ def bench_inproc(ctx: Ctx) -> Dict[str, Any]:
             if variant == NO_EXPORT:
                 env["AUTOINSTR_EXPORTER"] = "none"
             elif variant == LOCAL:
-                env.update(AUTOINSTR_EXPORTER="local", AUTOINSTR_STORE=str(store))
+                env = ctx.padded(agent, dict(env, AUTOINSTR_EXPORTER="local", AUTOINSTR_STORE=str(store)))
             ctx.sink.take()
             res = run_child(ctx.command(agent, ["python", str(HERE / "inproc.py")]), env, ctx.work)
+            if ctx.environment_size and res.get("environment_size") != ctx.environment_size:
+                raise RuntimeError("%s saw %s environment variables, not %d" % (
+                    variant, res.get("environment_size"), ctx.environment_size))
             requests = sum(res["requests"].values())
             # at least one span per request: every route has a server span
             res["export"] = export_check("none" if variant in (NO_EXPORT, LOCAL) else agent, ctx.sink.take(),
@@ -846,6 +887,13 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
               "GIL with the requests. A tracer whose buffer overflows exports less and so costs less: the sink "
               "counts are shown beside each figure (OpenTelemetry's batch processor holds 2048 spans and drops the "
               "rest silently; ours holds 10,000 and counts what it drops).", ""]
+    environment = results.get("environment")
+    if environment:
+        lines += ["Every measured process sees the same number of environment variables (%d here; unpadded: %s): "
+                  "`requests` reads the whole environment on every call (its proxy settings), so without padding the "
+                  "settings an agent is configured with, and the PYTHONPATH its launcher adds, would count as its "
+                  "per-request cost on `/outgoing`." % (environment["size"], ", ".join(
+                      "%s %d" % (LABELS.get(a, a), n) for a, n in environment["unpadded"].items())), ""]
     lines += ["## Budget", "", "| item | met | figure |", "|---|---|---|"]
     for item in results["budget"]:
         met = {True: "yes", False: "**no**", None: "n/a"}[item["met"]]
@@ -1045,6 +1093,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     results: Dict[str, Any] = {"settings": shown}
     with tempfile.TemporaryDirectory(prefix="peers-bench-") as tmp:
         ctx = Ctx(venvs, sink, stub, settings, Path(tmp), mode)
+        unpadded = pad_environments(ctx)
+        results["environment"] = {"size": ctx.environment_size, "unpadded": unpadded,
+                                  "launcher_adds": dict(ctx.launcher_adds)}
+        print("Environment: every measured process sees %d variables (unpadded: %s)" % (
+            ctx.environment_size, ", ".join("%s %d" % kv for kv in unpadded.items())))
         for step in steps:
             t0 = time.monotonic()
             try:
