@@ -49,6 +49,7 @@ static int record_attributes(PyObject *attrs)
 #include "_wsgi_call.c"
 #include "_client_call.c"
 #include "_db_call.c"
+#include "_guard.c"
 
 static PyObject *configure(PyObject *self, PyObject *arg)
 {
@@ -1191,6 +1192,8 @@ static PyMethodDef methods[] = {
      "db_run(attrs, name, statement, cursor, call, *args, **kwargs): autoinstr.integrations._dbapi.run"},
     {"cursor_hook", cursor_hook, METH_VARARGS,
      "cursor_hook(python, owner, name, system, rows): a traced cursor class's method, run() without super()"},
+    {"guard", guard, METH_VARARGS,
+     "guard(wrapper, integration, failed, disabled, disable): an integration's wrapt wrapper, guarded (_wrapping)"},
     {"connection_shortcut_hook", connection_shortcut_hook, METH_VARARGS,
      "connection_shortcut_hook(python, name): a traced connection's execute & co., self.cursor().<name>(...)"},
     {"cursor_factory_hook", cursor_factory_hook, METH_VARARGS,
@@ -1217,7 +1220,8 @@ PyMODINIT_FUNC PyInit__speedups(void)
         (empty_json_array = PyUnicode_InternFromString("[]")) == NULL || (no_events = PyList_New(0)) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m == NULL || span_module_init(m) < 0 || wsgi_module_init(m) < 0 || http_module_init(m) < 0 || db_module_init(m) < 0) {
+    if (m == NULL || span_module_init(m) < 0 || wsgi_module_init(m) < 0 || http_module_init(m) < 0 || db_module_init(m) < 0 ||
+        guard_module_init(m) < 0) {
         Py_XDECREF(m);
         return NULL;
     }

@@ -53,8 +53,16 @@ def guarded(wrapper: Wrapper, integration: Optional[str]) -> Wrapper:
         return wrapper
     from autoinstr import integrations
 
-    failed = integrations._failed
-    disabled = integrations._disabled
+    compiled = _compiled_guard()
+    if compiled is not None:  # the same guard without its frame and the closure it makes on every call
+        return compiled(wrapper, integration, integrations._failed, integrations._disabled, _disable)
+    return python_guard(wrapper, integration, integrations._failed, integrations._disabled, _disable)
+
+
+def python_guard(wrapper: Wrapper, integration: Optional[str], failed: Any, disabled: Any,
+                 disable: Callable[[Optional[str], Any, BaseException], None]) -> Wrapper:
+    """The guard in Python (the twin of _speedups.guard, _guard.c): `disable` is called with the integration,
+    the wrapper and the exception when the wrapper fails; `failed` and `disabled` hold the integrations off."""
 
     def guard(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
         if integration in failed or integration in disabled:
@@ -73,18 +81,28 @@ def guarded(wrapper: Wrapper, integration: Optional[str]) -> Wrapper:
         try:
             return wrapper(call, instance, args, kwargs)
         except Exception as exc:
-            state, value = outcome
-            if state == _RAISED and exc is value:
+            if outcome[0] == _RAISED and exc is outcome[1]:
                 raise  # the app's own exception, unchanged
-            _disable(integration, wrapper, exc)
-            if state == _RAISED:
-                raise value from None  # the agent failed while handling the app's exception: the app's wins
-            if state == _RETURNED:
-                return value
-            return wrapped(*args, **kwargs)
+            disable(integration, wrapper, exc)
+        # The agent failed; the call completes as without it, out of the except block: what the app gets carries
+        # nothing of the agent's exception (no __context__)
+        state, value = outcome
+        if state == _RAISED:
+            raise value  # the agent failed while handling the app's exception: the app's, as it came
+        if state == _RETURNED:
+            return value
+        return wrapped(*args, **kwargs)
 
     guard.__wrapped__ = wrapper  # type: ignore[attr-defined]
     return guard
+
+
+def _compiled_guard() -> Optional[Callable[..., Wrapper]]:
+    """autoinstr._speedups.guard (_guard.c), where the speedups are built and in use; else None."""
+    from autoinstr.trace import span as span_module
+
+    core = span_module._compiled_core
+    return getattr(core, "guard", None) if core is not None else None
 
 
 def _disable(integration: Optional[str], wrapper: Any, exc: BaseException) -> None:
