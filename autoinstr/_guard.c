@@ -20,28 +20,29 @@ typedef struct {
     int state;
 } OutcomeObject;
 
-static int outcome_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    OutcomeObject *o = (OutcomeObject *)op;
-    Py_VISIT(o->wrapped);
-    Py_VISIT(o->value);
-    return 0;
-}
+/* tp_traverse, tp_clear and tp_dealloc of a GC type `Type` whose references are the fields `FIELDS` lists */
+#define GC_TYPE_SLOTS(prefix, Type, FIELDS)                                                                        \
+    static int prefix##_traverse(PyObject *op, visitproc visit, void *arg)                                         \
+    {                                                                                                              \
+        Type *self = (Type *)op;                                                                                   \
+        FIELDS(VISIT_FIELD)                                                                                        \
+        return 0;                                                                                                  \
+    }                                                                                                              \
+    static int prefix##_clear(PyObject *op)                                                                        \
+    {                                                                                                              \
+        Type *self = (Type *)op;                                                                                   \
+        FIELDS(CLEAR_FIELD)                                                                                        \
+        return 0;                                                                                                  \
+    }                                                                                                              \
+    static void prefix##_dealloc(PyObject *op)                                                                     \
+    {                                                                                                              \
+        PyObject_GC_UnTrack(op);                                                                                   \
+        prefix##_clear(op);                                                                                        \
+        PyObject_GC_Del(op);                                                                                       \
+    }
 
-static int outcome_clear(PyObject *op)
-{
-    OutcomeObject *o = (OutcomeObject *)op;
-    Py_CLEAR(o->wrapped);
-    Py_CLEAR(o->value);
-    return 0;
-}
-
-static void outcome_dealloc(PyObject *op)
-{
-    PyObject_GC_UnTrack(op);
-    outcome_clear(op);
-    PyObject_GC_Del(op);
-}
+#define OUTCOME_FIELDS(apply) apply(wrapped) apply(value)
+GC_TYPE_SLOTS(outcome, OutcomeObject, OUTCOME_FIELDS)
 
 /* wrapped(*args, **kwargs), noting how it ended */
 static PyObject *outcome_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
@@ -86,31 +87,7 @@ typedef struct {
 } GuardObject;
 
 #define GUARD_FIELDS(apply) apply(wrapper) apply(integration) apply(failed) apply(disabled) apply(disable)
-
-static int guard_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    GuardObject *g = (GuardObject *)op;
-#define VISIT(field) Py_VISIT(g->field);
-    GUARD_FIELDS(VISIT)
-#undef VISIT
-    return 0;
-}
-
-static int guard_clear(PyObject *op)
-{
-    GuardObject *g = (GuardObject *)op;
-#define CLEAR(field) Py_CLEAR(g->field);
-    GUARD_FIELDS(CLEAR)
-#undef CLEAR
-    return 0;
-}
-
-static void guard_dealloc(PyObject *op)
-{
-    PyObject_GC_UnTrack(op);
-    guard_clear(op);
-    PyObject_GC_Del(op);
-}
+GC_TYPE_SLOTS(guard, GuardObject, GUARD_FIELDS)
 
 /* 1 when the integration is off (failed or disabled), 0 when on, -1 with an error */
 static int guard_off(GuardObject *g)
