@@ -138,13 +138,12 @@ def _run(attrs: Mapping[str, Any], name: str, statement: Any, cursor: Any, call:
 def _compiled_run() -> Any:
     """autoinstr._speedups.db_run, configured, where the compiled span core is in use (AUTOINSTR_SPEEDUPS); else
     None."""
-    from autoinstr.trace import span as span_module
+    from autoinstr.trace.span import compiled
 
-    core = span_module._compiled_core
-    if core is None or not hasattr(core, "db_run"):
-        return None
-    core.configure_db(globals(), _suppressed, _statsd)
-    return core.db_run
+    db_run = compiled("db_run")
+    if db_run is not None:
+        compiled("configure_db")(globals(), _suppressed, _statsd)
+    return db_run
 
 
 # run(attrs, name, statement, cursor, call, *args, **kwargs): call(*args, **kwargs) inside a database span (its
@@ -156,8 +155,7 @@ def _compiled_with(name: str) -> Any:
     """The compiled module, where run() is compiled and the module has `name`; else None."""
     from autoinstr.trace import span as span_module
 
-    core = span_module._compiled_core
-    return core if run is not _run and core is not None and hasattr(core, name) else None
+    return span_module._compiled_core if run is not _run and span_module.compiled(name) is not None else None
 
 
 def compile_cursor_methods(mixin: type, system: str, methods: Mapping[str, bool]) -> None:

@@ -220,10 +220,9 @@ def _rare_attributes(span: Span, method: str, known: bool, full: str, host: str,
 
 def _call_base() -> type:
     """CallCore where the compiled span core is in use (the same switch, AUTOINSTR_SPEEDUPS), else _CallCore."""
-    from autoinstr.trace import span as span_module
+    from autoinstr.trace.span import compiled
 
-    core = span_module._compiled_core
-    return getattr(core, "CallCore", _CallCore) if core is not None else _CallCore
+    return compiled("CallCore", _CallCore)  # type: ignore[no-any-return]
 
 
 class Call(_call_base()):  # type: ignore[misc]

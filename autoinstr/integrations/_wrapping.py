@@ -99,10 +99,9 @@ def python_guard(wrapper: Wrapper, integration: Optional[str], failed: Any, disa
 
 def _compiled_guard() -> Optional[Callable[..., Wrapper]]:
     """autoinstr._speedups.guard (_guard.c), where the speedups are built and in use; else None."""
-    from autoinstr.trace import span as span_module
+    from autoinstr.trace.span import compiled
 
-    core = span_module._compiled_core
-    return getattr(core, "guard", None) if core is not None else None
+    return compiled("guard")  # type: ignore[no-any-return]
 
 
 def _disable(integration: Optional[str], wrapper: Any, exc: BaseException) -> None:

@@ -519,13 +519,12 @@ def _exit_quietly(span: Span) -> None:
 def _compiled(name: str) -> Any:
     """autoinstr._speedups.<name> (_wsgi_call.c), configured, where the compiled span core is in use (the
     same switch: AUTOINSTR_SPEEDUPS); None where it is not."""
-    from autoinstr.trace import span as span_module
+    from autoinstr.trace.span import compiled
 
-    core = span_module._compiled_core
-    if core is None or not hasattr(core, name):
-        return None
-    core.configure_wsgi(globals(), ENVIRON_KEY, KNOWN_METHODS, _suppressed, _statsd)
-    return getattr(core, name)
+    found = compiled(name)
+    if found is not None:
+        compiled("configure_wsgi")(globals(), ENVIRON_KEY, KNOWN_METHODS, _suppressed, _statsd)
+    return found
 
 
 # call_traced(app, environ, start_response): run one WSGI call of `app` inside a server span (unless an outer

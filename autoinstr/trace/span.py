@@ -517,6 +517,12 @@ def _format_stack(exc: BaseException) -> str:
 _compiled_core: Any = None if Span.__mro__[1] is _SpanCore else sys.modules["autoinstr._speedups"]
 
 
+def compiled(name: str, default: Any = None) -> Any:
+    """autoinstr._speedups.<name> where the compiled span core is in use (the one switch for every compiled path:
+    AUTOINSTR_SPEEDUPS), else `default`."""
+    return default if _compiled_core is None else getattr(_compiled_core, name, default)
+
+
 def _configure_compiled_sampling() -> None:
     """The compiled span core reads the sampling settings from its own copy of these globals."""
     if _compiled_core is not None:
