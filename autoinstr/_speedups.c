@@ -20,6 +20,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_KEY_LENGTH 256
 #define MAX_NAME_LENGTH 1024
@@ -125,41 +126,51 @@ static int is_kind(PyObject *kind)
     return 0;
 }
 
-/* "%0{width}x" of a non-negative int below 2**(4*width); NULL without an error set when it is not one. */
-static PyObject *hex_of(PyObject *value, int width)
+/* "%0{width}x" of `value` (width 16 or 32) written to `out`: 1, or 0 when it is not a non-negative int below
+   2**(4*width) (no error set). */
+static int hex_digits(PyObject *value, int width, char *out)
 {
     static const char digits[] = "0123456789abcdef";
     unsigned char bytes[16];
     if (!PyLong_CheckExact(value))  /* (negative or too wide: refused below, the error cleared) */
-        return NULL;
+        return 0;
     if (width == 16) {
         /* (PyLong_AsUnsignedLongLong goes through _PyLong_AsByteArray: the mask's digit loop is a third of it) */
         size_t bits = _PyLong_NumBits(value);
         if (bits == (size_t)-1 || bits > 64 || _PyLong_Sign(value) < 0) {
             PyErr_Clear();
-            return NULL;
+            return 0;
         }
         unsigned long long v = PyLong_AsUnsignedLongLongMask(value);
-        for (int i = 7; i >= 0; i--, v >>= 8)
-            bytes[i] = (unsigned char)(v & 0xff);
+        for (int i = 15; i >= 0; i--, v >>= 4)
+            out[i] = digits[v & 15];
+        return 1;
     }
 #if PY_VERSION_HEX >= 0x030D0000
-    else if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 0, 0, 1) < 0) {
+    if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 0, 0, 1) < 0) {
 #else
-    else if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 0, 0) < 0) {
+    if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 0, 0) < 0) {
 #endif
         PyErr_Clear();
-        return NULL;
+        return 0;
     }
-    PyObject *text = PyUnicode_New(width, 127);
-    if (text == NULL)
-        return NULL;
-    Py_UCS1 *out = PyUnicode_1BYTE_DATA(text);
     for (int i = 0; i < width / 2; i++) {
         out[2 * i] = digits[bytes[i] >> 4];
         out[2 * i + 1] = digits[bytes[i] & 15];
     }
-    return text;
+    return 1;
+}
+
+/* hex_digits() as a str; NULL without an error set when the value is not one. */
+static PyObject *hex_of(PyObject *value, int width)
+{
+    char text[32];
+    if (!hex_digits(value, width, text))
+        return NULL;
+    PyObject *out = PyUnicode_New(width, 127);
+    if (out != NULL)
+        memcpy(PyUnicode_1BYTE_DATA(out), text, width);
+    return out;
 }
 
 /* hex_of(trace_id, 32), remembered for the last trace id object: a batch holds a trace's spans side by side, and
@@ -295,61 +306,92 @@ done:
     Py_RETURN_NONE;
 }
 
-/* The span_fields() tuple of one span, Py_None when Python must convert it, NULL on error. */
-static PyObject *span_fields(PyObject *span, PyObject *service, PyObject *offset, Py_ssize_t max_attributes,
-                             Py_ssize_t max_length, PyObject *max_attributes_obj, PyObject *max_length_obj)
+/* What a span's record is made of, where it converts here as it is. */
+typedef struct {
+    PyObject *name, *attrs, *kind, *span_id, *parent_id, *start, *end, *trace_id, *root;
+    PyObject *shared;  /* (name, SharedAttributes) from records' cache (a reference held), or NULL */
+} SpanParts;
+
+/* 1 with *p filled when the span converts here (no error or events; attributes exportable as they are, or
+   found cleaned in records' cache), 0 when Python must convert it, -1 on error. */
+static int span_parts(PyObject *span, Py_ssize_t max_attributes, Py_ssize_t max_length, PyObject *max_attributes_obj,
+                      PyObject *max_length_obj, SpanParts *p)
 {
     if (Py_TYPE(span) != span_type)
-        Py_RETURN_NONE;
+        return 0;
     PyObject *name = SLOT(span, S_NAME), *attrs = SLOT(span, S_ATTRIBUTES), *kind = SLOT(span, S_KIND);
     PyObject *span_id = SLOT(span, S_SPAN_ID), *parent_id = SLOT(span, S_PARENT_ID);
     PyObject *start = SLOT(span, S_START), *end = SLOT(span, S_END), *status = SLOT(span, S_STATUS);
     PyObject *events = SLOT(span, S_EVENTS), *root = SLOT(span, S_ROOT);
     if (!name || !attrs || !kind || !span_id || !parent_id || !start || !end || !status || !events)
-        Py_RETURN_NONE;
+        return 0;
     if (root == NULL)
         root = span;  /* unlinked already: Span.__getattr__ answers `root` with the span itself */
     if (Py_TYPE(root) != span_type)
-        Py_RETURN_NONE;
+        return 0;
     PyObject *trace_id = SLOT(root, S_TRACE_ID);
     if (trace_id == NULL || !PyLong_CheckExact(start) || !PyLong_CheckExact(end))
-        Py_RETURN_NONE;
+        return 0;
     if (events != Py_None && !(PyList_CheckExact(events) && PyList_GET_SIZE(events) == 0))
-        Py_RETURN_NONE;
+        return 0;
     if (status != str_ok && (!PyUnicode_CheckExact(status) || PyUnicode_Compare(status, str_ok) != 0))
-        Py_RETURN_NONE;
+        return 0;
     if (!PyUnicode_CheckExact(name) || PyUnicode_GET_LENGTH(name) == 0 ||
         PyUnicode_GET_LENGTH(name) > MAX_NAME_LENGTH || !is_kind(kind))
-        Py_RETURN_NONE;
+        return 0;
     int plain = exportable_as_is(attrs, max_attributes, max_length);
     if (plain < 0)
-        return NULL;
-    PyObject *shared = NULL;  /* (name, SharedAttributes) from records' cache, for attributes to clean */
+        return -1;
+    PyObject *shared = NULL;
     if (!plain) {
         shared = shared_attributes(name, attrs, max_attributes_obj, max_length_obj);
         if (shared == NULL)
-            return NULL;
+            return -1;
         PyObject *shared_name = shared == Py_None ? NULL : PyTuple_GET_ITEM(shared, 0);
         if (shared_name == NULL || !PyUnicode_CheckExact(shared_name) || PyUnicode_GET_LENGTH(shared_name) == 0 ||
             PyUnicode_GET_LENGTH(shared_name) > MAX_NAME_LENGTH) {
             Py_DECREF(shared);
-            Py_RETURN_NONE;
+            return 0;
         }
         name = shared_name;
         attrs = PyTuple_GET_ITEM(shared, 1);
     }
+    *p = (SpanParts){name, attrs, kind, span_id, parent_id, start, end, trace_id, root, shared};
+    return 1;
+}
 
+/* Once its record is made: see records._unlink_root. */
+static void unlink_root(PyObject *span, SpanParts *p)
+{
+    if (p->root == span && SLOT(span, S_ROOT) != NULL) {
+        PyObject *self_ref = SLOT(span, S_ROOT);
+        SLOT(span, S_ROOT) = NULL;
+        Py_DECREF(self_ref);
+    }
+}
+
+/* The span_fields() tuple of one span, Py_None when Python must convert it, NULL on error. */
+static PyObject *span_fields(PyObject *span, PyObject *service, PyObject *offset, Py_ssize_t max_attributes,
+                             Py_ssize_t max_length, PyObject *max_attributes_obj, PyObject *max_length_obj)
+{
+    SpanParts p;
+    int found = span_parts(span, max_attributes, max_length, max_attributes_obj, max_length_obj, &p);
+    if (found <= 0) {
+        if (found < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
     PyObject *trace_hex = NULL, *span_hex = NULL, *parent_hex = NULL, *wall = NULL, *duration = NULL;
     PyObject *result = NULL;
-    trace_hex = trace_hex_of(trace_id);
-    span_hex = trace_hex ? hex_of(span_id, 16) : NULL;
+    trace_hex = trace_hex_of(p.trace_id);
+    span_hex = trace_hex ? hex_of(p.span_id, 16) : NULL;
     if (span_hex == NULL)
         goto special;
-    int parent_true = PyObject_IsTrue(parent_id);
+    int parent_true = PyObject_IsTrue(p.parent_id);
     if (parent_true < 0)
         goto error;
     if (parent_true) {
-        parent_hex = hex_of(parent_id, 16);
+        parent_hex = hex_of(p.parent_id, 16);
         if (parent_hex == NULL)
             goto special;
     }
@@ -357,13 +399,13 @@ static PyObject *span_fields(PyObject *span, PyObject *service, PyObject *offset
         parent_hex = Py_None;
         Py_INCREF(parent_hex);
     }
-    if (times_of(start, end, offset, &wall, &duration) < 0)
+    if (times_of(p.start, p.end, offset, &wall, &duration) < 0)
         goto error;
     result = PyTuple_New(12);
     if (result == NULL)
         goto error;
-    PyObject *items[12] = {trace_hex, span_hex, parent_hex, name, kind, service, wall, duration, str_ok, attrs,
-                           no_events, trace_id};
+    PyObject *items[12] = {trace_hex, span_hex, parent_hex, p.name, p.kind, service, wall, duration, str_ok, p.attrs,
+                           no_events, p.trace_id};
     for (int i = 0; i < 12; i++) {
         if (i == 3 || i == 4 || i == 5 || i == 8 || i == 9 || i == 10 || i == 11)
             Py_INCREF(items[i]);  /* borrowed: the others are new references, handed over */
@@ -373,12 +415,8 @@ static PyObject *span_fields(PyObject *span, PyObject *service, PyObject *offset
        empty for good): the cyclic GC need not visit it, and a flush's thousands of records waiting for the
        store otherwise make every young-generation collection longer. */
     PyObject_GC_UnTrack(result);
-    Py_XDECREF(shared);
-    if (root == span && SLOT(span, S_ROOT) != NULL) {  /* see records._unlink_root */
-        PyObject *self_ref = SLOT(span, S_ROOT);
-        SLOT(span, S_ROOT) = NULL;
-        Py_DECREF(self_ref);
-    }
+    Py_XDECREF(p.shared);
+    unlink_root(span, &p);
     return result;
 
 special:
@@ -387,10 +425,10 @@ special:
     Py_XDECREF(trace_hex);
     Py_XDECREF(span_hex);
     Py_XDECREF(parent_hex);
-    Py_XDECREF(shared);
+    Py_XDECREF(p.shared);
     Py_RETURN_NONE;
 error:
-    Py_XDECREF(shared);
+    Py_XDECREF(p.shared);
     Py_XDECREF(trace_hex);
     Py_XDECREF(span_hex);
     Py_XDECREF(parent_hex);
@@ -901,6 +939,162 @@ static PyObject *pack_records(PyObject *self, PyObject *args)
     return write_rows(args, pack_row, 320, 1, "pack_records");
 }
 
+/* Writes, into b (emptied first), the msgpack map pack_row writes for the span's span_fields() tuple, straight from
+   the span: no tuple, hex str or int objects made to be read back at once. 1 written, 0 when Python must convert
+   the span (as span_fields() would leave it, or a value packed differently: a time outside int64), -1 error. */
+static int write_packed(Bytes *b, PyObject *span, PyObject *service, long long offset, Py_ssize_t max_attributes,
+                        Py_ssize_t max_length, PyObject *max_attributes_obj, PyObject *max_length_obj)
+{
+    SpanParts p;
+    int found = span_parts(span, max_attributes, max_length, max_attributes_obj, max_length_obj, &p);
+    if (found <= 0)
+        return found;
+    int r = 0;
+    char hex[32];
+    int o1 = 0, o2 = 0;
+    long long start = PyLong_AsLongLongAndOverflow(p.start, &o1), end = PyLong_AsLongLongAndOverflow(p.end, &o2);
+    if (PyErr_Occurred()) {
+        r = -1;
+        goto done;
+    }
+    if (o1 || o2 || start < 0 || end < 0 || start > LLONG_MAX / 2 || end > LLONG_MAX / 2)
+        goto done;  /* (times_of's other branch, in Python) */
+    int parent = PyObject_IsTrue(p.parent_id);
+    if (parent < 0) {
+        r = -1;
+        goto done;
+    }
+    b->size = 0;
+    PyObject *trace_hex = trace_hex_of(p.trace_id);
+    if (trace_hex == NULL) {
+        r = PyErr_Occurred() ? -1 : 0;
+        goto done;
+    }
+    /* every field but the attributes: keys and values of known shapes */
+    if (bytes_reserve(b, 160) < 0) {
+        Py_DECREF(trace_hex);
+        r = -1;
+        goto done;
+    }
+    b->data[b->size++] = (char)0x8b;  /* a map of the 11 fields */
+#define PUT_KEY(i) do { const char *k_ = packed_field_names[i]; Py_ssize_t n_ = 1 + (k_[0] & 0x1f); \
+                        memcpy(b->data + b->size, k_, n_); b->size += n_; } while (0)
+    PUT_KEY(0);
+    put_be(b, 0xd9, 32, 1);
+    memcpy(b->data + b->size, PyUnicode_1BYTE_DATA(trace_hex), 32);
+    b->size += 32;
+    Py_DECREF(trace_hex);
+    PUT_KEY(1);
+    if (!hex_digits(p.span_id, 16, hex))
+        goto done;
+    b->data[b->size++] = (char)(0xa0 | 16);
+    memcpy(b->data + b->size, hex, 16);
+    b->size += 16;
+    PUT_KEY(2);
+    if (parent) {
+        if (!hex_digits(p.parent_id, 16, hex))
+            goto done;
+        b->data[b->size++] = (char)(0xa0 | 16);
+        memcpy(b->data + b->size, hex, 16);
+        b->size += 16;
+    }
+    else
+        b->data[b->size++] = (char)0xc0;
+    PyObject *texts[3] = {p.name, p.kind, service};
+    for (int i = 0; i < 3; i++) {
+        if (bytes_reserve(b, 12) < 0) {
+            r = -1;
+            goto done;
+        }
+        PUT_KEY(3 + i);
+        if ((r = pack_plain(b, texts[i])) <= 0)
+            goto done;
+    }
+    r = 0;
+    if (bytes_reserve(b, 48) < 0) {
+        r = -1;
+        goto done;
+    }
+    PUT_KEY(6);
+    pack_int(b, start + offset);
+    PUT_KEY(7);
+    pack_int(b, end > start ? end - start : 0);
+    PUT_KEY(8);
+    memcpy(b->data + b->size, "\xa2" "ok", 3);
+    b->size += 3;
+    PUT_KEY(9);
+    if (pack_header(b, PyDict_GET_SIZE(p.attrs), 0x80, 0xde, 0xdf) < 0) {
+        r = -1;
+        goto done;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(p.attrs, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key) || (r = pack_plain(b, key)) <= 0 || (r = pack_plain(b, value)) <= 0)
+            goto done;
+    }
+    if (bytes_reserve(b, 8) < 0) {
+        r = -1;
+        goto done;
+    }
+    PUT_KEY(10);
+    b->data[b->size++] = (char)0x90;
+#undef PUT_KEY
+    r = 1;
+done:
+    if (r == 1)
+        unlink_root(span, &p);
+    Py_XDECREF(p.shared);
+    return r;
+}
+
+/* packed(spans, service, offset, max_attributes, max_length): per span, the msgpack bytes of its record (what
+   msgpack.packb(record_of_fields(span_fields(span, ...))) gives), or None where Python must convert it. */
+static PyObject *packed(PyObject *self, PyObject *args)
+{
+    PyObject *spans, *service, *offset_obj;
+    Py_ssize_t max_attributes, max_length;
+    if (!PyArg_ParseTuple(args, "O!UO!nn", &PyList_Type, &spans, &service, &PyLong_Type, &offset_obj, &max_attributes,
+                          &max_length))
+        return NULL;
+    if (span_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    int overflow = 0;
+    long long offset = PyLong_AsLongLongAndOverflow(offset_obj, &overflow);
+    if (offset == -1 && PyErr_Occurred())
+        return NULL;
+    int offset_fits = !overflow && offset >= -(LLONG_MAX / 2) && offset <= LLONG_MAX / 2;
+    Py_ssize_t count = PyList_GET_SIZE(spans);
+    Bytes b = {NULL, 0, 0};
+    PyObject *out = PyList_New(count);
+    PyObject *max_attributes_obj = PyLong_FromSsize_t(max_attributes), *max_length_obj = PyLong_FromSsize_t(max_length);
+    if (out == NULL || max_attributes_obj == NULL || max_length_obj == NULL || bytes_reserve(&b, 512) < 0)
+        goto error;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int r = offset_fits ? write_packed(&b, PyList_GET_ITEM(spans, i), service, offset, max_attributes, max_length,
+                                           max_attributes_obj, max_length_obj)
+                            : 0;
+        if (r < 0)
+            goto error;
+        PyObject *item = r ? PyBytes_FromStringAndSize(b.data, b.size) : (Py_INCREF(Py_None), Py_None);
+        if (item == NULL)
+            goto error;
+        PyList_SET_ITEM(out, i, item);
+    }
+    PyMem_Free(b.data);
+    Py_DECREF(max_attributes_obj);
+    Py_DECREF(max_length_obj);
+    return out;
+error:
+    PyMem_Free(b.data);
+    Py_XDECREF(out);
+    Py_XDECREF(max_attributes_obj);
+    Py_XDECREF(max_length_obj);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------------------------------ protobuf */
 
 /* What otlp._pb_span() gives for a span_fields() tuple's record, framed as a ScopeSpans' `spans` field
@@ -1170,6 +1364,8 @@ static PyMethodDef methods[] = {
      "configure_shared(records module globals): fields() then looks up records._shared_attributes' cache"},
     {"store_values", store_values, METH_VARARGS,
      "store_values(rows, fast_encoder, encode, attributes_json) -> the flat list of the rows' SQLite values"},
+    {"packed", packed, METH_VARARGS,
+     "packed(spans, service, offset, max_attributes, max_length) -> [msgpack bytes of the span's record or None]"},
     {"pack_records", pack_records, METH_VARARGS,
      "pack_records(rows, fallback) -> msgpack bytes of the rows' records, as msgpack.packb would give them"},
     {"configure_span", configure_span, METH_VARARGS,

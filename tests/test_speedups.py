@@ -306,6 +306,74 @@ def test_pack_records_is_what_msgpack_packs(items):
     assert module.pack_records(rows, _pack_one) == expected
 
 
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(span_specs(), min_size=1, max_size=8), st.sampled_from([0, 1_700_000_000_000_000_000, -(1 << 62),
+                                                                          1 << 63]))
+def test_packed_is_the_msgpack_of_span_fields_for_every_span_it_packs(specs, offset):
+    """packed() writes each span's record as msgpack straight from the span: the bytes msgpack.packb gives for
+    its span_fields() record, for exactly the spans fields() converts (a statement's too, once records' cache
+    holds it); an offset past int64 arithmetic, or text msgpack refuses, leaves the span to Python."""
+    import msgpack
+
+    module = records.speedups()
+    if module is None:
+        pytest.skip("autoinstr._speedups is not built here")
+    spans = [s for batch in make_spans(specs) for s in batch]
+    expected = [span_fields(s, "svc", offset, 8, 64) for s in spans]  # (fills records' cache, unlinks the roots)
+    as_fields = module.fields(spans, "svc", offset, 8, 64)
+    got = module.packed(spans, "svc", offset, 8, 64)
+    assert len(got) == len(spans)
+    fits = abs(offset) < 1 << 62  # (the C arithmetic's bounds, as times_of's)
+    for want, fields, have in zip(expected, as_fields, got):
+        try:
+            want_bytes = msgpack.packb(dict(zip(FIELDS, want)), use_bin_type=True)
+        except UnicodeEncodeError:  # a lone surrogate: left to Python, which reports the span and drops it
+            want_bytes = None
+        assert (have is not None) == (fields is not None and fits and want_bytes is not None)
+        if have is not None:
+            assert type(have) is bytes
+            assert have == want_bytes
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(span_specs(), min_size=1, max_size=8))
+def test_records_of_packed_gives_the_same_records_as_python(specs):
+    import msgpack
+
+    module = records.speedups()
+    if module is None:
+        pytest.skip("autoinstr._speedups is not built here")
+    batches = make_spans(specs)
+    saved = records._speedups, records.wall_offset_ns
+    records.wall_offset_ns = lambda: 1_700_000_000_000_000_000
+    try:
+        records._speedups = None  # pure Python: span_fields() tuples
+        python = records_of(batches, "svc", 8, 64, packed=True)
+        records._speedups = saved[0]
+        compiled = records_of(batches, "svc", 8, 64, packed=True)
+    finally:
+        records._speedups, records.wall_offset_ns = saved
+    assert all(type(f) is tuple for f in python) and all(type(b) is bytes for b in compiled)
+    packable = []
+    for f in python:
+        try:
+            packable.append(msgpack.packb(dict(zip(FIELDS, f)), use_bin_type=True))
+        except UnicodeEncodeError:  # (compiled: reported and dropped at conversion; Python: at packing)
+            pass
+    assert [msgpack.unpackb(b) for b in compiled] == [msgpack.unpackb(b) for b in packable]
+
+
+@pytest.mark.parametrize("count", [1, 15, 16, 600, 65535, 65536, 70000])
+def test_the_collector_body_of_packed_records_is_one_msgpack_array(count):
+    import msgpack
+
+    from autoinstr.export import collector
+
+    items = [msgpack.packb({"i": i}) for i in range(count)]
+    body = collector.packed_batch(items)
+    assert body == msgpack.packb([{"i": i} for i in range(count)])
+
+
 def six_hundred_server_spans(collected) -> list:
     """span_fields() tuples of 600 server spans (past msgpack's array16 and map16 headers), the 8th with an event
     (which the compiled writers leave to Python)."""

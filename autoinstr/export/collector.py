@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from autoinstr.export import _http_post
 from autoinstr.export.base import Exporter
-from autoinstr.export.records import record_of_fields, speedups
+from autoinstr.export.records import packed_record, record_of_fields, speedups
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ class CollectorExporter(Exporter):
         self.rejected = 0  # spans the collector refused with a 4xx (dropped, not retried)
 
     takes_fields = True  # the pipeline may hand over span_fields() tuples rather than records
+    takes_packed = True  # ... or each record's msgpack bytes, when this is the only exporter
 
     def export(self, records: List[Any]) -> None:
         if not records:
@@ -94,11 +95,18 @@ class CollectorExporter(Exporter):
 
 
 def packed_batch(records: List[Any]) -> bytes:
-    """The msgpack body: an array of span records (DESIGN.md). From span_fields() tuples, written by the
-    compiled speedups where they are built (the same bytes, tests/test_speedups.py), else records made and packed."""
+    """The msgpack body: an array of span records (DESIGN.md). From records already packed one by one (the
+    pipeline's `packed` form), from span_fields() tuples written by the compiled speedups where they are built
+    (the same bytes, tests/test_speedups.py), else from records made and packed."""
     import msgpack
 
-    if records[0].__class__ is not tuple:
+    first = records[0].__class__
+    if first is bytes:
+        count = len(records)
+        header = bytes((0x90 | count,)) if count < 16 else (
+            b"\xdc" + count.to_bytes(2, "big") if count < 65536 else b"\xdd" + count.to_bytes(4, "big"))
+        return header + b"".join(records)
+    if first is not tuple:
         return msgpack.packb(records, use_bin_type=True)  # type: ignore[no-any-return]
     compiled = speedups()
     if compiled is not None:
@@ -106,10 +114,7 @@ def packed_batch(records: List[Any]) -> bytes:
     return msgpack.packb(list(map(record_of_fields, records)), use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def _pack_one(fields: Any) -> bytes:
-    import msgpack
-
-    return msgpack.packb(record_of_fields(fields), use_bin_type=True)  # type: ignore[no-any-return]
+_pack_one = packed_record
 
 
 def _is_loopback(host: str) -> bool:

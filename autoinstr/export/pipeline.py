@@ -562,6 +562,9 @@ class Pipeline:
             # exporters that all take span_fields() tuples (the local store, the default) get those: no
             # record dicts built to be read back at once
             fields = all(getattr(slot.exporter, "takes_fields", False) for slot in slots)
+            # one exporter sending msgpack (the collector) gets each record already packed: the tuples would
+            # only be read back at once
+            packed = len(slots) == 1 and getattr(slots[0].exporter, "takes_packed", False)
             pause = self._lend_gil if lend_gil else None
             for chunk in _chunks(batches, self.batch):
                 size = sum(len(spans) for spans in chunk)
@@ -573,7 +576,7 @@ class Pipeline:
                     continue
                 errors: List[str] = []
                 records = records_of(chunk, self.service, self.max_attributes, self.max_attribute_length,
-                                     self._not_before_ns, errors, fields, pause)
+                                     self._not_before_ns, errors, fields, pause, packed)
                 if errors:
                     self.dropped_conversion += len(errors)
                     _log.warn_once("record-conversion", "could not convert a span for export (%s); it is "

@@ -413,16 +413,30 @@ def _start_of() -> Callable[[Span], int]:
     return attrgetter("start_ns")
 
 
+def packed_record(fields: Sequence[Any]) -> bytes:
+    """The msgpack bytes of a span_fields() tuple's record (what the collector sends, one array item)."""
+    import msgpack
+
+    return msgpack.packb(record_of_fields(fields), use_bin_type=True)  # type: ignore[no-any-return]
+
+
 def records_of(batches: List[List[Span]], service: str, max_attributes: int, max_length: int,
                not_before_ns: int = 0, errors: Optional[List[str]] = None, fields: bool = False,
-               pause: Optional[Callable[[], None]] = None) -> List[Any]:
-    """Convert queued local traces (to records, or with `fields` to span_fields() tuples); spans started
-    before `not_before_ns` (inherited over fork from the parent process, which exports them itself) are
-    skipped, as is any span that cannot be converted. `pause` is called every PAUSE_EVERY spans (the
-    pipeline lends the GIL to the app there)."""
+               pause: Optional[Callable[[], None]] = None, packed: bool = False) -> List[Any]:
+    """Convert queued local traces (to records, with `fields` to span_fields() tuples, with `packed` to each
+    record's msgpack bytes where the speedups are built, else to span_fields() tuples); spans started before
+    `not_before_ns` (inherited over fork from the parent process, which exports them itself) are skipped, as
+    is any span that cannot be converted. `pause` is called every PAUSE_EVERY spans (the pipeline lends the
+    GIL to the app there)."""
     offset = wall_offset_ns()
     compiled = speedups()
     fast = compiled.fields if compiled is not None else None
+    if packed:
+        fields = True
+        if compiled is not None:  # straight to msgpack: no tuple, hex or int objects read back at once
+            fast = compiled.packed
+        else:
+            packed = False
     if fast is not None:
         spans = batches[0] if len(batches) == 1 else list(chain.from_iterable(batches))
         if not_before_ns and spans and min(map(_start_of(), spans)) < not_before_ns:
@@ -439,7 +453,8 @@ def records_of(batches: List[List[Span]], service: str, max_attributes: int, max
             except Exception:  # converted in Python below
                 converted = [None] * len(spans)
             if None in converted:  # a statement, an error, events, an odd value: span_fields() for those
-                redone = (f if f is not None else _convert(span_fields, span, service, offset, max_attributes,
+                convert_one = _packed_fields if packed else span_fields
+                redone = (f if f is not None else _convert(convert_one, span, service, offset, max_attributes,
                                                           max_length, errors) for f, span in zip(converted, spans))
                 converted = [f for f in redone if f is not None]  # (None: could not be converted, reported)
             out.extend(converted if fields else map(record_of_fields, converted))
@@ -460,6 +475,10 @@ def records_of(batches: List[List[Span]], service: str, max_attributes: int, max
             if record is not None:
                 out.append(record)
     return out
+
+
+def _packed_fields(span: Span, service: str, offset: int, max_attributes: int, max_length: int) -> bytes:
+    return packed_record(span_fields(span, service, offset, max_attributes, max_length))
 
 
 def _convert(convert: Callable[..., Any], span: Span, service: str, offset: int, max_attributes: int, max_length: int,
