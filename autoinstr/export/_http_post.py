@@ -12,20 +12,31 @@ Messages name the URL (without userinfo) and the status, never a header value (t
 Every call runs on the agent's flush or sender thread, whose context is marked suppressed, so our own
 http.client integration does not trace it. No proxies, no redirects; the response is read up to
 MAX_RESPONSE bytes; each socket operation is bounded by `timeout`, and so is the whole exchange.
+
+Connections are kept alive between exports (a few per destination, each used by one export at a time): a new
+TCP connection per batch cost the collector a handshake and a thread, and us about half of a batch's HTTP
+time. A kept connection is reused only while it has been idle under KEEP_IDLE_S and the server has sent
+nothing on it since (it closed it: the socket reads as ready); a send on a reused connection the server
+closed meanwhile is made once more on a new one. A forked child forgets the parent's connections.
 """
 
 from __future__ import annotations
 
 import gzip
 import http.client
+import os
+import select
 import time
 import urllib.parse
+from _thread import allocate_lock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Mapping, Optional, Tuple
+    from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 MAX_RESPONSE = 64 * 1024
+KEEP_IDLE_S = 4.0  # under the shortest keep-alive timeouts servers use (5 s: nginx's is 75, Go's and gunicorn's 2-90)
+KEEP_PER_DESTINATION = 4
 MAX_RETRY_AFTER = 3600.0
 _RETRY_STATUSES = frozenset((408, 429, 502, 503, 504))
 
@@ -70,7 +81,8 @@ def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Opti
     return min(max(0.0, when - (time.time() if now is None else now)), MAX_RETRY_AFTER)
 
 
-def _connection(url: str, timeout: float) -> Tuple[http.client.HTTPConnection, str]:
+def _destination(url: str) -> Tuple[Tuple[str, str, Optional[int]], str]:
+    """((scheme, host, port), path and query) of an http(s) URL."""
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     host = parts.hostname
@@ -80,53 +92,128 @@ def _connection(url: str, timeout: float) -> Tuple[http.client.HTTPConnection, s
         port = parts.port
     except ValueError:
         raise ExportError("bad port in %s" % safe_url(url), retryable=False) from None
-    path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-    conn: http.client.HTTPConnection
+    return (scheme, host, port), (parts.path or "/") + ("?" + parts.query if parts.query else "")
+
+
+def _new_connection(destination: Tuple[str, str, Optional[int]], timeout: float) -> http.client.HTTPConnection:
+    scheme, host, port = destination
     if scheme == "https":
         import ssl
 
-        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    return conn, path
+        return http.client.HTTPSConnection(host, port, timeout=timeout, context=ssl.create_default_context())
+    return http.client.HTTPConnection(host, port, timeout=timeout)
+
+
+# destination -> [(connection, monotonic time it was given back)]
+_idle: Dict[Tuple[str, str, Optional[int]], List[Tuple[http.client.HTTPConnection, float]]] = {}
+_idle_lock = allocate_lock()
+
+
+def _kept(destination: Tuple[str, str, Optional[int]], timeout: float) -> Optional[http.client.HTTPConnection]:
+    """A kept-alive connection to the destination still fit for a request, or None."""
+    while True:
+        with _idle_lock:
+            connections = _idle.get(destination)
+            if not connections:
+                return None
+            conn, since = connections.pop()
+        sock = conn.sock
+        try:
+            fresh = (sock is not None and time.monotonic() - since < KEEP_IDLE_S
+                     and not select.select([sock], [], [], 0)[0])  # readable: closed by the server (or garbage)
+            if fresh:
+                conn.timeout = timeout
+                sock.settimeout(timeout)
+                return conn
+        except (OSError, ValueError):
+            pass
+        conn.close()
+
+
+def _keep(destination: Tuple[str, str, Optional[int]], conn: http.client.HTTPConnection) -> None:
+    with _idle_lock:
+        connections = _idle.setdefault(destination, [])
+        if len(connections) < KEEP_PER_DESTINATION:
+            connections.append((conn, time.monotonic()))
+            return
+    conn.close()
+
+
+def _forget_connections() -> None:
+    """In a forked child: the parent's sockets are not ours to use (dropped, not closed: no bytes are sent)."""
+    global _idle, _idle_lock
+    _idle, _idle_lock = {}, allocate_lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_connections)
+
+
+def _exchange(conn: http.client.HTTPConnection, path: str, body: bytes, headers: Mapping[str, str],
+              deadline: float) -> Tuple[int, Dict[str, str], bytes, bool]:
+    """One request and its response: (status, headers, up to MAX_RESPONSE bytes of body, whether the
+    connection may carry another request)."""
+    conn.request("POST", path, body=body, headers=headers)
+    if time.monotonic() > deadline:
+        raise TimeoutError("timed out sending")
+    response = conn.getresponse()
+    chunks = []
+    size = 0
+    while size < MAX_RESPONSE and time.monotonic() <= deadline:
+        chunk = response.read1(MAX_RESPONSE - size) if hasattr(response, "read1") else response.read(
+            MAX_RESPONSE - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if response.length == 0:  # all of a sized body read (read1 leaves the response open at its end)
+        response.close()  # (its file only: the connection keeps the socket)
+    reusable = response.isclosed() and not response.will_close  # all of it read, and the server keeps it open
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, b"".join(chunks), reusable
 
 
 def post(url: str, body: bytes, headers: Optional[Mapping[str, str]] = None, timeout: float = 10.0,
          gzip_body: bool = False) -> Tuple[int, Dict[str, str], bytes]:
     """POST `body`; returns (status, response headers with lower-case names, up to MAX_RESPONSE bytes of
     the response). Network failures raise ExportError (retryable)."""
-    send_headers = {"User-Agent": _user_agent(), "Connection": "close"}
+    send_headers = {"User-Agent": _user_agent()}
     send_headers.update(headers or {})
     if gzip_body:
         body = gzip.compress(body, compresslevel=1)  # most of the gain for a fraction of level 6's CPU
         send_headers["Content-Encoding"] = "gzip"
-    conn, path = _connection(url, timeout)
+    destination, path = _destination(url)
     deadline = time.monotonic() + max(timeout, 0.001)
     suppressed = _suppress()  # already so on the agent's threads; also when the exit flush runs on the main one
+    conn = None
+    reusable = False
     try:
-        conn.request("POST", path, body=body, headers=send_headers)
-        if time.monotonic() > deadline:
-            raise TimeoutError("timed out sending")
-        response = conn.getresponse()
-        chunks = []
-        size = 0
-        while size < MAX_RESPONSE and time.monotonic() <= deadline:
-            chunk = response.read1(MAX_RESPONSE - size) if hasattr(response, "read1") else response.read(
-                MAX_RESPONSE - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, b"".join(chunks)
+        conn = _kept(destination, timeout)
+        if conn is not None:
+            try:
+                status, response_headers, data, reusable = _exchange(conn, path, body, send_headers, deadline)
+                return status, response_headers, data
+            except (ConnectionError, http.client.BadStatusLine) as exc:
+                # the server closed the kept connection as we sent (RemoteDisconnected is both): once more, anew
+                if isinstance(exc, http.client.BadStatusLine) and not isinstance(exc, ConnectionError):
+                    raise
+                conn.close()
+        conn = _new_connection(destination, timeout)
+        status, response_headers, data, reusable = _exchange(conn, path, body, send_headers, deadline)
+        return status, response_headers, data
     except ExportError:
         raise
     except (OSError, http.client.HTTPException, ValueError) as exc:
+        reusable = False
         raise ExportError("POST %s failed: %s: %s" % (safe_url(url), type(exc).__name__, str(exc)[:200])) from None
     finally:
-        try:
-            conn.close()
-        except Exception:
-            pass
+        if conn is not None:
+            try:
+                if reusable:
+                    _keep(destination, conn)
+                else:
+                    conn.close()
+            except Exception:
+                pass
         _unsuppress(suppressed)
 
 
