@@ -19,6 +19,7 @@ typedef struct {
 static PyTypeObject *span_class = NULL;  /* Span, the Python subclass: `parent.__class__ is Span` */
 static PyObject *current_var, *random_bits, *clock_ns, *sink_class, *span_globals, *unset, *handover_failed;
 static PyObject *limiter = NULL;  /* Sampling's rate limiter, or NULL */
+static int clock_is_monotonic = 0;  /* clock_ns is time.perf_counter_ns (see now_ns) */
 static int sample_never = 0, sample_always = 1;
 static unsigned long long sample_threshold = 0;
 static PyObject *int_0, *int_64, *int_128, *str_internal, *str_submit, *str_submit_one, *str_unsampled;
@@ -42,6 +43,13 @@ static PyObject *configure_span(PyObject *self, PyObject *args)
         Py_INCREF(objects[i]);
         Py_XSETREF(*slots[i], objects[i]);
     }
+    PyObject *time_module = PyImport_ImportModule("time");
+    PyObject *perf_counter_ns = time_module == NULL ? NULL : PyObject_GetAttrString(time_module, "perf_counter_ns");
+    Py_XDECREF(time_module);
+    if (perf_counter_ns == NULL)
+        return NULL;
+    clock_is_monotonic = clock == perf_counter_ns;
+    Py_DECREF(perf_counter_ns);
     Py_RETURN_NONE;
 }
 
@@ -298,8 +306,14 @@ static int sampled_of(SpanObject *self)
     return self->sampled == Py_True ? 1 : self->sampled == Py_False ? 0 : PyObject_IsTrue(self->sampled);
 }
 
+/* clock_ns() (time.perf_counter_ns, which on Linux reads CLOCK_MONOTONIC: read here, without the call) */
 static PyObject *now_ns(void)
 {
+#ifdef __linux__
+    struct timespec ts;
+    if (clock_is_monotonic && clock_gettime(CLOCK_MONOTONIC, &ts) == 0)
+        return PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+#endif
     return PyObject_CallNoArgs(clock_ns);
 }
 

@@ -470,3 +470,16 @@ def test_misuse_of_the_api_never_raises(collected):
     assert s.attributes == {"ok": 1}
     assert s.events and s.events[0]["name"] == "ev" and s.events[0]["attributes"] == {}
     assert len(collected) == 1
+
+
+def test_span_times_are_perf_counter_ns_readings():
+    """The compiled core reads CLOCK_MONOTONIC itself where perf_counter_ns does (Linux): the same clock, so span
+    times order with perf_counter_ns() readings taken around them (the export's wall offset relies on it)."""
+    import time
+
+    before = time.perf_counter_ns()
+    with Span("timed") as s:
+        inside = time.perf_counter_ns()
+    after = time.perf_counter_ns()
+    assert before <= s.start_ns <= inside <= s.end_ns <= after
+    assert after - before < 10_000_000_000  # (nanoseconds of the same clock, not another scale)
