@@ -85,6 +85,11 @@ static int exportable_as_is(PyObject *attrs, Py_ssize_t max_attributes, Py_ssize
 {
     if (!PyDict_CheckExact(attrs) || PyDict_GET_SIZE(attrs) > max_attributes)
         return 0;
+    if (PyDict_GET_SIZE(attrs) == 0)
+        return 1;
+    int statement = PyDict_Contains(attrs, str_db_query_text);  /* a statement: summarized in Python */
+    if (statement != 0)
+        return statement < 0 ? -1 : 0;
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(attrs, &pos, &key, &value)) {
@@ -111,9 +116,7 @@ static int exportable_as_is(PyObject *attrs, Py_ssize_t max_attributes, Py_ssize
         else
             return 0;
     }
-    if (PyDict_GET_SIZE(attrs) == 0)
-        return 1;
-    return PyDict_Contains(attrs, str_db_query_text) == 0 ? 1 : 0;  /* a statement: summarized in Python */
+    return 1;
 }
 
 static int is_kind(PyObject *kind)
@@ -306,6 +309,109 @@ done:
     Py_RETURN_NONE;
 }
 
+/* In front of shared_attributes(): what it found, remembered by the identity of the name and of every attribute
+   key and value (str, int, float, bool or None objects, held here, so an identical address is the identical
+   value), with the limits and the obfuscation setting. A span repeating another's attributes with the very same
+   objects (a statement's literal text, a small row count, the connection's cached attributes) finds its cleaned
+   attributes without the key tuple, its hash and three dict lookups. The result is what the Python cache gives
+   for the same values (the cleaning is a function of them); entries are replaced, never invalid. */
+#define IDENTITY_SLOTS 256
+#define IDENTITY_MAX_ITEMS 12
+typedef struct {
+    PyObject *found;  /* (name, SharedAttributes), or NULL: an empty slot */
+    PyObject *name;
+    Py_ssize_t count, max_attributes, max_length;
+    int obfuscate;
+    PyObject *items[2 * IDENTITY_MAX_ITEMS];
+} IdentityEntry;
+static IdentityEntry identity_cache[IDENTITY_SLOTS];
+
+static int identity_value(PyObject *v)
+{
+    return PyUnicode_CheckExact(v) || PyLong_CheckExact(v) || PyFloat_CheckExact(v) || PyBool_Check(v) ||
+           v == Py_None;
+}
+
+/* The slot for these, and whether they can be remembered at all (-1: no; a value of another type). */
+static Py_ssize_t identity_slot(PyObject *name, PyObject *attrs, Py_ssize_t max_attributes, Py_ssize_t max_length,
+                                int obfuscate)
+{
+    Py_ssize_t n = PyDict_GET_SIZE(attrs);
+    if (n > IDENTITY_MAX_ITEMS)
+        return -1;
+    size_t h = (size_t)name ^ ((size_t)n << 3) ^ ((size_t)max_attributes << 7) ^ ((size_t)max_length << 11) ^
+               (size_t)obfuscate;
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(attrs, &pos, &k, &v)) {
+        if (!PyUnicode_CheckExact(k) || !identity_value(v))
+            return -1;
+        h = (h ^ (size_t)k) * 1000003u;
+        h = (h ^ (size_t)v) * 1000003u;
+    }
+    return (Py_ssize_t)((h ^ (h >> 17)) % IDENTITY_SLOTS);
+}
+
+/* A new reference to the remembered (name, SharedAttributes), or NULL (no error) when not there. */
+static PyObject *identity_get(Py_ssize_t slot, PyObject *name, PyObject *attrs, Py_ssize_t max_attributes,
+                              Py_ssize_t max_length, int obfuscate)
+{
+    IdentityEntry *e = &identity_cache[slot];
+    if (e->found == NULL || e->name != name || e->count != PyDict_GET_SIZE(attrs) ||
+        e->max_attributes != max_attributes || e->max_length != max_length || e->obfuscate != obfuscate)
+        return NULL;
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(attrs, &pos, &k, &v)) {
+        if (e->items[i] != k || e->items[i + 1] != v)
+            return NULL;
+        i += 2;
+    }
+    Py_INCREF(e->found);
+    return e->found;
+}
+
+static void identity_put(Py_ssize_t slot, PyObject *name, PyObject *attrs, Py_ssize_t max_attributes,
+                         Py_ssize_t max_length, int obfuscate, PyObject *found)
+{
+    IdentityEntry *e = &identity_cache[slot], old = *e;
+    e->found = NULL;  /* (the slot is empty while it is written) */
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *k, *v;
+    while (i < 2 * IDENTITY_MAX_ITEMS && PyDict_Next(attrs, &pos, &k, &v)) {
+        Py_INCREF(k);
+        Py_INCREF(v);
+        e->items[i++] = k;
+        e->items[i++] = v;
+    }
+    Py_INCREF(name);
+    e->name = name;
+    e->count = i / 2;
+    e->max_attributes = max_attributes;
+    e->max_length = max_length;
+    e->obfuscate = obfuscate;
+    Py_INCREF(found);
+    e->found = found;
+    if (old.found != NULL) {  /* the entry it replaces, released last: its objects may be these */
+        for (Py_ssize_t j = 0; j < 2 * old.count; j++)
+            Py_DECREF(old.items[j]);
+        Py_DECREF(old.name);
+        Py_DECREF(old.found);
+    }
+}
+
+/* SqlPolicy.obfuscate: 1, 0, or -1 with an error. */
+static int obfuscating(void)
+{
+    PyObject *policy = records_globals == NULL ? NULL : PyDict_GetItemWithError(records_globals, str_sql_policy);
+    if (policy == NULL)
+        return PyErr_Occurred() ? -1 : 1;
+    PyObject *value = PyObject_GetAttr(policy, str_obfuscate);
+    int truth = value == NULL ? -1 : PyObject_IsTrue(value);
+    Py_XDECREF(value);
+    return truth;
+}
+
 /* What a span's record is made of, where it converts here as it is. */
 typedef struct {
     PyObject *name, *attrs, *kind, *span_id, *parent_id, *start, *end, *trace_id, *root;
@@ -344,9 +450,18 @@ static int span_parts(PyObject *span, Py_ssize_t max_attributes, Py_ssize_t max_
         return -1;
     PyObject *shared = NULL;
     if (!plain) {
-        shared = shared_attributes(name, attrs, max_attributes_obj, max_length_obj);
-        if (shared == NULL)
+        int obfuscate = obfuscating();
+        if (obfuscate < 0)
             return -1;
+        Py_ssize_t slot = identity_slot(name, attrs, max_attributes, max_length, obfuscate);
+        shared = slot < 0 ? NULL : identity_get(slot, name, attrs, max_attributes, max_length, obfuscate);
+        if (shared == NULL) {
+            shared = shared_attributes(name, attrs, max_attributes_obj, max_length_obj);
+            if (shared == NULL)
+                return -1;
+            if (slot >= 0 && shared != Py_None)
+                identity_put(slot, name, attrs, max_attributes, max_length, obfuscate, shared);
+        }
         PyObject *shared_name = shared == Py_None ? NULL : PyTuple_GET_ITEM(shared, 0);
         if (shared_name == NULL || !PyUnicode_CheckExact(shared_name) || PyUnicode_GET_LENGTH(shared_name) == 0 ||
             PyUnicode_GET_LENGTH(shared_name) > MAX_NAME_LENGTH) {

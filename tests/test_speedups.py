@@ -474,3 +474,31 @@ def test_the_otlp_body_is_the_same_with_or_without_the_compiled_module(compiled,
     decoded = otlp.decode_protobuf(with_module)
     assert len(decoded) == 600 and decoded[7]["events"][0]["name"] == "retry"
     assert decoded[8]["attributes"] == {"http.route": "/users/<int:id>", "n": 8}
+
+
+def test_remembered_attributes_follow_the_obfuscation_setting_and_the_limits(compiled, collected, monkeypatch):
+    """The compiled conversion remembers a statement span's cleaned attributes by the identity of its values; the
+    same objects under another SqlPolicy.obfuscate or other limits are cleaned for those, each time."""
+    import msgpack
+
+    statement = "SELECT name FROM users WHERE email = 'a@example.com'"
+    note = "n" * 40
+
+    def convert(obfuscate: bool, max_length: int = 4096) -> dict:
+        monkeypatch.setattr(records.SqlPolicy, "obfuscate", obfuscate)
+        with Span("SELECT", kind="client", **{"db.system": "sqlite", "db.query.text": statement,
+                                             "db.response.returned_rows": 1, "note": note}):
+            pass
+        spans = [s for batch in collected for s in batch]
+        del collected[:]
+        for _ in range(2):  # (Python fills records' cache first: a miss, then a hit that clears the name's misses)
+            records.span_fields(spans[0], "svc", 0, 128, max_length)
+        (packed,) = compiled.packed(spans, "svc", 0, 128, max_length)
+        assert packed is not None
+        return msgpack.unpackb(packed)["attributes"]
+
+    for obfuscate in (True, True, False, False, True):
+        text = convert(obfuscate)["db.query.text"]
+        assert ("a@example.com" in text) is not obfuscate, (obfuscate, text)
+    assert len(convert(False, max_length=16)["note"]) <= 16
+    assert convert(False) == {**convert(False), "db.query.text": statement, "note": note}
