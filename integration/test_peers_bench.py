@@ -142,3 +142,28 @@ def test_every_measured_process_sees_an_environment_of_one_size(tmp_path, server
                               cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
         seen.append(result_of(proc)["environment_size"])
     assert seen == [ctx.environment_size] * 4, seen
+
+
+def test_the_spans_each_agent_records_are_counted_route_by_route(tmp_path, servers):
+    """The suite reports, beside the overheads, how many spans each agent records a request on each route (the
+    work each overhead pays for), counted at the sink from a run of each route alone: here autoinstr's, under its
+    launcher, with its collector exporter."""
+    from pathlib import Path
+
+    import run
+
+    class ThisVenv(run.Venv):
+        @property
+        def path(self) -> Path:
+            return Path(sys.prefix)
+
+    sink, stub = servers
+    venvs = {agent: ThisVenv(agent, [], []) for agent in ("none", "autoinstr")}
+    ctx = run.Ctx(venvs, sink, stub, run.peer_settings(sink.url), tmp_path, run.QUICK)
+    run.pad_environments(ctx, ["none", "autoinstr"])
+    recorded = run.spans_per_request(ctx, ["autoinstr"])["autoinstr"]
+    assert set(recorded) == set(run.ROUTES)
+    # the server span and the view's on every page; /db adds its connect and its 3 queries; /outgoing its client call
+    assert recorded["/hello"] == recorded["/users/42"] == 2.0, recorded
+    assert recorded["/db"] == 6.0, recorded
+    assert recorded["/outgoing"] >= 3.0, recorded
