@@ -26,6 +26,90 @@ static PyObject *int_0, *int_64, *int_128, *str_internal, *str_submit, *str_subm
 static PyObject *str_adopt, *str_record_exception, *str_restore_previous, *str_time_ns, *str_root, *str_sampled;
 static PyObject *str_span_id, *str_token, *str_kind, *str_parent, *str_name, *str_finished_name, *str_empty;
 
+/* The ids' generator, drawn here: _bits is the getrandbits of a _random.Random (span._Ids.rng), a Mersenne Twister
+   whose state is the object's own, so seeding it (after fork, in tests) seeds these draws too. getrandbits(64) and
+   (128) take 32-bit words from it, least significant first; the same words make the same int here, without the
+   call, the word array and the byte conversion. Only where configure_span found a generator of that type giving
+   the same numbers both ways (mt_checked); else the call. */
+#define MT_N 624
+#define MT_M 397
+typedef struct {
+    PyObject_HEAD
+    int index;
+    uint32_t state[MT_N];
+} MersenneObject;
+static MersenneObject *id_generator = NULL;  /* borrowed: random_bits (a bound method) holds it */
+
+static uint32_t mt_next(MersenneObject *m)
+{
+    static const uint32_t mag01[2] = {0x0U, 0x9908b0dfU};
+    uint32_t y, *mt = m->state;
+    if (m->index >= MT_N) {
+        int k;
+        for (k = 0; k < MT_N - MT_M; k++) {
+            y = (mt[k] & 0x80000000U) | (mt[k + 1] & 0x7fffffffU);
+            mt[k] = mt[k + MT_M] ^ (y >> 1) ^ mag01[y & 0x1U];
+        }
+        for (; k < MT_N - 1; k++) {
+            y = (mt[k] & 0x80000000U) | (mt[k + 1] & 0x7fffffffU);
+            mt[k] = mt[k + (MT_M - MT_N)] ^ (y >> 1) ^ mag01[y & 0x1U];
+        }
+        y = (mt[MT_N - 1] & 0x80000000U) | (mt[0] & 0x7fffffffU);
+        mt[MT_N - 1] = mt[MT_M - 1] ^ (y >> 1) ^ mag01[y & 0x1U];
+        m->index = 0;
+    }
+    y = mt[m->index++];
+    y ^= (y >> 11);
+    y ^= (y << 7) & 0x9d2c5680U;
+    y ^= (y << 15) & 0xefc60000U;
+    y ^= (y >> 18);
+    return y;
+}
+
+/* getrandbits(64) or getrandbits(128) of m. New ref. */
+static PyObject *mt_bits(MersenneObject *m, int width)
+{
+    uint32_t w[4];
+    for (int i = 0; i < width / 32; i++)
+        w[i] = mt_next(m);
+    if (width == 64)
+        return PyLong_FromUnsignedLongLong((unsigned long long)w[0] | (unsigned long long)w[1] << 32);
+    unsigned char bytes[16];
+    for (int i = 0; i < 16; i++)
+        bytes[i] = (unsigned char)(w[i / 4] >> (8 * (i % 4)));
+    return _PyLong_FromByteArray(bytes, 16, 1, 0);
+}
+
+/* Whether `bits` is the getrandbits of a generator (*generator) mt_bits draws from as it does itself: a fresh one
+   of its type, seeded alike twice, checked over more words than its state holds (one regeneration). 1, 0 or -1. */
+static int mt_checked(PyObject *bits, PyObject **generator)
+{
+    PyObject *owner = PyObject_GetAttrString(bits, "__self__");
+    if (owner == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyTypeObject *type = Py_TYPE(owner);
+    *generator = owner;  /* (borrowed once released: `bits`, a bound method, holds it) */
+    Py_DECREF(owner);
+    if (strcmp(type->tp_name, "_random.Random") != 0 || type->tp_basicsize != (Py_ssize_t)sizeof(MersenneObject))
+        return 0;
+    PyObject *here = PyObject_CallFunction((PyObject *)type, "i", 20261127);
+    PyObject *there = here == NULL ? NULL : PyObject_CallFunction((PyObject *)type, "i", 20261127);
+    int same = there != NULL;
+    for (int i = 0; same == 1 && i < 2 * MT_N / 3; i++) {
+        int width = i % 5 == 4 ? 128 : 64;
+        PyObject *mine = mt_bits((MersenneObject *)here, width);
+        PyObject *theirs = mine == NULL ? NULL : PyObject_CallMethod(there, "getrandbits", "i", width);
+        same = theirs == NULL ? -1 : PyObject_RichCompareBool(mine, theirs, Py_EQ);
+        Py_XDECREF(mine);
+        Py_XDECREF(theirs);
+    }
+    Py_XDECREF(here);
+    Py_XDECREF(there);
+    return same;
+}
+
 static PyObject *configure_span(PyObject *self, PyObject *args)
 {
     PyObject *cls, *var, *bits, *clock, *sink, *globals, *sentinel, *failed;
@@ -50,6 +134,13 @@ static PyObject *configure_span(PyObject *self, PyObject *args)
         return NULL;
     clock_is_monotonic = clock == perf_counter_ns;
     Py_DECREF(perf_counter_ns);
+    id_generator = NULL;
+    PyObject *generator = NULL;
+    int checked = mt_checked(bits, &generator);
+    if (checked < 0)
+        return NULL;
+    if (checked)
+        id_generator = (MersenneObject *)generator;
     Py_RETURN_NONE;
 }
 
@@ -98,7 +189,11 @@ static int is_span(PyObject *obj)
 /* _bits(n) or 1. New ref. */
 static PyObject *new_id(PyObject *width)
 {
-    PyObject *id = PyObject_CallOneArg(random_bits, width);
+    PyObject *id;
+    if (id_generator != NULL && (width == int_64 || width == int_128))
+        id = mt_bits(id_generator, width == int_64 ? 64 : 128);
+    else
+        id = PyObject_CallOneArg(random_bits, width);
     if (id != NULL && PyObject_Not(id) == 1) {
         Py_DECREF(id);
         id = PyLong_FromLong(1);
