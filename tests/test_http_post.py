@@ -81,9 +81,9 @@ def server():
         made.append(s)
         return s
 
-    _http_post._forget_connections()
+    _http_post.forget_connections()
     yield make
-    _http_post._forget_connections()
+    _http_post.forget_connections()
     for s in made:
         s.close()
 
@@ -183,3 +183,23 @@ def test_a_refused_connection_is_an_export_error(server):
     with pytest.raises(_http_post.ExportError) as info:
         post(url)
     assert info.value.retryable
+
+
+@pytest.mark.parametrize("name", ["collector", "otlp", "zipkin"])
+def test_each_http_exporter_forgets_kept_connections_after_a_fork(server, name):
+    """A fork the at-fork hooks missed (a C server forking itself) is found by the pipeline's pid check, which
+    calls each exporter's after_fork: the HTTP exporters then drop the connections the parent keeps."""
+    from autoinstr import config
+    from autoinstr.export.base import create_exporters
+
+    s = server()
+    assert post(s.url) == 200 and any(_http_post._idle.values())
+    cfg = config.reset({"AUTOINSTR_EXPORTER": name, "AUTOINSTR_COLLECTOR_URL": s.url,
+                        "AUTOINSTR_OTLP_ENDPOINT": s.url, "AUTOINSTR_ZIPKIN_URL": s.url})
+    try:
+        (exporter,) = create_exporters(cfg)
+        exporter.after_fork()
+    finally:
+        config.reset()
+    assert not any(_http_post._idle.values())
+    assert post(s.url) == 200 and s.connections == 2

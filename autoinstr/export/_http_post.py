@@ -139,14 +139,15 @@ def _keep(destination: Tuple[str, str, Optional[int]], conn: http.client.HTTPCon
     conn.close()
 
 
-def _forget_connections() -> None:
-    """In a forked child: the parent's sockets are not ours to use (dropped, not closed: no bytes are sent)."""
+def forget_connections() -> None:
+    """In a forked child: the parent's sockets are not ours to use (dropped, not closed: no bytes are sent). Run at
+    fork, and by the HTTP exporters' after_fork (a fork the at-fork hooks missed, found by the pipeline's pid check)."""
     global _idle, _idle_lock
     _idle, _idle_lock = {}, allocate_lock()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_connections)
+    os.register_at_fork(after_in_child=forget_connections)
 
 
 def _exchange(conn: http.client.HTTPConnection, path: str, body: bytes, headers: Mapping[str, str],

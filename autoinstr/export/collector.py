@@ -70,6 +70,9 @@ class CollectorExporter(Exporter):
                 raise ExportError("%s (check AUTOINSTR_COLLECTOR_TOKEN)" % exc, exc.status, retryable=False) from None
             raise
 
+    def after_fork(self) -> None:
+        _http_post.forget_connections()
+
     def destination(self) -> str:
         return _http_post.safe_url(self.url)
 
@@ -102,10 +105,7 @@ def packed_batch(records: List[Any]) -> bytes:
 
     first = records[0].__class__
     if first is bytes:
-        count = len(records)
-        header = bytes((0x90 | count,)) if count < 16 else (
-            b"\xdc" + count.to_bytes(2, "big") if count < 65536 else b"\xdd" + count.to_bytes(4, "big"))
-        return header + b"".join(records)
+        return msgpack.Packer().pack_array_header(len(records)) + b"".join(records)  # type: ignore[no-any-return]
     if first is not tuple:
         return msgpack.packb(records, use_bin_type=True)  # type: ignore[no-any-return]
     compiled = speedups()

@@ -83,6 +83,7 @@ class OtlpExporter(Exporter):
 
     def after_fork(self) -> None:
         self.resource["process.pid"] = os.getpid()
+        _http_post.forget_connections()
 
     def destination(self) -> str:
         return "%s (%s%s)" % (_http_post.safe_url(self.url), self.protocol, ", gzip" if self.gzip else "")

@@ -160,6 +160,9 @@ class ZipkinExporter(Exporter):
             return
         _http_post.send(self.url, encode(records), self.headers, self.timeout)
 
+    def after_fork(self) -> None:
+        _http_post.forget_connections()
+
     def destination(self) -> str:
         return _http_post.safe_url(self.url)
 
