@@ -113,22 +113,30 @@ def test_wrk_output_parses(servers):
     assert stub.hits["GET"] >= res["requests"]
 
 
-def test_every_measured_process_sees_an_environment_of_one_size(tmp_path, servers):
-    """run.py pads each agent's environment (requests reads all of it on every call), so that the no-agent run
-    and autoinstr's under its launcher (which adds PYTHONPATH), with their different settings and the variants'
-    own, all see the same number of variables."""
+def suite_context(tmp_path, servers) -> object:
+    """run.py's context for the no-agent and autoinstr runs, both in this test's own venv (it has flask, requests
+    and autoinstr), exporting to the test's sink."""
     from pathlib import Path
 
     import run
 
-    class ThisVenv(run.Venv):  # this test's own venv stands for both agents' (it has flask, requests, autoinstr)
+    class ThisVenv(run.Venv):
         @property
         def path(self) -> Path:
             return Path(sys.prefix)
 
     sink, stub = servers
     venvs = {agent: ThisVenv(agent, [], []) for agent in ("none", "autoinstr")}
-    ctx = run.Ctx(venvs, sink, stub, run.peer_settings(sink.url), tmp_path, run.QUICK)
+    return run.Ctx(venvs, sink, stub, run.peer_settings(sink.url), tmp_path, run.QUICK)
+
+
+def test_every_measured_process_sees_an_environment_of_one_size(tmp_path, servers):
+    """run.py pads each agent's environment (requests reads all of it on every call), so that the no-agent run
+    and autoinstr's under its launcher (which adds PYTHONPATH), with their different settings and the variants'
+    own, all see the same number of variables."""
+    import run
+
+    ctx = suite_context(tmp_path, servers)
     unpadded = run.pad_environments(ctx, ["none", "autoinstr"])
     assert unpadded["autoinstr"] > unpadded["none"]  # its three settings and the launcher's PYTHONPATH
     assert ctx.launcher_adds["none"] == 0 and ctx.launcher_adds["autoinstr"] >= 1
@@ -148,18 +156,9 @@ def test_the_spans_each_agent_records_are_counted_route_by_route(tmp_path, serve
     """The suite reports, beside the overheads, how many spans each agent records a request on each route (the
     work each overhead pays for), counted at the sink from a run of each route alone: here autoinstr's, under its
     launcher, with its collector exporter."""
-    from pathlib import Path
-
     import run
 
-    class ThisVenv(run.Venv):
-        @property
-        def path(self) -> Path:
-            return Path(sys.prefix)
-
-    sink, stub = servers
-    venvs = {agent: ThisVenv(agent, [], []) for agent in ("none", "autoinstr")}
-    ctx = run.Ctx(venvs, sink, stub, run.peer_settings(sink.url), tmp_path, run.QUICK)
+    ctx = suite_context(tmp_path, servers)
     run.pad_environments(ctx, ["none", "autoinstr"])
     recorded = run.spans_per_request(ctx, ["autoinstr"])["autoinstr"]
     assert set(recorded) == set(run.ROUTES)

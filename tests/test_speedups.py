@@ -19,15 +19,26 @@ from autoinstr.store import _attributes_json, python_values, to_json
 from autoinstr.trace.span import Span, SpanContext
 
 
+def built_speedups():
+    """records.speedups(), or a skip where they are not built or are turned off (AUTOINSTR_SPEEDUPS=false). test.sh
+    sets AUTOINSTR_REQUIRE_SPEEDUPS: there a missing build fails, unless the setting turns them off. (A function, so
+    that the tests @given runs can call it: a function-scoped fixture would not reset between examples.)"""
+    from autoinstr import config
+
+    module = records.speedups()
+    if module is None:
+        if os.environ.get("AUTOINSTR_REQUIRE_SPEEDUPS") and config.get().speedups:
+            pytest.fail("autoinstr._speedups is not built (python hatch_build.py)")
+        pytest.skip("autoinstr._speedups is not built here, or turned off")
+    return module
+
+
 @pytest.fixture
 def compiled(monkeypatch):
     monkeypatch.setattr(records, "_speedups", False)  # looked for afresh
-    module = records.speedups()
-    if module is None:
-        if os.environ.get("AUTOINSTR_REQUIRE_SPEEDUPS"):
-            pytest.fail("autoinstr._speedups is not built (python hatch_build.py)")
-        pytest.skip("autoinstr._speedups is not built here")
-    return module
+    return built_speedups()
+
+
 
 
 class Odd:
@@ -97,9 +108,7 @@ def make_spans(specs):
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(span_specs(), min_size=1, max_size=8))
 def test_fields_equal_span_fields_for_every_span_they_convert(specs):
-    module = records.speedups()
-    if module is None:
-        pytest.skip("autoinstr._speedups is not built here")
+    module = built_speedups()
     spans = [s for batch in make_spans(specs) for s in batch]
     offset = 1_700_000_000_000_000_000
     expected = [span_fields(s, "svc", offset, 8, 64) for s in spans]  # (unlinks the roots first: C copes)
@@ -122,9 +131,7 @@ def test_fields_equal_span_fields_for_every_span_they_convert(specs):
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(span_specs(), min_size=1, max_size=8), st.booleans())
 def test_records_of_gives_the_same_records_either_way(specs, as_fields):
-    module = records.speedups()
-    if module is None:
-        pytest.skip("autoinstr._speedups is not built here")
+    built_speedups()
     batches = make_spans(specs)
     saved = records._speedups, records.wall_offset_ns
     records.wall_offset_ns = lambda: 1_700_000_000_000_000_000  # (each call would read the clocks afresh)
@@ -146,9 +153,7 @@ def test_records_of_gives_the_same_records_either_way(specs, as_fields):
                           st.booleans(), st.sampled_from([1, (1 << 128) - 1, 1 << 63, (1 << 63) - 1])),
                 max_size=12))
 def test_store_values_equal_the_python_rows(items):
-    module = records.speedups()
-    if module is None:
-        pytest.skip("autoinstr._speedups is not built here")
+    module = built_speedups()
     rows = []
     for attrs, shared, trace in items:
         cleaned = records.clean_attributes(attrs, 128, 4096)
@@ -288,9 +293,7 @@ def test_pack_records_is_what_msgpack_packs(items):
     go through msgpack itself); a value msgpack refuses is refused alike."""
     import msgpack
 
-    module = records.speedups()
-    if module is None:
-        pytest.skip("autoinstr._speedups is not built here")
+    module = built_speedups()
     from autoinstr.export.collector import _pack_one
 
     rows = []
@@ -315,9 +318,7 @@ def test_packed_is_the_msgpack_of_span_fields_for_every_span_it_packs(specs, off
     holds it); an offset past int64 arithmetic, or text msgpack refuses, leaves the span to Python."""
     import msgpack
 
-    module = records.speedups()
-    if module is None:
-        pytest.skip("autoinstr._speedups is not built here")
+    module = built_speedups()
     spans = [s for batch in make_spans(specs) for s in batch]
     expected = [span_fields(s, "svc", offset, 8, 64) for s in spans]  # (fills records' cache, unlinks the roots)
     as_fields = module.fields(spans, "svc", offset, 8, 64)
@@ -340,9 +341,7 @@ def test_packed_is_the_msgpack_of_span_fields_for_every_span_it_packs(specs, off
 def test_records_of_packed_gives_the_same_records_as_python(specs):
     import msgpack
 
-    module = records.speedups()
-    if module is None:
-        pytest.skip("autoinstr._speedups is not built here")
+    built_speedups()
     batches = make_spans(specs)
     saved = records._speedups, records.wall_offset_ns
     records.wall_offset_ns = lambda: 1_700_000_000_000_000_000
@@ -422,9 +421,7 @@ def test_otlp_spans_are_what_the_python_encoder_writes(items):
     and the rows the compiled code leaves to Python (events, errors, odd values, times beyond 2^62)."""
     from autoinstr.export import otlp
 
-    module = records.speedups()
-    if module is None:
-        pytest.skip("autoinstr._speedups is not built here")
+    module = built_speedups()
     rows = []
     for i, (attrs, with_events, parent, name, kind, service, start, duration, status) in enumerate(items):
         events = [{"name": "e", "time_ns": 1, "attributes": {"a": 1}}] if with_events else []
