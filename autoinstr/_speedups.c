@@ -1126,7 +1126,8 @@ static int write_packed(Bytes *b, PyObject *span, PyObject *service, long long o
             goto done;
     }
     r = 0;
-    if (bytes_reserve(b, 48) < 0) {
+    /* what follows up to the attributes' map header: keys 9 + 12 + 7 + 11 bytes, two ints up to 9 each, "ok" 3 */
+    if (bytes_reserve(b, 64) < 0) {
         r = -1;
         goto done;
     }
