@@ -29,8 +29,8 @@ static PyObject *str_span_id, *str_token, *str_kind, *str_parent, *str_name, *st
 /* The ids' generator, drawn here: _bits is the getrandbits of a _random.Random (span._Ids.rng), a Mersenne Twister
    whose state is the object's own, so seeding it (after fork, in tests) seeds these draws too. getrandbits(64) and
    (128) take 32-bit words from it, least significant first; the same words make the same int here, without the
-   call, the word array and the byte conversion. Only where configure_span found a generator of that type giving
-   the same numbers both ways (mt_checked); else the call. */
+   call, the word array and the byte conversion. Only where a check at the first id found a generator of that type
+   giving the same numbers both ways (mt_checked); else the call. */
 #define MT_N 624
 #define MT_M 397
 typedef struct {
@@ -39,6 +39,7 @@ typedef struct {
     uint32_t state[MT_N];
 } MersenneObject;
 static MersenneObject *id_generator = NULL;  /* borrowed: random_bits (a bound method) holds it */
+static int id_generator_checked = 0;
 
 static uint32_t mt_next(MersenneObject *m)
 {
@@ -135,12 +136,7 @@ static PyObject *configure_span(PyObject *self, PyObject *args)
     clock_is_monotonic = clock == perf_counter_ns;
     Py_DECREF(perf_counter_ns);
     id_generator = NULL;
-    PyObject *generator = NULL;
-    int checked = mt_checked(bits, &generator);
-    if (checked < 0)
-        return NULL;
-    if (checked)
-        id_generator = (MersenneObject *)generator;
+    id_generator_checked = 0;  /* (at the first id: not at start-up) */
     Py_RETURN_NONE;
 }
 
@@ -190,6 +186,15 @@ static int is_span(PyObject *obj)
 static PyObject *new_id(PyObject *width)
 {
     PyObject *id;
+    if (!id_generator_checked) {  /* once, at the first id drawn */
+        id_generator_checked = 1;
+        PyObject *generator = NULL;
+        int checked = mt_checked(random_bits, &generator);
+        if (checked < 0)
+            PyErr_Clear();  /* (the call it is, then) */
+        else if (checked)
+            id_generator = (MersenneObject *)generator;
+    }
     if (id_generator != NULL && (width == int_64 || width == int_128))
         id = mt_bits(id_generator, width == int_64 ? 64 : 128);
     else

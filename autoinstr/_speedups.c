@@ -552,17 +552,26 @@ error:
     return NULL;
 }
 
+/* The arguments fields() and packed() take: (spans, service, offset, max_attributes, max_length). 0, or -1. */
+static int span_batch_args(PyObject *args, PyObject **spans, PyObject **service, PyObject **offset,
+                           Py_ssize_t *max_attributes, Py_ssize_t *max_length)
+{
+    if (!PyArg_ParseTuple(args, "O!UO!nn", &PyList_Type, spans, service, &PyLong_Type, offset, max_attributes,
+                          max_length))
+        return -1;
+    if (span_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *fields(PyObject *self, PyObject *args)
 {
     PyObject *spans, *service, *offset;
     Py_ssize_t max_attributes, max_length;
-    if (!PyArg_ParseTuple(args, "O!UO!nn", &PyList_Type, &spans, &service, &PyLong_Type, &offset, &max_attributes,
-                          &max_length))
+    if (span_batch_args(args, &spans, &service, &offset, &max_attributes, &max_length) < 0)
         return NULL;
-    if (span_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "configure() first");
-        return NULL;
-    }
     Py_ssize_t count = PyList_GET_SIZE(spans);
     PyObject *out = PyList_New(count);
     PyObject *max_attributes_obj = PyLong_FromSsize_t(max_attributes), *max_length_obj = PyLong_FromSsize_t(max_length);
@@ -1170,13 +1179,8 @@ static PyObject *packed(PyObject *self, PyObject *args)
 {
     PyObject *spans, *service, *offset_obj;
     Py_ssize_t max_attributes, max_length;
-    if (!PyArg_ParseTuple(args, "O!UO!nn", &PyList_Type, &spans, &service, &PyLong_Type, &offset_obj, &max_attributes,
-                          &max_length))
+    if (span_batch_args(args, &spans, &service, &offset_obj, &max_attributes, &max_length) < 0)
         return NULL;
-    if (span_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "configure() first");
-        return NULL;
-    }
     int overflow = 0;
     long long offset = PyLong_AsLongLongAndOverflow(offset_obj, &overflow);
     if (offset == -1 && PyErr_Occurred())
