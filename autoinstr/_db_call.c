@@ -14,6 +14,18 @@ static const char *db_names[D_COUNT] = {"_failed", "db_untraced", "db_span", "ro
                                         "db.query.text", "client", "connection", "__dict__", "cursor"};
 static PyObject *d[D_COUNT];
 
+/* A driver call that cannot run Python code needs no current span: nothing could see it, and setting and resetting
+   the ContextVar is a third of a traced sqlite3 statement's cost. configure_python_free(execute, connection type,
+   adapters, marker) tells which calls those are (autoinstr.integrations.sqlite3 gives them): the driver's own
+   Cursor.execute, on a connection of a type whose __call__ (the statement cache calls it) is the driver's and that
+   registered no Python callback (its __dict__ has `marker`), with a str statement and parameters that are a tuple
+   or list of None, int, float, str and bytes for which no adapter is registered. Where rows are fetched in
+   execute() (3.9 and 3.10: row and text factories, converters), never. */
+static PyObject *pf_execute, *pf_adapters, *pf_marker;
+static ternaryfunc pf_connection_call;
+static Py_ssize_t pf_adapters_size = -1;  /* the adapters' size when last looked through */
+static int pf_adapters_plain = 0;  /* ... and whether none adapts a plain value's type then */
+
 static PyObject *configure_db(PyObject *self, PyObject *args)
 {
     PyObject *globals, *suppressed, *statsd;
@@ -37,9 +49,90 @@ static PyObject *configure_db(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *configure_python_free(PyObject *self, PyObject *args)
+{
+    PyObject *execute, *adapters, *marker;
+    PyTypeObject *connection_type;
+    if (!PyArg_ParseTuple(args, "OO!O!U", &execute, &PyType_Type, &connection_type, &PyDict_Type, &adapters, &marker))
+        return NULL;
+    PyObject *objects[3] = {execute, adapters, marker};
+    PyObject **slots[3] = {&pf_execute, &pf_adapters, &pf_marker};
+    for (int i = 0; i < 3; i++) {
+        Py_INCREF(objects[i]);
+        Py_XSETREF(*slots[i], objects[i]);
+    }
+    pf_connection_call = connection_type->tp_call;
+    pf_adapters_size = -1;
+    Py_RETURN_NONE;
+}
+
+#if PY_VERSION_HEX >= 0x030B0000
+static int plain_value(PyObject *value)
+{
+    return value == Py_None || PyLong_CheckExact(value) || PyFloat_CheckExact(value) || PyUnicode_CheckExact(value) ||
+           PyBytes_CheckExact(value);
+}
+
+/* Whether no adapter is registered for a plain value's type (the adapters are keyed (type, protocol)). */
+static int adapters_plain(void)
+{
+    if (PyDict_GET_SIZE(pf_adapters) == pf_adapters_size)
+        return pf_adapters_plain;
+    PyTypeObject *plain[5] = {Py_TYPE(Py_None), &PyLong_Type, &PyFloat_Type, &PyUnicode_Type, &PyBytes_Type};
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    int ok = 1;
+    while (ok && PyDict_Next(pf_adapters, &pos, &key, &value)) {
+        if (!PyTuple_CheckExact(key) || PyTuple_GET_SIZE(key) < 1)
+            ok = 0;
+        for (int i = 0; ok && i < 5; i++)
+            ok = PyTuple_GET_ITEM(key, 0) != (PyObject *)plain[i];
+    }
+    pf_adapters_size = PyDict_GET_SIZE(pf_adapters);
+    pf_adapters_plain = ok;
+    return ok;
+}
+#endif
+
+/* Whether base(cursor, *args) cannot run Python code (see configure_python_free); `quiet`: the connection's part. */
+static int python_free(int quiet, PyObject *base, PyObject *const *args, Py_ssize_t nargs)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    if (!quiet || base != pf_execute || base == NULL || nargs < 1 || nargs > 2 || !PyUnicode_CheckExact(args[0]))
+        return 0;
+    if (nargs == 2) {
+        PyObject *params = args[1];
+        if (!PyTuple_CheckExact(params) && !PyList_CheckExact(params))
+            return 0;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(params);
+        PyObject **items = PySequence_Fast_ITEMS(params);
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (!plain_value(items[i]))
+                return 0;
+    }
+    return adapters_plain();
+#else
+    return 0;
+#endif
+}
+
+/* The connection's part of python_free: a connection of a type the driver's __call__ serves, no callback marked. */
+static int connection_quiet(PyObject *connection, PyObject *dict)
+{
+    if (pf_marker == NULL || Py_TYPE(connection)->tp_call != pf_connection_call)
+        return 0;
+    PyObject *marked = PyDict_GetItemWithError(dict, pf_marker);
+    if (marked == NULL && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return marked == NULL;
+}
+
 /* The span for one call, entered (new reference); Py_None when nothing is to be recorded: inside an unsampled
-   trace, inside another database span (executemany calling execute per row), or on the agent's own I/O. */
-static PyObject *db_start(PyObject *attrs, PyObject *name, PyObject *statement)
+   trace, inside another database span (executemany calling execute per row), or on the agent's own I/O. A call
+   that runs no Python code (`current` 0) has its span started without making it the current one. */
+static PyObject *db_start(PyObject *attrs, PyObject *name, PyObject *statement, int current)
 {
     PyObject *parent;
     if (PyContextVar_Get(current_var, Py_None, &parent) < 0)
@@ -95,6 +188,14 @@ static PyObject *db_start(PyObject *attrs, PyObject *name, PyObject *statement)
     Py_XSETREF(s->attributes, attributes);
     if (statement != Py_None && PyDict_SetItem(attributes, d[D_QUERY_TEXT], statement) < 0)
         goto fail;
+    if (!current) {
+        PyObject *now = now_ns();
+        if (now == NULL)
+            goto fail;
+        Py_XSETREF(s->start_ns, now);
+        set_slot(&s->token, not_current);
+        return span;
+    }
     PyObject *entered = core_enter(span, NULL);
     if (entered == NULL)
         goto fail;
@@ -131,7 +232,15 @@ static int db_statsd_on(void)
     return truth;
 }
 
+static PyObject *db_call(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int current);
+
 static PyObject *db_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    return db_call(args, nargs, kwnames, 1);
+}
+
+/* db_run; `current` 0 for a call that runs no Python code (python_free) */
+static PyObject *db_call(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int current)
 {
     if (nargs < 5) {
         PyErr_SetString(PyExc_TypeError, "db_run(attrs, name, statement, cursor, call, *args, **kwargs)");
@@ -144,7 +253,7 @@ static PyObject *db_run(PyObject *module, PyObject *const *args, Py_ssize_t narg
     PyObject *attrs = args[0], *name = args[1], *statement = args[2], *cursor = args[3], *call = args[4];
     PyObject *const *call_args = args + 5;
     Py_ssize_t call_nargs = nargs - 5;
-    PyObject *span = db_start(attrs, name, statement);
+    PyObject *span = db_start(attrs, name, statement, current);
     if (span == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_Exception))
             return NULL;
@@ -240,11 +349,12 @@ static PyObject *next_in_mro(PyObject *self, PyObject *owner, PyObject *name)
 }
 
 /* The connection's span attributes (sqlite3._attributes: its __dict__'s cached ones, else the system alone), a
-   new reference; NULL with an error where the Python method would raise the same. */
-static PyObject *connection_attributes(PyObject *cursor, PyObject *system)
+   new reference; NULL with an error where the Python method would raise the same. *quiet: connection_quiet. */
+static PyObject *connection_attributes(PyObject *cursor, PyObject *system, int *quiet)
 {
     PyObject *connection = PyObject_GetAttr(cursor, d[D_CONNECTION]);
     PyObject *dict = connection == NULL ? NULL : PyObject_GetAttr(connection, d[D_DICT]);
+    *quiet = dict != NULL && PyDict_Check(dict) && connection_quiet(connection, dict);
     Py_XDECREF(connection);
     if (dict == NULL)
         return NULL;
@@ -273,7 +383,8 @@ static PyObject *cursor_hook_call(PyObject *op, PyObject *const *args, size_t na
     PyObject *self = args[0];
     PyObject *base = next_in_mro(self, hook->CURSOR_OWNER, hook->CURSOR_NAME);
     Py_XINCREF(base);  /* (held: reading the connection runs the app's code, which could change the class) */
-    PyObject *attrs = base == NULL ? NULL : connection_attributes(self, hook->CURSOR_SYSTEM);
+    int quiet = 0;
+    PyObject *attrs = base == NULL ? NULL : connection_attributes(self, hook->CURSOR_SYSTEM, &quiet);
     if (attrs == NULL) {  /* (the Python method meets the same: it raises, or finds what this did not) */
         Py_XDECREF(base);
         if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))
@@ -304,7 +415,7 @@ static PyObject *cursor_hook_call(PyObject *op, PyObject *const *args, size_t na
     }
     for (Py_ssize_t i = 1; i < nargs; i++)
         stack[n++] = args[i];
-    PyObject *result = db_run(NULL, stack, n, NULL);
+    PyObject *result = db_call(stack, n, NULL, !python_free(quiet, base, args + 1, nargs - 1));
     Py_DECREF(attrs);
     Py_XDECREF(bound);
     Py_DECREF(base);
@@ -381,8 +492,24 @@ static PyObject *cursor_hook(PyObject *module, PyObject *args)
     return new_hook(python, owner, name, system, rows, cursor_hook_call);
 }
 
+/* python_free_call(connection, base, args): whether a traced cursor of `connection` would run base(cursor, *args)
+   without making its span current (for the tests). */
+static PyObject *python_free_call(PyObject *module, PyObject *args)
+{
+    PyObject *connection, *base, *call_args;
+    if (!PyArg_ParseTuple(args, "OOO!", &connection, &base, &PyTuple_Type, &call_args))
+        return NULL;
+    PyObject *dict = PyObject_GetAttr(connection, d[D_DICT]);
+    if (dict == NULL)
+        return NULL;
+    int quiet = PyDict_Check(dict) && connection_quiet(connection, dict);
+    Py_DECREF(dict);
+    return PyBool_FromLong(python_free(quiet, base, PySequence_Fast_ITEMS(call_args), PyTuple_GET_SIZE(call_args)));
+}
+
 static int db_module_init(PyObject *module)
 {
+
     for (int i = 0; i < D_COUNT; i++)
         if ((d[i] = PyUnicode_InternFromString(db_names[i])) == NULL)
             return -1;

@@ -438,8 +438,12 @@ static PyObject *core_enter(PyObject *op, PyObject *unused)
 }
 
 /* _reset_current(self._token), or _restore_previous() when the token belongs to another context. */
+static PyObject *not_current;  /* the token of a span never made current (db_start): its exit leaves the ContextVar */
+
 static int reset_current(SpanObject *self)
 {
+    if (self->token == not_current && not_current != NULL)  /* never made current (db_start) */
+        return 0;
     PyObject *token = self->token != NULL ? (Py_INCREF(self->token), self->token)
                                           : PyObject_GetAttr((PyObject *)self, str_token);
     if (token == NULL)
@@ -747,6 +751,8 @@ static int span_module_init(PyObject *module)
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if ((*targets[i] = PyUnicode_InternFromString(names[i])) == NULL)
             return -1;
+    if ((not_current = PyUnicode_InternFromString("<not made current>")) == NULL)
+        return -1;
     if ((int_0 = PyLong_FromLong(0)) == NULL || (int_64 = PyLong_FromLong(64)) == NULL ||
         (int_128 = PyLong_FromLong(128)) == NULL)
         return -1;

@@ -4,6 +4,7 @@ exceptions passed through unchanged, rows, and the flush-thread summary of the s
 from __future__ import annotations
 
 import sqlite3
+import sys
 
 import pytest
 
@@ -218,3 +219,193 @@ def test_connects_deprecation_warnings_name_the_apps_line_and_errors_stay_the_ap
     with contextlib.closing(sqlite3.connect(":memory:")) as again:
         again.execute("SELECT 2")
     assert len(_spans(traced_sqlite)) > before  # still traced
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A statement that runs no Python code has its span made without making it the current one (_db_call.c,
+# python_free). Wherever sqlite3 can run the app's Python code inside execute(), that code must see the statement's
+# span as the current one, as it does on the Python path.
+
+def _callback_ways():
+    ways = {
+        "function": lambda conn, hook: conn.create_function("hook", 0, hook),
+        "aggregate": lambda conn, hook: conn.create_aggregate("hook", 0, type("Agg", (), {
+            "step": lambda self: hook(), "finalize": lambda self: 1})),
+        "collation": lambda conn, hook: conn.create_collation("hook", lambda a, b: hook() or (a > b) - (a < b)),
+        "authorizer": lambda conn, hook: conn.set_authorizer(lambda *args: hook() or sqlite3.SQLITE_OK),
+        "progress": lambda conn, hook: conn.set_progress_handler(lambda: hook() or 0, 1),
+        "trace": lambda conn, hook: conn.set_trace_callback(lambda statement: hook()),
+    }
+    if hasattr(sqlite3.Connection, "create_window_function"):
+        ways["window"] = lambda conn, hook: conn.create_window_function("hook", 0, type("Win", (), {
+            "step": lambda self: hook(), "inverse": lambda self: None, "value": lambda self: 1,
+            "finalize": lambda self: 1}))
+    return ways
+
+
+_STATEMENTS = {"function": "SELECT hook()", "aggregate": "SELECT hook() FROM t",
+               "window": "SELECT hook() OVER () FROM t", "collation": "SELECT x FROM t ORDER BY x COLLATE hook",
+               "authorizer": "SELECT x FROM t",
+               "progress": "SELECT x FROM t", "trace": "SELECT x FROM t"}
+
+
+def _statement_span(collected, statement):
+    found = [s for s in _spans(collected) if s.attributes.get("db.query.text") == statement]
+    assert len(found) == 1, [s.attributes.get("db.query.text") for s in _spans(collected)]
+    return found[0]
+
+
+@pytest.mark.parametrize("way", sorted(_callback_ways()))
+def test_a_callback_run_inside_a_statement_sees_the_statements_span(traced_sqlite, way):
+    from autoinstr.trace.span import current_span
+
+    seen = []
+
+    def hook():
+        seen.append(current_span())
+        return 0
+
+    with Span("request") as request:
+        conn = sqlite3.connect(":memory:")
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES ('b'), ('a'), ('c')")
+        _callback_ways()[way](conn, hook)
+        cursor = conn.execute(_STATEMENTS[way])
+        inside = len(seen)  # (what the fetch runs comes after the span)
+        cursor.fetchall()
+        del seen[inside:]
+        assert current_span() is request
+    statement = _statement_span(traced_sqlite, _STATEMENTS[way])
+    assert seen and all(s is not None and s.span_id == statement.span_id for s in seen)
+    assert statement.parent_id == request.span_id
+
+
+class _Conforming:
+    def __init__(self, hook):
+        self.hook = hook
+
+    def __conform__(self, protocol):
+        self.hook()
+        return 1
+
+
+class _ConformingText(str):
+    hook = None
+
+    def __conform__(self, protocol):
+        type(self).hook()
+        return "text"
+
+
+class _CallingConnection(sqlite3.Connection):
+    hook = None
+
+    def __call__(self, sql):  # the statement cache makes its statements through the connection's __call__
+        type(self).hook()
+        return super().__call__(sql)
+
+
+@pytest.mark.parametrize("way", ["conform", "str-subclass", "base-adapter", "connection-call", "converter",
+                                 "text-factory"])
+def test_a_parameter_or_class_running_python_inside_a_statement_sees_its_span(traced_sqlite, way):
+    from autoinstr.trace.span import current_span
+
+    seen = []
+
+    def hook():
+        seen.append(current_span())
+
+    statement, params, factory, types = "SELECT ?", (1,), sqlite3.Connection, 0
+    if way == "conform":
+        params = (_Conforming(hook),)
+    elif way == "str-subclass":
+        _ConformingText.hook = staticmethod(hook)
+        params = [_ConformingText("x")]
+    elif way == "base-adapter":
+        sqlite3.register_adapter(int, lambda value: hook() or value)
+    elif way == "connection-call":
+        _CallingConnection.hook = staticmethod(hook)
+        factory = _CallingConnection
+    elif way == "converter":  # (3.9 and 3.10 fetch the first row in execute(): its converters run there)
+        statement, types = 'SELECT ? AS "x [hooked]"', sqlite3.PARSE_COLNAMES
+        sqlite3.register_converter("hooked", lambda value: hook() or value)
+    try:
+        with Span("request"):
+            conn = sqlite3.connect(":memory:", factory=factory, detect_types=types)
+            if way == "text-factory":
+                params = ("text",)
+                conn.text_factory = lambda value: hook() or value.decode()
+            cursor = conn.execute(statement, params)
+            inside = len(seen)  # (what the fetch runs comes after the span)
+            cursor.fetchall()
+    finally:
+        sqlite3.adapters.pop((int, sqlite3.PrepareProtocol), None)
+        sqlite3.converters.pop("HOOKED", None)
+    span = _statement_span(traced_sqlite, statement)
+    assert all(s is not None and s.span_id == span.span_id for s in seen[:inside])
+    fetched_in_execute = way in ("converter", "text-factory")
+    assert bool(inside) is (not fetched_in_execute or sys.version_info < (3, 11))
+
+
+def test_which_statements_run_without_a_current_span():
+    core = _dbapi._compiled_with("python_free_call")
+    if core is None:
+        pytest.skip("the compiled DB path is not in use here")
+    sqlite3_integration.patch(sqlite3)
+    try:
+        conn = sqlite3.connect(":memory:")
+        execute = sqlite3.Cursor.__dict__["execute"]
+        free = sys.version_info >= (3, 11)  # (3.9 and 3.10 fetch the first row in execute())
+
+        def python_free(*args, base=execute, connection=conn):
+            return core.python_free_call(connection, base, args)
+
+        assert python_free("SELECT 1") is free
+        assert python_free("SELECT ?, ?, ?, ?, ?", (1, 2.5, "x", b"y", None)) is free
+        assert python_free("SELECT ?", [3]) is free
+        not_free = [("SELECT :a", {"a": 1}), ("SELECT ?", (True,)), ("SELECT ?", (bytearray(b"x"),)),
+                    (_ConformingText("SELECT 1"),), ("SELECT ?", (1,), "extra"), ("SELECT ?", iter([1])),
+                    ("SELECT ?", ((1,),))]
+        assert [python_free(*args) for args in not_free] == [False] * len(not_free)
+        assert python_free("SELECT 1", base=sqlite3.Cursor.__dict__["executemany"]) is False
+        sqlite3.register_adapter(str, str.upper)
+        try:
+            assert python_free("SELECT 1") is False  # (an adapter for a plain type: every parameter is suspect)
+        finally:
+            del sqlite3.adapters[(str, sqlite3.PrepareProtocol)]
+        assert python_free("SELECT 1") is free
+        sqlite3.register_adapter(_Conforming, lambda value: 1)  # (an adapter for another type changes nothing)
+        try:
+            assert python_free("SELECT 1") is free
+        finally:
+            del sqlite3.adapters[(_Conforming, sqlite3.PrepareProtocol)]
+        assert python_free("SELECT 1", connection=sqlite3.connect(":memory:", factory=_CallingConnection)) is False
+        conn.set_trace_callback(None)  # (any callback method used: marked, even to clear one)
+        assert python_free("SELECT 1") is False
+    finally:
+        sqlite3_integration.unpatch(sqlite3)
+
+
+def test_a_statement_without_a_current_span_leaves_the_current_one_and_records_all(traced_sqlite):
+    from autoinstr.trace.span import current_span
+
+    with Span("request") as request:
+        conn = sqlite3.connect(":memory:")
+        conn.execute("CREATE TABLE t (x)")
+        cur = conn.execute("INSERT INTO t VALUES (?), (?)", (1, 2))
+        assert current_span() is request and cur.rowcount == 2
+        with pytest.raises(sqlite3.OperationalError):
+            conn.execute("SELECT * FROM nope WHERE x = ?", (1,))
+        assert current_span() is request
+        assert conn.execute("SELECT x FROM t WHERE x > ?", (0,)).fetchall() == [(1,), (2,)]
+        assert current_span() is request
+    assert current_span() is None
+    spans = {s.attributes.get("db.query.text"): s for s in _spans(traced_sqlite) if s.kind == "client"}
+    insert, failed, select = (spans[k] for k in ("INSERT INTO t VALUES (?), (?)", "SELECT * FROM nope WHERE x = ?",
+                                                  "SELECT x FROM t WHERE x > ?"))
+    assert insert.attributes["db.response.affected_rows"] == 2 and "db.query.text" in select.attributes
+    assert failed.status == "error" and failed.attributes["error.type"] == "sqlite3.OperationalError"
+    assert failed.events and failed.events[0]["name"] == "exception"
+    for span in (insert, failed, select):
+        assert span.parent_id == request.span_id and span.root is request
+        assert request.start_ns <= span.start_ns <= span.end_ns <= request.end_ns and span._token is None

@@ -198,6 +198,16 @@ def compile_connection_shortcuts(mixin: type, names: Iterable[str]) -> None:
         setattr(mixin, name, functools.update_wrapper(core.connection_shortcut_hook(python, name), python))
 
 
+def compile_python_free(execute: Any, connection_type: type, adapters: Dict[Any, Any], marker: str) -> None:
+    """Where run() is compiled, tell it which of a driver's calls run no Python code, so that their spans need not be
+    made current (configure_python_free in _db_call.c): `execute` (the driver's Cursor.execute) on a connection of a
+    type `connection_type`'s __call__ serves, with no callback registered (no `marker` in its __dict__), with plain
+    parameters none of `adapters` adapts."""
+    core = _compiled_with("configure_python_free")
+    if core is not None:
+        core.configure_python_free(execute, connection_type, adapters, marker)
+
+
 async def run_async(attrs: Mapping[str, Any], name: str, statement: Any, cursor: Any,
                     call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """run() for a coroutine method: the span covers the awaited call."""
