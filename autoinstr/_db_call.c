@@ -24,7 +24,6 @@ static PyObject *d[D_COUNT];
 static PyObject *pf_execute, *pf_adapters, *pf_marker;
 static ternaryfunc pf_connection_call;
 static Py_ssize_t pf_adapters_size = -1;  /* the adapters' size when last looked through */
-static int pf_adapters_plain = 0;  /* ... and whether none adapts a plain value's type then */
 
 static PyObject *configure_db(PyObject *self, PyObject *args)
 {
@@ -67,6 +66,8 @@ static PyObject *configure_python_free(PyObject *self, PyObject *args)
 }
 
 #if PY_VERSION_HEX >= 0x030B0000
+static int pf_adapters_plain = 0;  /* whether no adapter took a plain value's type at pf_adapters_size */
+
 static int plain_value(PyObject *value)
 {
     return value == Py_None || PyLong_CheckExact(value) || PyFloat_CheckExact(value) || PyUnicode_CheckExact(value) ||
