@@ -8,11 +8,13 @@ static PyObject *db_globals, *db_suppressed, *db_statsd;
 static PyObject *db_cache_attribute;  /* _dbapi.CACHE_ATTRIBUTE: where a connection keeps its span attributes */
 
 enum { D_FAILED, D_DB_UNTRACED, D_DB_SPAN, D_ROWCOUNT, D_DESCRIPTION, D_RETURNED, D_AFFECTED, D_DB_SYSTEM,
-       D_QUERY_TEXT, D_CLIENT, D_CONNECTION, D_DICT, D_CURSOR, D_COUNT };
+       D_QUERY_TEXT, D_CLIENT, D_CONNECTION, D_DICT, D_CURSOR, D_CONNECT, D_FACTORY, D_COUNT };
 static const char *db_names[D_COUNT] = {"_failed", "db_untraced", "db_span", "rowcount", "description",
                                         "db.response.returned_rows", "db.response.affected_rows", "db.system",
-                                        "db.query.text", "client", "connection", "__dict__", "cursor"};
+                                        "db.query.text", "client", "connection", "__dict__", "cursor", "connect",
+                                        "factory"};
 static PyObject *d[D_COUNT];
+static PyObject *factory_kwnames;  /* ("factory",) */
 
 /* A driver call that cannot run Python code needs no current span: nothing could see it, and setting and resetting
    the ContextVar is a third of a traced sqlite3 statement's cost. configure_python_free(execute, connection type,
@@ -469,6 +471,95 @@ static PyObject *shortcut_hook_call(PyObject *op, PyObject *const *args, size_t 
     return result;
 }
 
+/* connect_hook(python, connects, factory): the wrapper of sqlite3.connect, the twin of `python`
+   (integrations/sqlite3.py's _connect) for its common calls, connect(database, **keywords) with no factory asked
+   for, once the database's connections are prepared (`connects`, keyed (database, factory)):
+
+       traced, attrs, connect_attrs = connects[(database, factory)]
+       connection = run(connect_attrs, "connect", None, None, wrapped, database, **keywords, factory=traced)
+       connection.__dict__[CACHE_ATTRIBUTE] = attrs
+
+   without the frame and the keywords dict. Every other call goes to `python`: positional options, a factory,
+   the agent's own connections (suppressed), a database not seen yet. Fields: describe = connects, prepare =
+   factory. */
+#define CONNECT_CACHE describe
+#define CONNECT_FACTORY prepare
+
+static PyObject *connect_hook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HookObject *hook = (HookObject *)op;
+    if (PyVectorcall_NARGS(nargsf) != 4 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) ||
+        db_globals == NULL || span_class == NULL || !PyTuple_CheckExact(args[2]) ||
+        PyTuple_GET_SIZE(args[2]) != 1 || !PyDict_CheckExact(args[3]) || PyDict_GET_SIZE(args[3]) > 8 ||
+        !PyDict_CheckExact(hook->CONNECT_CACHE))
+        return forward(hook, args, nargsf, kwnames);
+    PyObject *wrapped = args[0], *database = PyTuple_GET_ITEM(args[2], 0), *kwargs = args[3];
+    int asked = PyDict_Contains(kwargs, d[D_FACTORY]);
+    PyObject *value = NULL;
+    if (asked == 0 && PyContextVar_Get(db_suppressed, NULL, &value) < 0)
+        return NULL;
+    int suppressed = value == NULL ? 0 : PyObject_IsTrue(value);
+    Py_XDECREF(value);
+    if (asked != 0 || suppressed != 0) {
+        if (asked < 0 || suppressed < 0)
+            return NULL;
+        return forward(hook, args, nargsf, kwnames);
+    }
+    PyObject *key = PyTuple_Pack(2, database, hook->CONNECT_FACTORY);
+    if (key == NULL)
+        return NULL;
+    PyObject *prepared = PyDict_GetItemWithError(hook->CONNECT_CACHE, key);
+    Py_DECREF(key);
+    if (prepared == NULL || !PyTuple_CheckExact(prepared) || PyTuple_GET_SIZE(prepared) != 3 ||
+        PyTuple_GET_ITEM(prepared, 0) == Py_None) {
+        PyErr_Clear();  /* (an unhashable database: the Python wrapper copes) */
+        return forward(hook, args, nargsf, kwnames);
+    }
+    Py_INCREF(prepared);  /* (held: the call runs the app's code, which could change the cache) */
+    PyObject *stack[6 + 8 + 1] = {PyTuple_GET_ITEM(prepared, 2), d[D_CONNECT], Py_None, Py_None, wrapped, database};
+    Py_ssize_t n = 6, pos = 0;
+    PyObject *names = factory_kwnames, *name, *item;
+    Py_INCREF(names);
+    if (PyDict_GET_SIZE(kwargs) > 0) {
+        Py_SETREF(names, PyTuple_New(PyDict_GET_SIZE(kwargs) + 1));
+        if (names == NULL) {
+            Py_DECREF(prepared);
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; PyDict_Next(kwargs, &pos, &name, &item); i++) {
+            Py_INCREF(name);
+            PyTuple_SET_ITEM(names, i, name);
+            stack[n++] = item;  /* (borrowed: kwargs, the caller's, holds them through the call) */
+        }
+        Py_INCREF(d[D_FACTORY]);
+        PyTuple_SET_ITEM(names, PyTuple_GET_SIZE(names) - 1, d[D_FACTORY]);
+    }
+    stack[n++] = PyTuple_GET_ITEM(prepared, 0);
+    PyObject *connection = db_call(stack, 6, names, 1);
+    Py_DECREF(names);
+    if (connection != NULL) {
+        PyObject *dict = PyObject_GetAttr(connection, d[D_DICT]);
+        int set = dict == NULL ? -1 : PyObject_SetItem(dict, db_cache_attribute, PyTuple_GET_ITEM(prepared, 1));
+        Py_XDECREF(dict);
+        if (set < 0) {  /* (as `except Exception: pass`) */
+            if (!PyErr_ExceptionMatches(PyExc_Exception))
+                Py_CLEAR(connection);
+            else
+                PyErr_Clear();
+        }
+    }
+    Py_DECREF(prepared);
+    return connection;
+}
+
+static PyObject *connect_hook(PyObject *module, PyObject *args)
+{
+    PyObject *python, *connects, *factory;
+    if (!PyArg_ParseTuple(args, "OO!O", &python, &PyDict_Type, &connects, &factory))
+        return NULL;
+    return new_hook(python, connects, Py_None, factory, Py_None, connect_hook_call);
+}
+
 static PyObject *connection_shortcut_hook(PyObject *module, PyObject *args)
 {
     PyObject *python, *name;
@@ -514,5 +605,7 @@ static int db_module_init(PyObject *module)
     for (int i = 0; i < D_COUNT; i++)
         if ((d[i] = PyUnicode_InternFromString(db_names[i])) == NULL)
             return -1;
+    if ((factory_kwnames = PyTuple_Pack(1, d[D_FACTORY])) == NULL)
+        return -1;
     return 0;
 }

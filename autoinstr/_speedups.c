@@ -1510,6 +1510,8 @@ static PyMethodDef methods[] = {
      "configure_python_free(Cursor.execute, Connection type, adapters, marker): see _db_call.c"},
     {"python_free_call", python_free_call, METH_VARARGS,
      "python_free_call(connection, base, args): whether base(cursor, *args) runs without a current span"},
+    {"connect_hook", connect_hook, METH_VARARGS,
+     "connect_hook(python, connects, factory): sqlite3.connect's wrapper for its common calls (see _db_call.c)"},
     {"cursor_hook", cursor_hook, METH_VARARGS,
      "cursor_hook(python, owner, name, system, rows): a traced cursor class's method, run() without super()"},
     {"guard", guard, METH_VARARGS,

@@ -18,7 +18,7 @@ from autoinstr.integrations import _dbapi
 PROGRAMS = 200
 
 DRIVER = HANDED_SPANS + r'''
-import contextvars, json, random, sqlite3, sys
+import contextvars, json, os, random, sqlite3, sys, tempfile
 from autoinstr.integrations import _dbapi, suppress_instrumentation
 from autoinstr.integrations import sqlite3 as sqlite3_integration
 from autoinstr.trace.span import Sampling, Span, current_span
@@ -27,8 +27,10 @@ sqlite3_integration.patch(sqlite3)
 out = {"compiled": _dbapi.run is not _dbapi._run, "programs": [],
        "cursor_method": type(sqlite3_integration._TracedCursor.__dict__["execute"]).__name__,
        "cursor_factory": type(sqlite3_integration._TracedConnection.__dict__["cursor"]).__name__,
-       "connection_shortcut": type(sqlite3_integration._TracedConnection.__dict__["execute"]).__name__}
+       "connection_shortcut": type(sqlite3_integration._TracedConnection.__dict__["execute"]).__name__,
+       "connect_wrapper": type(sqlite3_integration._connect_wrapper).__name__}
 
+FILE = os.path.join(tempfile.mkdtemp(), "t.db")
 STATEMENTS = ["SELECT 1", "SELECT a, b FROM t WHERE a > ?", "INSERT INTO t VALUES (?, ?)", "UPDATE t SET b = 'x'",
               "DELETE FROM t WHERE a = ?", "SELECT * FROM nope", "SELEC broken", b"SELECT 2"]
 
@@ -41,6 +43,32 @@ class MyCursor(sqlite3.Cursor):  # an app's cursor class overriding a traced met
 
 class PlainCursor(sqlite3.Cursor):
     pass
+
+
+class MyConnection(sqlite3.Connection):
+    pass
+
+
+def connect(rnd):
+    """sqlite3.connect in the shapes apps call it: the common ones (the compiled wrapper's), and the others."""
+    import pathlib
+
+    shape = rnd.choice(["plain", "plain", "keywords", "keywords", "database-keyword", "positional", "factory",
+                        "path", "bytes", "unhashable", "bad-keyword", "file"])
+    args, kwargs = {
+        "plain": ((":memory:",), {}), "keywords": ((":memory:",), {"timeout": 1.5, "check_same_thread": False}),
+        "database-keyword": ((), {"database": ":memory:"}), "positional": ((":memory:", 2.0), {}),
+        "factory": ((":memory:",), {"factory": MyConnection, "isolation_level": None}),
+        "path": ((pathlib.Path(":memory:"),), {}), "bytes": ((b":memory:",), {"uri": False}),
+        "unhashable": ((bytearray(b":memory:"),), {}), "bad-keyword": ((":memory:",), {"nope": 1}),
+        "file": ((FILE,), {"detect_types": 0}),
+    }[shape]
+    conn = sqlite3.connect(*args, **kwargs)
+    try:
+        return [shape, type(conn).__name__, isinstance(conn, sqlite3.Connection), conn.isolation_level,
+                sorted(vars(conn)), conn.execute("SELECT 1").fetchall()]
+    finally:
+        conn.close()
 
 
 def shapes(rnd, conn, log):
@@ -81,8 +109,11 @@ def shapes(rnd, conn, log):
 
 
 def step(rnd, conn, log):
-    what = rnd.choice(["execute", "execute", "cursor", "many", "script", "commit", "rollback", "shapes"])
+    what = rnd.choice(["execute", "execute", "cursor", "many", "script", "commit", "rollback", "shapes", "connect"])
     try:
+        if what == "connect":
+            log.append([what] + connect(rnd))
+            return
         if what == "shapes":
             log.append([what, repr(shapes(rnd, conn, log))])
             return
@@ -150,6 +181,7 @@ def test_both_db_paths_do_the_same_to_random_programs():
     assert (compiled["cursor_method"], python["cursor_method"]) == ("Hook", "function")
     assert (compiled["cursor_factory"], python["cursor_factory"]) == ("Hook", "function")
     assert (compiled["connection_shortcut"], python["connection_shortcut"]) == ("Hook", "function")
+    assert (compiled["connect_wrapper"], python["connect_wrapper"]) == ("Hook", "function")
     assert_same(compiled["programs"], python["programs"], "program")
     shapes = {entry[1].split("(")[0] for p in python["programs"] for entry in p["log"] if entry[0] == "shapes"}
     assert len([e for p in python["programs"] for e in p["log"] if e[0] == "shapes"]) >= 20, shapes
@@ -158,6 +190,9 @@ def test_both_db_paths_do_the_same_to_random_programs():
     # the programs do cover what they are meant to: statements, row counts, errors, every kind of call
     assert {"db.query.text", "db.response.affected_rows", "error.type"} <= attributes  # (SELECT: sqlite says -1)
     assert {"connect", "COMMIT", "ROLLBACK", "sqlite"} <= {s["name"] for s in spans}
+    connects = [e for p in python["programs"] for e in p["log"] if e[0] == "connect"]
+    assert {e[1] for e in connects} >= {"plain", "keywords", "factory", "file"}, connects
+    assert any(e[1] == "raised" for e in connects)
     assert any(s["status"] == "error" for s in spans) and any(p["unsampled"] for p in python["programs"])
 
 

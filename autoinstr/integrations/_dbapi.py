@@ -198,6 +198,17 @@ def compile_connection_shortcuts(mixin: type, names: Iterable[str]) -> None:
         setattr(mixin, name, functools.update_wrapper(core.connection_shortcut_hook(python, name), python))
 
 
+def compile_connect(python: Callable[..., Any], connects: Dict[Any, Any], factory: type) -> Callable[..., Any]:
+    """sqlite3's connect wrapper `python`, compiled for its common calls where run() is (connect_hook in _db_call.c:
+    `connects` maps (database, factory) to what `python` prepared for them); else `python` itself."""
+    core = _compiled_with("connect_hook")
+    if core is None:
+        return python
+    import functools
+
+    return functools.update_wrapper(core.connect_hook(python, connects, factory), python)
+
+
 def compile_python_free(execute: Any, connection_type: type, adapters: Dict[Any, Any], marker: str) -> None:
     """Where run() is compiled, tell it which of a driver's calls run no Python code, so that their spans need not be
     made current (configure_python_free in _db_call.c): `execute` (the driver's Cursor.execute) on a connection of a

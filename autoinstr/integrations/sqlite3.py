@@ -217,11 +217,15 @@ def _connect(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: di
     return connection
 
 
+# compiled for its common calls where the span core is: the same without this frame and the keywords dict
+_connect_wrapper = _dbapi.compile_connect(_connect, _connects, _sqlite3.Connection)
+
+
 def patch(module: ModuleType) -> None:  # sqlite3 (and sqlite3.dbapi2, where connect comes from)
-    wrap(module, "connect", _connect)
+    wrap(module, "connect", _connect_wrapper)
     dbapi2 = getattr(module, "dbapi2", None)
     if dbapi2 is not None and getattr(dbapi2, "connect", None) is not getattr(module, "connect", None):
-        wrap(dbapi2, "connect", _connect)
+        wrap(dbapi2, "connect", _connect_wrapper)
 
 
 def unpatch(module: ModuleType) -> None:
