@@ -540,12 +540,9 @@ static PyObject *traceparent_line(SpanObject *s)
 /* The trace headers into the connection's buffered head (_http._inject, whose common case is here). */
 static int inject_headers(PyObject *conn, CallObject *call)
 {
-    PyObject *buffer = PyObject_GetAttr(conn, h[H_BUFFER]);
-    if (buffer == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
-            return -1;
-        PyErr_Clear();
-    }
+    PyObject *buffer;
+    if (optional_attr(conn, h[H_BUFFER], &buffer) < 0)
+        return -1;
     int common = buffer != NULL && PyList_CheckExact(buffer) && call->fresh && call->span != NULL &&
                  PyObject_TypeCheck(call->span, &SpanCoreType) && ((SpanObject *)call->span)->sampled == Py_True;
     for (Py_ssize_t i = 0; common && i < PyList_GET_SIZE(buffer); i++)

@@ -46,6 +46,17 @@ static int record_attributes(PyObject *attrs)
 
 #define SLOT(obj, i) (*(PyObject **)((char *)(obj) + offsets[i]))
 
+/* getattr(obj, name) that raises no AttributeError when obj has none (making, formatting and dropping one costs
+   about 2,000 instructions): 1 found (*result set), 0 not, -1 another error. */
+static int optional_attr(PyObject *obj, PyObject *name, PyObject **result)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(obj, name, result);
+#else
+    return _PyObject_LookupAttr(obj, name, result);
+#endif
+}
+
 #include "_span.c"
 #include "_wsgi_call.c"
 #include "_client_call.c"

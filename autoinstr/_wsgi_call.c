@@ -375,13 +375,10 @@ static PyObject *response_close(PyObject *op, PyObject *unused)
         failed = 1;
     }
     else {
-        PyObject *close = PyObject_GetAttr(self->result, w[W_CLOSE]);
-        if (close == NULL) {
-            if (PyErr_ExceptionMatches(PyExc_AttributeError))
-                PyErr_Clear();
-            else
-                failed = 1;
-        }
+        PyObject *close;
+        int found = optional_attr(self->result, w[W_CLOSE], &close);
+        if (found <= 0)
+            failed = found < 0;
         else {
             PyObject *closed = PyObject_CallNoArgs(close);
             Py_DECREF(close);
@@ -712,20 +709,16 @@ static PyObject *answer(ResponseObject *self, PyObject *result, PyObject *enviro
     int sized = (type->tp_as_sequence != NULL && type->tp_as_sequence->sq_length != NULL) ||
                 (type->tp_as_mapping != NULL && type->tp_as_mapping->mp_length != NULL);
     /* hasattr(result, "__len__"): a class defining __len__ has a length slot; asked only of an object that
-       answers attributes its own way (a failed lookup raises, formats and drops an AttributeError: about
-       2,000 instructions on every request, where most results are a plain class without length) */
+       answers attributes its own way */
     if (!sized && type->tp_getattro != PyObject_GenericGetAttr) {
-        PyObject *len = PyObject_GetAttr(result, w[W_LEN]);
-        if (len != NULL) {
-            sized = 1;
-            Py_DECREF(len);
-        }
-        else if (PyErr_ExceptionMatches(PyExc_AttributeError))
-            PyErr_Clear();
-        else {
+        PyObject *len;
+        int found = optional_attr(result, w[W_LEN], &len);
+        if (found < 0) {
             Py_DECREF(self);
             return NULL;
         }
+        sized = found;
+        Py_XDECREF(len);
     }
     if (sized)
         Py_SET_TYPE(self, &SizedResponseType);  /* the same layout; static types, no reference to move */
