@@ -9,7 +9,8 @@
    SpanCore (_span.c): the span's slots and hot methods, the base class of autoinstr.trace.span.Span.
    wsgi_call and Response (_wsgi_call.c): the WSGI server span's request path (autoinstr.integrations._wsgi).
    CallCore, method_hook and wire_hook (_client_call.c): outgoing HTTP's (autoinstr.integrations._http).
-   db_run (_db_call.c): the DB-API calls' (autoinstr.integrations._dbapi).
+   wsgi_method_hook (_wsgi_method.c): a framework's WSGI __call__ (_wsgi.wsgi_method).
+   db_run, the cursor and connect hooks (_db_call.c): the DB-API calls' (autoinstr.integrations._dbapi).
 
    Built when the wheel is built, where a C compiler is found (hatch_build.py); without it the pure-Python
    code does the same work. tests/test_speedups.py holds both to the same results. */
@@ -60,6 +61,7 @@ static int optional_attr(PyObject *obj, PyObject *name, PyObject **result)
 #include "_span.c"
 #include "_wsgi_call.c"
 #include "_client_call.c"
+#include "_wsgi_method.c"
 #include "_db_call.c"
 #include "_guard.c"
 
@@ -1521,6 +1523,8 @@ static PyMethodDef methods[] = {
      "configure_python_free(Cursor.execute, Connection type, adapters, marker): see _db_call.c"},
     {"python_free_call", python_free_call, METH_VARARGS,
      "python_free_call(connection, base, args): whether base(cursor, *args) runs without a current span"},
+    {"wsgi_method_hook", wsgi_method_hook, METH_VARARGS,
+     "wsgi_method_hook(python, original): a framework's WSGI __call__ (see _wsgi_method.c)"},
     {"connect_hook", connect_hook, METH_VARARGS,
      "connect_hook(python, connects, factory): sqlite3.connect's wrapper for its common calls (see _db_call.c)"},
     {"cursor_hook", cursor_hook, METH_VARARGS,

@@ -13,7 +13,7 @@ pipeline receives (every field of every span) must be identical in one process p
 
 from __future__ import annotations
 
-from _twins import HANDED_SPANS, compiled_has, pass_on_the_other_side, require_compiled, run_both_ways
+from _twins import HANDED_SPANS, assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
 
 from autoinstr.integrations import _wsgi
 
@@ -25,6 +25,19 @@ from autoinstr.trace.span import current_span
 from autoinstr.integrations import _wsgi
 
 out = {"compiled": not isinstance(_wsgi.call_traced, type(_wsgi._call_traced)), "requests": []}
+
+
+class Framework:  # a framework's app object, whose __call__ wsgi_method replaces (as Flask's and Django's)
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response, *extra, **options):
+        return self.app(environ, start_response)
+
+
+from autoinstr.integrations._wrapping import replace
+replace(sys.modules[__name__], "Framework.__call__", _wsgi.wsgi_method)
+out["framework_call"] = type(Framework.__dict__["__call__"]).__name__
 
 
 class FileWrapper:
@@ -141,8 +154,15 @@ def request(seed):
         shown = [(k, re.sub(r"dur=[0-9.]+", "dur=?", v) if isinstance(v, str) else repr(v)) for k, v in headers]
         log.append(["start_response", repr(status), shown, exc_info is not None])
         return "writer"
+    entry = rnd.choice(["wrap_app", "wrap_app", "method", "method-extra"])
+    log.append(["entry", entry])
     try:
-        result = _wsgi.wrap_app(app)(env, start_response)
+        if entry == "wrap_app":
+            result = _wsgi.wrap_app(app)(env, start_response)
+        elif entry == "method":
+            result = Framework(app)(env, start_response)
+        else:  # (a call of another shape: the framework's own, untraced)
+            result = Framework(app)(env, start_response, "extra", option=1)
     except Exception as exc:
         log.append(["app raised", type(exc).__name__, str(exc)])
         result = None
@@ -184,7 +204,13 @@ print(json.dumps(out))
 
 def test_both_wsgi_paths_do_the_same_to_random_requests():
     require_compiled("wsgi_call")
-    requests = run_both_ways(DRIVER, REQUESTS, "requests")
+    compiled, python = run_driver(DRIVER, REQUESTS, True), run_driver(DRIVER, REQUESTS, False)
+    assert compiled["compiled"] and not python["compiled"]
+    assert (compiled["framework_call"], python["framework_call"]) == ("Hook", "function")
+    assert_same(compiled["requests"], python["requests"], "requests")
+    requests = python["requests"]
+    entries = {e[1] for r in requests for e in r["log"] if e[0] == "entry"}
+    assert entries == {"wrap_app", "method", "method-extra"}
     # the requests do cover what they are meant to: every app shape, spans ended and not, errors, sizes
     assert {r["shape"] for r in requests} == {"list", "gen", "body", "sized", "failing", "wrapper", "raise-before",
                                               "raise-after", "exc-info", "late-start"}

@@ -187,7 +187,8 @@ def wsgi_method(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(self, environ, start_response, *args, **kwargs)
         return call_traced(original.__get__(self), environ, start_response)
 
-    return __call__
+    hook = _compiled("wsgi_method_hook") if call_traced is not _call_traced else None
+    return hook(__call__, original) if hook is not None else __call__  # (compiled: the same without the frame)
 
 
 def serving_app_argument(position: int, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
