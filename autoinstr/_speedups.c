@@ -336,6 +336,7 @@ typedef struct {
     Py_ssize_t count, max_attributes, max_length;
     int obfuscate;
     PyObject *items[2 * IDENTITY_MAX_ITEMS];
+    PyObject *packed_attributes;  /* the msgpack map of found's attributes, once packed() wrote it (bytes), or NULL */
 } IdentityEntry;
 static IdentityEntry identity_cache[IDENTITY_SLOTS];
 
@@ -405,12 +406,14 @@ static void identity_put(Py_ssize_t slot, PyObject *name, PyObject *attrs, Py_ss
     e->obfuscate = obfuscate;
     Py_INCREF(found);
     e->found = found;
+    e->packed_attributes = NULL;
     if (old.found != NULL) {  /* the entry it replaces, released last: its objects may be these */
         for (Py_ssize_t j = 0; j < 2 * old.count; j++)
             Py_DECREF(old.items[j]);
         Py_DECREF(old.name);
         Py_DECREF(old.found);
     }
+    Py_XDECREF(old.packed_attributes);
 }
 
 /* SqlPolicy.obfuscate: 1, 0, or -1 with an error. */
@@ -429,6 +432,7 @@ static int obfuscating(void)
 typedef struct {
     PyObject *name, *attrs, *kind, *span_id, *parent_id, *start, *end, *trace_id, *root;
     PyObject *shared;  /* (name, SharedAttributes) from records' cache (a reference held), or NULL */
+    IdentityEntry *remembered;  /* the identity cache's entry holding `shared`, or NULL */
 } SpanParts;
 
 /* 1 with *p filled when the span converts here (no error or events; attributes exportable as they are, or
@@ -462,6 +466,7 @@ static int span_parts(PyObject *span, Py_ssize_t max_attributes, Py_ssize_t max_
     if (plain < 0)
         return -1;
     PyObject *shared = NULL;
+    IdentityEntry *remembered = NULL;
     if (!plain) {
         int obfuscate = obfuscating();
         if (obfuscate < 0)
@@ -475,6 +480,8 @@ static int span_parts(PyObject *span, Py_ssize_t max_attributes, Py_ssize_t max_
             if (slot >= 0 && shared != Py_None)
                 identity_put(slot, name, attrs, max_attributes, max_length, obfuscate, shared);
         }
+        if (slot >= 0 && identity_cache[slot].found == shared)
+            remembered = &identity_cache[slot];
         PyObject *shared_name = shared == Py_None ? NULL : PyTuple_GET_ITEM(shared, 0);
         if (shared_name == NULL || !PyUnicode_CheckExact(shared_name) || PyUnicode_GET_LENGTH(shared_name) == 0 ||
             PyUnicode_GET_LENGTH(shared_name) > MAX_NAME_LENGTH) {
@@ -484,7 +491,7 @@ static int span_parts(PyObject *span, Py_ssize_t max_attributes, Py_ssize_t max_
         name = shared_name;
         attrs = PyTuple_GET_ITEM(shared, 1);
     }
-    *p = (SpanParts){name, attrs, kind, span_id, parent_id, start, end, trace_id, root, shared};
+    *p = (SpanParts){name, attrs, kind, span_id, parent_id, start, end, trace_id, root, shared, remembered};
     return 1;
 }
 
@@ -1161,15 +1168,33 @@ static int write_packed(Bytes *b, PyObject *span, PyObject *service, long long o
     memcpy(b->data + b->size, "\xa2" "ok", 3);
     b->size += 3;
     PUT_KEY(9);
-    if (pack_header(b, PyDict_GET_SIZE(p.attrs), 0x80, 0xde, 0xdf) < 0) {
-        r = -1;
-        goto done;
-    }
-    Py_ssize_t pos = 0;
-    PyObject *key, *value;
-    while (PyDict_Next(p.attrs, &pos, &key, &value)) {
-        if (!PyUnicode_CheckExact(key) || (r = pack_plain(b, key)) <= 0 || (r = pack_plain(b, value)) <= 0)
+    /* cleaned attributes remembered by identity (a statement's, the same on every request): packed once */
+    IdentityEntry *e = p.remembered != NULL && p.remembered->found == p.shared ? p.remembered : NULL;
+    if (e != NULL && e->packed_attributes != NULL) {
+        Py_ssize_t n = PyBytes_GET_SIZE(e->packed_attributes);
+        if (bytes_reserve(b, n) < 0) {
+            r = -1;
             goto done;
+        }
+        memcpy(b->data + b->size, PyBytes_AS_STRING(e->packed_attributes), n);
+        b->size += n;
+    }
+    else {
+        Py_ssize_t mark = b->size;
+        if (pack_header(b, PyDict_GET_SIZE(p.attrs), 0x80, 0xde, 0xdf) < 0) {
+            r = -1;
+            goto done;
+        }
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(p.attrs, &pos, &key, &value)) {
+            if (!PyUnicode_CheckExact(key) || (r = pack_plain(b, key)) <= 0 || (r = pack_plain(b, value)) <= 0)
+                goto done;
+        }
+        if (e != NULL && (e->packed_attributes = PyBytes_FromStringAndSize(b->data + mark, b->size - mark)) == NULL) {
+            r = -1;
+            goto done;
+        }
     }
     if (bytes_reserve(b, 8) < 0) {
         r = -1;

@@ -105,7 +105,7 @@ def packed_batch(records: List[Any]) -> bytes:
 
     first = records[0].__class__
     if first is bytes:
-        return msgpack.Packer().pack_array_header(len(records)) + b"".join(records)  # type: ignore[no-any-return]
+        return b"".join([msgpack.Packer().pack_array_header(len(records)), *records])  # (one copy of the body)
     if first is not tuple:
         return msgpack.packb(records, use_bin_type=True)  # type: ignore[no-any-return]
     compiled = speedups()
