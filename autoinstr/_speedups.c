@@ -9,7 +9,8 @@
    SpanCore (_span.c): the span's slots and hot methods, the base class of autoinstr.trace.span.Span.
    wsgi_call and Response (_wsgi_call.c): the WSGI server span's request path (autoinstr.integrations._wsgi).
    CallCore, method_hook and wire_hook (_client_call.c): outgoing HTTP's (autoinstr.integrations._http).
-   wsgi_method_hook (_wsgi_method.c): a framework's WSGI __call__ (_wsgi.wsgi_method).
+   wsgi_method_hook and flask_dispatch_hook (_wsgi_method.c): a framework's WSGI __call__ (_wsgi.wsgi_method),
+   Flask's dispatch_request (integrations/flask.py).
    db_run, the cursor and connect hooks (_db_call.c): the DB-API calls' (autoinstr.integrations._dbapi).
 
    Built when the wheel is built, where a C compiler is found (hatch_build.py); without it the pure-Python
@@ -1550,6 +1551,8 @@ static PyMethodDef methods[] = {
      "python_free_call(connection, base, args): whether base(cursor, *args) runs without a current span"},
     {"wsgi_method_hook", wsgi_method_hook, METH_VARARGS,
      "wsgi_method_hook(python, original): a framework's WSGI __call__ (see _wsgi_method.c)"},
+    {"flask_dispatch_hook", flask_dispatch_hook, METH_VARARGS,
+     "flask_dispatch_hook(python, original, rules, request_var, answered): Flask.dispatch_request (_wsgi_method.c)"},
     {"connect_hook", connect_hook, METH_VARARGS,
      "connect_hook(python, connects, factory): sqlite3.connect's wrapper for its common calls (see _db_call.c)"},
     {"cursor_hook", cursor_hook, METH_VARARGS,

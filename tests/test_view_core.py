@@ -11,7 +11,7 @@ must be identical in one process per implementation.
 
 from __future__ import annotations
 
-from _twins import HANDED_SPANS, compiled_has, pass_on_the_other_side, require_compiled, run_both_ways
+from _twins import HANDED_SPANS, assert_same, compiled_has, pass_on_the_other_side, require_compiled, run_driver
 
 from autoinstr.integrations import _wsgi
 
@@ -90,11 +90,16 @@ def direct(rnd, log):
 
 
 def flask_app():
+    import flask.app
+    from autoinstr.integrations import flask as flask_integration
+
+    flask_integration.patch(flask.app)  # (its server span, route naming and view span: compiled or not)
+    out["flask_dispatch"] = type(flask.app.Flask.__dict__["dispatch_request"]).__name__
     from flask import Flask, abort
 
     app = Flask("twins")
 
-    @app.route("/ok/<int:n>")
+    @app.route("/ok/<int:n>", methods=["GET", "POST"])
     def ok(n):
         return "ok %d" % n
 
@@ -137,14 +142,20 @@ def through_app(rnd, log):
     name = rnd.choice(["flask", "bottle"])
     if name not in APPS:
         APPS[name] = flask_app() if name == "flask" else bottle_app()
-    path = rnd.choice(["/ok/7", "/abort", "/boom"])
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "SERVER_NAME": "srv", "SERVER_PORT": "80",
+    path = rnd.choice(["/ok/7", "/ok/7", "/abort", "/boom", "/nope"])
+    method = rnd.choice(["GET", "GET", "GET", "POST", "HEAD", "PUT"])  # (PUT: 405, no view)
+    from autoinstr.trace.span import Sampling
+    ratio = 0.0 if rnd.random() < 0.15 else 1.0
+    Sampling.configure(ratio, 0)
+    log.append(["sampling", ratio])
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "SERVER_NAME": "srv", "SERVER_PORT": "80",
                "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""), "wsgi.errors": io.StringIO()}
     statuses = []
     body = APPS[name](environ, lambda status, headers, exc_info=None: statuses.append(status))
     log.append(["answer", statuses, b"".join(body)[:40].decode("latin-1")])
     getattr(body, "close", lambda: None)()
     log.append(["current after", current_span() is not None])
+    Sampling.configure(1.0, 0)
     return name + path.split("/")[1], []
 
 
@@ -166,7 +177,11 @@ print(json.dumps(out))
 
 def test_both_view_spans_do_the_same_to_random_views():
     require_compiled("view_run")
-    views = run_both_ways(DRIVER, VIEWS, "views")
+    compiled, python = run_driver(DRIVER, VIEWS, True), run_driver(DRIVER, VIEWS, False)
+    assert compiled["compiled"] and not python["compiled"]
+    assert (compiled["flask_dispatch"], python["flask_dispatch"]) == ("Hook", "function")
+    assert_same(compiled["views"], python["views"], "views")
+    views = python["views"]
     kinds = {v["kind"] for v in views}
     assert {"value", "raise", "answer", "touchy", "base", "inner-span", "flaskok", "flaskboom", "flaskabort",
             "bottleok", "bottleboom", "bottleabort"} <= kinds
@@ -177,11 +192,18 @@ def test_both_view_spans_do_the_same_to_random_views():
     assert any(s["parent"] for s in view_spans) and any(not s["parent"] for s in view_spans)
     assert all(s["ended"] for s in spans)
     # a failure is recorded on the view span and the server span; an answer the app chose is not
-    failed = [v for v in views if v["kind"] in ("raise", "flaskboom", "bottleboom")]
+    failed = [v for v in views if v["kind"] in ("raise", "bottleboom") or (  # (a PUT to /boom is a 405)
+        v["kind"] == "flaskboom" and any(e[0] == "answer" and e[1][0].startswith("500") for e in v["log"]))]
     assert failed and all(any(s["status"] == "error" for g in v["handed"] for s in g) for v in failed
                           if v["handed"])
     answers = [v for v in views if v["kind"] in ("answer", "flaskabort", "bottleabort")]
     assert answers and not any(s["status"] == "error" for v in answers for g in v["handed"] for s in g)
+    # Flask's routes: the server span named after the rule and method (each named once in Python, then compiled)
+    flask_servers = [s for v in views if v["kind"].startswith("flask") for g in v["handed"] for s in g
+                     if s["kind"] == "server"]
+    names = {s["name"] for s in flask_servers}
+    assert {"GET /ok/<int:n>", "POST /ok/<int:n>", "GET /boom"} <= names and any(n.startswith("HEAD /") for n in names)
+    assert "flasknope" in kinds and any(["sampling", 0.0] in v["log"] for v in views if v["kind"].startswith("flask"))
     # whatever the view did, the current span afterwards is what it was before
     for v in views:
         after = [e for e in v["log"] if e[0] == "current after"][0][1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable, Dict, Tuple
 
+from autoinstr.integrations import _wsgi
 from autoinstr.integrations._wrapping import replace, unwrap
 from autoinstr.integrations._wsgi import ENVIRON_KEY, run_view, set_route, wsgi_method
 from autoinstr.trace.span import Span
@@ -60,7 +61,11 @@ def _traced_dispatch(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(self, *args, **kwargs)
         return run_view(view, _is_client_error, span, original, self, *args, **kwargs)
 
-    return dispatch_request
+    # compiled where the view span is: a route and method named before, without this frame (_wsgi_method.c)
+    hook = _wsgi._compiled("flask_dispatch_hook") if run_view is not _wsgi._run_view else None
+    if hook is None:
+        return dispatch_request
+    return hook(dispatch_request, original, _rules, _request_context_var, _is_client_error)  # type: ignore[no-any-return]
 
 
 # id(rule) -> (app, rule, route template, view name, {method: span name}); the entry keeps the rule alive,
