@@ -341,10 +341,13 @@ typedef struct {
 } IdentityEntry;
 static IdentityEntry identity_cache[IDENTITY_SLOTS];
 
+/* A value remembered by identity. Not a float zero: records' cache finds 0.0 and -0.0 as the same key (equal, same
+   type and hash), so what it holds for one is what Python exports for the other; by identity, the other's own
+   entry could outlive it there and give the other sign. */
 static int identity_value(PyObject *v)
 {
-    return PyUnicode_CheckExact(v) || PyLong_CheckExact(v) || PyFloat_CheckExact(v) || PyBool_Check(v) ||
-           v == Py_None;
+    return PyUnicode_CheckExact(v) || PyLong_CheckExact(v) || (PyFloat_CheckExact(v) && PyFloat_AS_DOUBLE(v) != 0.0) ||
+           PyBool_Check(v) || v == Py_None;
 }
 
 /* The slot for these, and whether they can be remembered at all (-1: no; a value of another type). */

@@ -554,3 +554,27 @@ def test_each_remembered_statement_packs_its_own_attributes(compiled, collected)
                 for s in spans]
     for _ in range(3):
         assert compiled.packed(spans, "svc", 0, 128, 4096) == expected
+
+
+def test_a_float_zero_is_exported_as_records_cache_gives_it(compiled, collected):
+    """records' cache finds 0.0 and -0.0 as the same key; the compiled conversion must give what Python gives for
+    a span, even where its own remembered entry (by identity) was made when the cache held the other sign."""
+    import msgpack
+
+    negative = -0.0
+
+    def span_with(value):
+        with Span("GET /zero", kind="client", **{"db.system": "sqlite", "db.query.text": "SELECT 0", "x": value}):
+            pass
+        (span,) = [s for batch in collected for s in batch]
+        del collected[:]
+        for _ in range(2):  # (a miss, then a hit: records' cache holds it)
+            records.span_fields(span, "svc", 0, 128, 4096)
+        return span
+
+    compiled.packed([span_with(negative)], "svc", 0, 128, 4096)  # (remembered, were it by identity, with -0.0)
+    records._prepared.clear()  # (records' cache full: emptied)
+    span_with(0.0)  # now it holds +0.0 for both
+    span = span_with(negative)
+    want = msgpack.packb(dict(zip(FIELDS, records.span_fields(span, "svc", 0, 128, 4096))), use_bin_type=True)
+    assert compiled.packed([span], "svc", 0, 128, 4096) == [want]
