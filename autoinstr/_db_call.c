@@ -560,6 +560,40 @@ static PyObject *connect_hook(PyObject *module, PyObject *args)
     return new_hook(python, connects, Py_None, factory, Py_None, connect_hook_call);
 }
 
+/* marking_hook(real, owner, name, marker): a traced connection class's method that registers Python code sqlite3
+   may run inside execute() (create_function...): marks the connection (`marker` in its __dict__, see
+   configure_python_free), then calls super().<name> with the same arguments. In C, so that the driver's own
+   warnings name the app's line, not a frame of ours. Fields: describe = owner, settle = name, prepare = marker. */
+static PyObject *marking_hook_call(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HookObject *hook = (HookObject *)op;
+    if (PyVectorcall_NARGS(nargsf) < 1 || !PyUnicode_Check(hook->settle))
+        return forward(hook, args, nargsf, kwnames);
+    PyObject *self = args[0];
+    PyObject *base = next_in_mro(self, hook->describe, hook->settle);
+    if (base == NULL || !(PyFunction_Check(base) || Py_IS_TYPE(base, &PyMethodDescr_Type))) {
+        if (PyErr_Occurred())
+            return NULL;
+        return forward(hook, args, nargsf, kwnames);
+    }
+    Py_INCREF(base);
+    PyObject *dict = PyObject_GetAttr(self, d[D_DICT]);
+    if (dict == NULL || !PyDict_Check(dict) || PyDict_SetItem(dict, hook->prepare, Py_True) < 0)
+        PyErr_Clear();  /* (no __dict__: then every statement makes its span current) */
+    Py_XDECREF(dict);
+    PyObject *result = PyObject_Vectorcall(base, args, nargsf, kwnames);
+    Py_DECREF(base);
+    return result;
+}
+
+static PyObject *marking_hook(PyObject *module, PyObject *args)
+{
+    PyObject *real, *owner, *name, *marker;
+    if (!PyArg_ParseTuple(args, "OO!UU", &real, &PyType_Type, &owner, &name, &marker))
+        return NULL;
+    return new_hook(real, owner, name, marker, Py_None, marking_hook_call);
+}
+
 static PyObject *connection_shortcut_hook(PyObject *module, PyObject *args)
 {
     PyObject *python, *name;

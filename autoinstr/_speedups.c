@@ -1556,6 +1556,8 @@ static PyMethodDef methods[] = {
      "wsgi_method_hook(python, original): a framework's WSGI __call__ (see _wsgi_method.c)"},
     {"flask_dispatch_hook", flask_dispatch_hook, METH_VARARGS,
      "flask_dispatch_hook(python, original, rules, request_var, answered): Flask.dispatch_request (_wsgi_method.c)"},
+    {"marking_hook", marking_hook, METH_VARARGS,
+     "marking_hook(real, owner, name, marker): a connection method registering a callback, marking it (_db_call.c)"},
     {"connect_hook", connect_hook, METH_VARARGS,
      "connect_hook(python, connects, factory): sqlite3.connect's wrapper for its common calls (see _db_call.c)"},
     {"cursor_hook", cursor_hook, METH_VARARGS,

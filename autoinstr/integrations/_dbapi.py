@@ -209,6 +209,22 @@ def compile_connect(python: Callable[..., Any], connects: Dict[Any, Any], factor
     return functools.update_wrapper(core.connect_hook(python, connects, factory), python)
 
 
+def compile_marking(mixin: type, base: type, names: Iterable[str], marker: str) -> None:
+    """Where run() is compiled, put on `mixin` (a traced connection class's mixin) each of `base`'s methods `names`
+    that register Python code the driver may run inside a statement, marking the connection (`marker` in its
+    __dict__) before the call (marking_hook in _db_call.c: no frame of ours, so the driver's warnings name the
+    app's line). Without the compiled path nothing is marked: every statement's span is made current there."""
+    core = _compiled_with("marking_hook")
+    if core is None:
+        return
+    import functools
+
+    for name in names:
+        real = getattr(base, name, None)
+        if real is not None:  # (create_window_function: 3.11+)
+            setattr(mixin, name, functools.update_wrapper(core.marking_hook(real, mixin, name, marker), real))
+
+
 def compile_python_free(execute: Any, connection_type: type, adapters: Dict[Any, Any], marker: str) -> None:
     """Where run() is compiled, tell it which of a driver's calls run no Python code, so that their spans need not be
     made current (configure_python_free in _db_call.c): `execute` (the driver's Cursor.execute) on a connection of a

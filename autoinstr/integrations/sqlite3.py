@@ -90,26 +90,7 @@ class _TracedConnection(_dbapi.TracedTransactions):
 _RUNS_PYTHON = "_autoinstr_runs_python"
 _CALLBACK_METHODS = ("create_function", "create_aggregate", "create_window_function", "create_collation",
                      "set_authorizer", "set_progress_handler", "set_trace_callback")
-
-
-def _marking(name: str) -> Callable[..., Any]:
-    real = getattr(_sqlite3.Connection, name)
-
-    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            self.__dict__[_RUNS_PYTHON] = True
-        except Exception:  # (no __dict__: then no span is ever made without the ContextVar)
-            pass
-        return getattr(super(_TracedConnection, self), name)(*args, **kwargs)
-
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = real.__doc__
-    return method
-
-
-for _name in _CALLBACK_METHODS:
-    if hasattr(_sqlite3.Connection, _name):  # (create_window_function: 3.11+)
-        setattr(_TracedConnection, _name, _marking(_name))
+_dbapi.compile_marking(_TracedConnection, _sqlite3.Connection, _CALLBACK_METHODS, _RUNS_PYTHON)
 
 _TRACED_CURSOR = _dbapi.traced_class(_sqlite3.Cursor, _TracedCursor)
 _dbapi.compile_cursor_factory(_TracedConnection, _TRACED_CURSOR)  # conn.cursor(), the common call, compiled
