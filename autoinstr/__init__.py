@@ -20,14 +20,14 @@ Importing this module imports no instrumented library and starts no thread.
 
 from __future__ import annotations
 
-from autoinstr.trace.span import NoopSpan as _NoopSpan
-from autoinstr.trace.span import SpanContext
+from autoinstr.trace.noop import NoopSpan as _NoopSpan
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, MutableMapping, Optional
 
     from autoinstr import metrics
+    from autoinstr.trace.span import SpanContext
 
 
 def __getattr__(name: str) -> Any:
@@ -36,6 +36,11 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return importlib.import_module("autoinstr.metrics")
+    # and SpanContext: the span module is the agent's (its import costs the launcher and agent-less apps)
+    if name == "SpanContext":
+        from autoinstr.trace.span import SpanContext
+
+        return SpanContext
     raise AttributeError("module 'autoinstr' has no attribute %r" % name)
 
 __version__ = "0.1.0"

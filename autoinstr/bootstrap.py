@@ -11,10 +11,11 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+from _thread import allocate_lock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Optional
+    from typing import Any, Dict, List, Optional
 
     from autoinstr.export.pipeline import Pipeline
 
@@ -39,29 +40,21 @@ def load() -> bool:
 
 
 def _load() -> None:
-    global _pipeline
     import autoinstr
     from autoinstr import _log, config, integrations
-    from autoinstr.export import pipeline as pipeline_module
-    from autoinstr.export import records
-    from autoinstr.export.base import create_exporters
     from autoinstr.trace.span import Limits, Sampling, Sink, Span, _Ids, unsampled_count
 
     cfg = config.get()
     _log.set_debug(cfg.debug)
     Sampling.configure(cfg.sample_rate, cfg.rate_limit)
     Limits.max_attributes = cfg.max_attributes
-    records.SqlPolicy.obfuscate = cfg.sql_obfuscation
-    # exporters are built on the flush thread, at first use: sqlite3, sockets and the like stay unloaded
-    _pipeline = pipeline_module.Pipeline(lambda: create_exporters(cfg), cfg.service_name, cfg.flush_interval,
-                         cfg.max_queue_spans, cfg.max_batch_spans, cfg.shutdown_timeout, cfg.max_attributes,
-                         cfg.max_attribute_length)
-    Sink.submit = _pipeline.submit
-    Sink.submit_one = _pipeline.submit_one
     if cfg.statsd:  # metrics: recorded on the request path, sent by the flush thread
         from autoinstr.export import statsd
 
-        statsd.enable(cfg.statsd, cfg.service_name, cfg.statsd_prefix, cfg.statsd_tags, _pipeline)
+        statsd.enable(cfg.statsd, cfg.service_name, cfg.statsd_prefix, cfg.statsd_tags, _get_pipeline())
+    else:  # the pipeline (and the export modules) at the first finished span: not a cost of every start-up
+        Sink.submit = _first_submit  # type: ignore[assignment]
+        Sink.submit_one = _first_submit_one  # type: ignore[assignment]
 
     def before_fork() -> None:
         _quiet_fork_warning_for_our_threads()
@@ -75,6 +68,8 @@ def _load() -> None:
             _pipeline.after_fork_in_parent()
 
     def after_fork_in_child() -> None:
+        global _pipeline_lock
+        _pipeline_lock = allocate_lock()  # (held by another thread at the fork: never released in the child)
         _Ids.reseed()
         unsampled_count(reset=True)
         if _pipeline is not None:
@@ -93,6 +88,61 @@ def _load() -> None:
     autoinstr._enabled = True
     _log.debug("agent loaded in pid %d: service=%s exporters=%s" % (os.getpid(), cfg.service_name,
                                                                        ",".join(cfg.exporters)))
+
+
+_pipeline_lock = allocate_lock()
+
+
+def _get_pipeline() -> Pipeline:
+    """The export pipeline, made at the first finished span (or at load, for statsd): importing the export
+    modules costs a few million instructions, which a process that never makes a span need not pay."""
+    global _pipeline
+    if _pipeline is None:
+        with _pipeline_lock:
+            if _pipeline is None:
+                from autoinstr import config
+                from autoinstr.export import pipeline as pipeline_module
+                from autoinstr.export import records
+                from autoinstr.export.base import create_exporters
+                from autoinstr.trace.span import Sink
+
+                cfg = config.get()
+                records.SqlPolicy.obfuscate = cfg.sql_obfuscation
+                # exporters are built on the flush thread's first use: sqlite3, sockets and the like stay unloaded
+                made = pipeline_module.Pipeline(lambda: create_exporters(cfg), cfg.service_name, cfg.flush_interval,
+                                                cfg.max_queue_spans, cfg.max_batch_spans, cfg.shutdown_timeout,
+                                                cfg.max_attributes, cfg.max_attribute_length)
+                Sink.submit = made.submit  # type: ignore[assignment]
+                Sink.submit_one = made.submit_one  # type: ignore[assignment]
+                _pipeline = made
+    return _pipeline
+
+
+def _first_submit(spans: List[Any]) -> None:
+    try:
+        pipeline = _get_pipeline()
+    except Exception as exc:
+        _could_not_export(exc)
+        return
+    pipeline.submit(spans)
+
+
+def _first_submit_one(span: Any) -> None:
+    try:
+        pipeline = _get_pipeline()
+    except Exception as exc:
+        _could_not_export(exc)
+        return
+    pipeline.submit_one(span)
+
+
+def _could_not_export(exc: Exception) -> None:
+    from autoinstr import _log
+    from autoinstr.trace.span import Sink, _discard
+
+    Sink.submit = Sink.submit_one = _discard  # type: ignore[assignment]
+    _log.warn("the export pipeline could not be set up (%s: %s); spans are dropped and the app runs on"
+              % (type(exc).__name__, exc))
 
 
 # Modules whose at-fork handlers take a lock before the fork and release it after, in both processes.
@@ -193,11 +243,14 @@ def _at_exit() -> None:
 def stats() -> Dict[str, Any]:
     from autoinstr.trace.span import unsampled_count
 
-    if _pipeline is None:
+    pipeline = _pipeline
+    if pipeline is None and getattr(sys.modules.get("autoinstr"), "_enabled", False):
+        pipeline = _get_pipeline()  # (no span finished yet: the figures are zeros, the agent is on)
+    if pipeline is None:
         return {"enabled": False, "spans_created": 0, "spans_sampled": 0, "spans_unsampled": 0,
                 "spans_exported": 0, "spans_dropped": {}, "export_errors": 0}
     out: Dict[str, Any] = {"enabled": True}
-    out.update(_pipeline.stats())
+    out.update(pipeline.stats())
     out["spans_unsampled"] = unsampled_count()
     out["spans_created"] = out["spans_sampled"] + out["spans_unsampled"]
     statsd = sys.modules.get("autoinstr.export.statsd")

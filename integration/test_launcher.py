@@ -528,6 +528,35 @@ def test_startup_adds_only_a_few_small_stdlib_modules(sandbox):
     small = {"__future__", "_contextvars", "contextvars", "_random", "atexit", "itertools", "_collections"}
     assert added <= small, sorted(added)
     assert "autoinstr.bootstrap" in loaded
+    # the export pipeline's modules come with the first finished span, not with every process's start
+    assert not {m for m in loaded if m.startswith("autoinstr.export")}, sorted(loaded)
+
+
+def test_the_first_finished_span_sets_the_pipeline_up(sandbox):
+    """Start-up leaves the export modules out; the first finished span brings them in and is exported, and
+    stats() reports the agent as on before any span."""
+    probe = ("import json, sys, autoinstr\n"
+             "before = autoinstr.stats()\n"
+             "had = sorted(m for m in sys.modules if m.startswith('autoinstr.export'))\n"
+             "with autoinstr.span('first'):\n    pass\n"
+             "after = sorted(m for m in sys.modules if m.startswith('autoinstr.export'))\n"
+             "print(json.dumps([before, had, after, autoinstr.flush(10), autoinstr.stats()['spans_exported']]))\n")
+    before, had, after, flushed, exported = json.loads(sandbox.ok(["python", "-c", probe]).stdout)
+    assert before["enabled"] is True and before["spans_created"] == 0 and before["spans_exported"] == 0
+    assert had == ["autoinstr.export", "autoinstr.export.base", "autoinstr.export.pipeline",
+                   "autoinstr.export.records"], had  # (stats() made the pipeline: nothing exported yet)
+    assert "autoinstr.export.pipeline" in after and flushed is True and exported == 1
+    assert [s["name"] for s in sandbox.store_spans()] == ["first"]
+
+
+def test_the_launcher_imports_neither_re_nor_the_agent(sandbox):
+    """`autoinstr-run` is one more interpreter start before the app's: it loads the launcher and nothing
+    else of ours, and not `re` (pip's entry-point wrappers import it: about 10 ms a launch)."""
+    proc = sandbox.ok(["--version"], env=sandbox.env(PYTHONPROFILEIMPORTTIME="1"))
+    assert proc.stdout.startswith("autoinstr ")
+    imported = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "autoinstr.cli" in imported, proc.stderr
+    assert not imported & {"re", "autoinstr.trace.span", "autoinstr.config", "autoinstr._speedups"}, sorted(imported)
 
 
 def test_exit_of_a_process_that_made_no_span_imports_nothing_heavy(sandbox):

@@ -436,3 +436,29 @@ def test_valid_traceparent_survives_extract_inject_unchanged(trace_id, span_id, 
     carrier["traceparent"] = tp
     ctx = extract(carrier, propagators=("tracecontext", "baggage", "b3"))
     assert inject({}, ctx, ("tracecontext",))["traceparent"] == tp
+
+
+def test_importing_the_shared_modules_compiles_no_pattern():
+    """re.compile costs about 4 million instructions for the header grammars and the secret-key pattern:
+    they are compiled at first use, not when the agent's modules load in every process."""
+    import subprocess
+    import sys
+
+    probe = ("import re, sys, urllib.parse\n"  # (urllib.parse compiles its own at import: the apps' cost too)
+             "calls = []\n"
+             "real = re.compile\n"
+             "re.compile = lambda *a, **k: calls.append(a[0]) or real(*a, **k)\n"
+             "import autoinstr.trace.propagation, autoinstr.integrations._wsgi as w\n"
+             "assert calls == [], calls\n"
+             "w.redact_query('a=1&token=2')\n"
+             "autoinstr.trace.propagation.parse_traceparent('00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01')\n"
+             "print(len(calls))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "6"  # (compiled at the first query string and the first header: all six)
+
+
+def test_the_header_grammars_are_compiled_once():
+    first = propagation._patterns()
+    assert first.traceparent is propagation._patterns().traceparent is not None
+    assert parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01") is not None

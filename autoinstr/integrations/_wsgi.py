@@ -13,7 +13,6 @@ span, inner ones pass through). The span:
 
 from __future__ import annotations
 
-import re
 from _thread import get_ident
 from time import perf_counter_ns as _clock  # the spans' clock (autoinstr.trace.span)
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -27,7 +26,7 @@ from autoinstr.trace.span import Span, current_span_var
 
 ENVIRON_KEY = "autoinstr.span"
 KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
-_SECRET_KEY = re.compile(r"pass|pwd|token|key|secret|auth|session|credential|signature|sig$|code", re.I)
+_SECRET_KEY: Any = None  # compiled at the first query string (re.compile at import: start-up time for all)
 _RESPONSE_HEADERS = config.get().trace_response_header
 # headers recorded only when allow-listed (AUTOINSTR_HTTP_REQUEST_HEADERS / _RESPONSE_HEADERS); credentials
 # among them are recorded as REDACTED even then
@@ -59,10 +58,16 @@ def redact_query(query: str) -> str:
     """The query string with the values of secret-looking keys replaced by REDACTED."""
     if not query:
         return query
+    global _SECRET_KEY
+    if _SECRET_KEY is None:
+        import re
+
+        _SECRET_KEY = re.compile(r"pass|pwd|token|key|secret|auth|session|credential|signature|sig$|code", re.I)
+    secret = _SECRET_KEY.search
     parts = []
     for part in query.split("&"):
         key, eq, _value = part.partition("=")
-        if eq and (_SECRET_KEY.search(key) or ("%" in key or "+" in key) and _SECRET_KEY.search(unquote_plus(key))):
+        if eq and (secret(key) or ("%" in key or "+" in key) and secret(unquote_plus(key))):
             parts.append(key + "=REDACTED")
         else:
             parts.append(part)

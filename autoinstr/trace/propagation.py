@@ -6,7 +6,6 @@ and `autoinstr.inject` / `autoinstr.extract` for protocols the agent does not kn
 
 from __future__ import annotations
 
-import re
 from urllib.parse import quote, unquote
 
 from autoinstr import config
@@ -18,16 +17,34 @@ if TYPE_CHECKING:
 
     Getter = Callable[[Any, str], Optional[str]]
 
-_HEX = re.compile(r"[0-9a-f]+\Z")
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
-# tracestate keys per W3C Trace Context level 1 (simple keys up to 256 chars, tenant@system keys)
-_TS_KEY = re.compile(r"(?:[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})\Z")
-_TS_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]\Z")
 _TS_MAX_MEMBERS = 32
 _TS_MAX_LEN = 512  # what we keep; longer states are cut at a member boundary (W3C: SHOULD propagate >= 512)
 _BAGGAGE_MAX_MEMBERS = 180
 _BAGGAGE_MAX_BYTES = 8192
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+
+class _Patterns:
+    """The header grammars, compiled at first use: compiling them costs about 4 million instructions (a
+    millisecond or more), which every process would pay at start-up, most never seeing such a header."""
+
+    hex: Any = None
+    traceparent: Any = None
+    ts_key: Any = None  # tracestate keys per W3C Trace Context level 1 (simple keys up to 256 chars, tenant@system)
+    ts_value: Any = None
+    token: Any = None
+
+
+def _patterns() -> type[_Patterns]:
+    if _Patterns.token is None:
+        import re
+
+        _Patterns.hex = re.compile(r"[0-9a-f]+\Z")
+        _Patterns.traceparent = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
+        _Patterns.ts_key = re.compile(
+            r"(?:[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13})\Z")
+        _Patterns.ts_value = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]\Z")
+        _Patterns.token = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # (last: the flag that all are set)
+    return _Patterns
 
 
 def default_getter(carrier: Any, key: str) -> Optional[str]:
@@ -62,7 +79,7 @@ def parse_traceparent(value: Optional[str]) -> Optional[Tuple[int, int, bool]]:
     if not value:
         return None
     value = value.strip(" \t")
-    m = _TRACEPARENT.match(value)
+    m = _patterns().traceparent.match(value)
     if m is None:
         return None
     version, trace_hex, span_hex, flags_hex, rest = m.groups()
@@ -88,12 +105,13 @@ def parse_tracestate(value: Optional[str]) -> str:
         return ""
     members = []
     seen = set()
+    patterns = _patterns()
     for raw in value.split(","):
         member = raw.strip(" \t")
         if not member:
             continue
         key, eq, val = member.partition("=")
-        if not eq or not _TS_KEY.match(key) or not _TS_VALUE.match(val) or key in seen:
+        if not eq or not patterns.ts_key.match(key) or not patterns.ts_value.match(val) or key in seen:
             return ""
         seen.add(key)
         members.append(member)
@@ -119,13 +137,14 @@ def parse_baggage(value: Optional[str]) -> Dict[str, str]:
     out: Dict[str, str] = {}
     if not value or len(value.encode("utf-8", "replace")) > _BAGGAGE_MAX_BYTES:
         return out
+    token = _patterns().token
     for raw in value.split(","):
         if len(out) >= _BAGGAGE_MAX_MEMBERS:
             break
         item = raw.split(";", 1)[0].strip(" \t")
         key, eq, val = item.partition("=")
         key, val = key.strip(" \t"), val.strip(" \t")
-        if not eq or not _TOKEN.match(key):
+        if not eq or not token.match(key):
             continue
         try:
             out[unquote(key, errors="strict")] = unquote(val, errors="strict")
@@ -150,7 +169,8 @@ def format_baggage(baggage: Dict[str, str]) -> str:
 
 def _b3_ids(trace_hex: str, span_hex: str) -> Optional[Tuple[int, int]]:
     trace_hex, span_hex = trace_hex.lower(), span_hex.lower()
-    if len(trace_hex) not in (16, 32) or len(span_hex) != 16 or not _HEX.match(trace_hex) or not _HEX.match(span_hex):
+    if len(trace_hex) not in (16, 32) or len(span_hex) != 16 or not _patterns().hex.match(trace_hex) or \
+            not _patterns().hex.match(span_hex):
         return None
     trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
     if not trace_id or not span_id:
