@@ -55,9 +55,12 @@ def user(user_id: int) -> object:
 def db() -> object:
     conn = sqlite3.connect(DB_PATH)
     try:
-        count = conn.execute("SELECT COUNT(*) FROM users").fetchone()[0]
-        row = conn.execute("SELECT id, name, email FROM users WHERE id = ?", (7,)).fetchone()
-        names = [r[0] for r in conn.execute("SELECT name FROM users WHERE id < ? ORDER BY id", (5,)).fetchall()]
+        # through a cursor, as DB-API code does: sqlite3's own `conn.execute` shortcut is invisible to
+        # OpenTelemetry's sqlite3 instrumentation, which would then not be measured tracing any query
+        cur = conn.cursor()
+        count = cur.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+        row = cur.execute("SELECT id, name, email FROM users WHERE id = ?", (7,)).fetchone()
+        names = [r[0] for r in cur.execute("SELECT name FROM users WHERE id < ? ORDER BY id", (5,)).fetchall()]
     finally:
         conn.close()
     return jsonify(count=count, user=list(row), names=names)

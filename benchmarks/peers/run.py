@@ -963,7 +963,8 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
             lines += ["", "What each agent records on each route, spans a request (runs of the route alone, %d "
                       "requests apart, counted at the sink). The overheads above are for that work: a tracer that "
                       "does not see a library's calls has less to do (OpenTelemetry's sqlite3 instrumentation "
-                      "traces cursors, not the connection's `execute` shortcut the `/db` page uses)." %
+                      "traces cursors, not the connection's `execute` shortcut: the `/db` page queries through a "
+                      "cursor, so that every agent traces its queries; none but autoinstr traces the connect)." %
                       COVERAGE_REQUESTS, "",
                       "| route | %s |" % " | ".join(LABELS[a] for a in agents), "|---|%s" % ("---|" * len(agents))]
             for route in ROUTES:
