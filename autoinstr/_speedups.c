@@ -143,11 +143,22 @@ static int is_kind(PyObject *kind)
     return 0;
 }
 
+/* "00".."ff": two hex digits a byte, written in one copy (hex_digits writes 16 to 32 of them per span) */
+static char hex_pairs[512];
+
+static void hex_pairs_init(void)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < 256; i++) {
+        hex_pairs[2 * i] = digits[i >> 4];
+        hex_pairs[2 * i + 1] = digits[i & 15];
+    }
+}
+
 /* "%0{width}x" of `value` (width 16 or 32) written to `out`: 1, or 0 when it is not a non-negative int below
    2**(4*width) (no error set). */
 static int hex_digits(PyObject *value, int width, char *out)
 {
-    static const char digits[] = "0123456789abcdef";
     unsigned char bytes[16];
     if (!PyLong_CheckExact(value))  /* (negative or too wide: refused below, the error cleared) */
         return 0;
@@ -159,8 +170,8 @@ static int hex_digits(PyObject *value, int width, char *out)
             return 0;
         }
         unsigned long long v = PyLong_AsUnsignedLongLongMask(value);
-        for (int i = 15; i >= 0; i--, v >>= 4)
-            out[i] = digits[v & 15];
+        for (int i = 7; i >= 0; i--, v >>= 8)
+            memcpy(out + 2 * i, hex_pairs + 2 * (v & 255), 2);
         return 1;
     }
 #if PY_VERSION_HEX >= 0x030D0000
@@ -171,10 +182,8 @@ static int hex_digits(PyObject *value, int width, char *out)
         PyErr_Clear();
         return 0;
     }
-    for (int i = 0; i < width / 2; i++) {
-        out[2 * i] = digits[bytes[i] >> 4];
-        out[2 * i + 1] = digits[bytes[i] & 15];
-    }
+    for (int i = 0; i < width / 2; i++)
+        memcpy(out + 2 * i, hex_pairs + 2 * bytes[i], 2);
     return 1;
 }
 
@@ -421,6 +430,9 @@ static void identity_put(Py_ssize_t slot, PyObject *name, PyObject *attrs, Py_ss
 }
 
 /* SqlPolicy.obfuscate: 1, 0, or -1 with an error. */
+/* SqlPolicy.obfuscate, read once a batch (span_batch_args resets it): -1 until then */
+static int batch_obfuscate = -1;
+
 static int obfuscating(void)
 {
     PyObject *policy = records_globals == NULL ? NULL : PyDict_GetItemWithError(records_globals, str_sql_policy);
@@ -472,9 +484,9 @@ static int span_parts(PyObject *span, Py_ssize_t max_attributes, Py_ssize_t max_
     PyObject *shared = NULL;
     IdentityEntry *remembered = NULL;
     if (!plain) {
-        int obfuscate = obfuscating();
-        if (obfuscate < 0)
+        if (batch_obfuscate < 0 && (batch_obfuscate = obfuscating()) < 0)
             return -1;
+        int obfuscate = batch_obfuscate;
         Py_ssize_t slot = identity_slot(name, attrs, max_attributes, max_length, obfuscate);
         shared = slot < 0 ? NULL : identity_get(slot, name, attrs, max_attributes, max_length, obfuscate);
         if (shared == NULL) {
@@ -587,6 +599,7 @@ static int span_batch_args(PyObject *args, PyObject **spans, PyObject **service,
         PyErr_SetString(PyExc_RuntimeError, "configure() first");
         return -1;
     }
+    batch_obfuscate = -1;
     return 0;
 }
 
@@ -1577,6 +1590,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "autoinstr._speedups"
 PyMODINIT_FUNC PyInit__speedups(void)
 {
     static const char *kind_names[5] = {"internal", "server", "client", "producer", "consumer"};
+    hex_pairs_init();
     for (int i = 0; i < 5; i++)
         if ((kinds[i] = PyUnicode_InternFromString(kind_names[i])) == NULL)
             return NULL;

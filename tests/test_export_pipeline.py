@@ -452,15 +452,26 @@ def test_after_fork_in_child_starts_empty(make_pipeline, tmp_path):
                                                       "queued-in-parent-0", "queued-in-parent-1"]
 
 
-def test_chunks_group_local_traces_without_losing_any():
-    from autoinstr.export.pipeline import _chunks
-
-    batches = [["a"] * 3, ["b"] * 4, ["c"] * 2500, ["d"] * 1]
-    chunks = _chunks(batches, 1000)  # type: ignore[arg-type]
-    flat = [x for chunk in chunks for spans in chunk for x in spans]
-    assert sorted(flat) == sorted(x for spans in batches for x in spans)
-    assert all(sum(len(s) for s in chunk) <= 1000 for chunk in chunks)
-    assert _chunks([], 1000) == []
+def test_take_groups_local_traces_in_chunks_without_losing_any(make_pipeline):
+    """A flush takes the queue in chunks of at most a batch: a trace is never split unless it alone is longer
+    than a batch; spans queued alone go together; every span is taken once and counted."""
+    p = make_pipeline(MemoryExporter(), max_batch_spans=1000, max_queue_spans=10000)
+    traces = [["a"] * 3, ["b"] * 4, ["c"] * 2500, ["d"] * 1, ["e"] * 998]
+    for spans in traces[:2]:
+        p._buffer.append(spans)
+    p._buffer.append("s1")  # (a span queued alone)
+    for spans in traces[2:]:
+        p._buffer.append(spans)
+    p._buffer.append("s2")
+    chunks = p._take()
+    flat = [x for chunk, _ in chunks for spans in chunk for x in spans]
+    assert sorted(flat) == sorted([x for spans in traces for x in spans] + ["s1", "s2"])
+    assert all(size == sum(len(s) for s in chunk) <= 1000 for chunk, size in chunks)
+    whole = [spans for chunk, _ in chunks for spans in chunk if spans[0] in "abde"]
+    assert sorted(map(tuple, whole)) == sorted(tuple(t) for t in traces if t[0] != "c")  # (not split)
+    assert [spans for chunk, _ in chunks for spans in chunk if spans[0] in ("s1", "s2")] == [["s1", "s2"]]
+    assert p.submitted == len(flat) and p._queued == 0
+    assert p._take() == []
 
 
 def test_exit_flush_of_a_large_backlog_exports_in_chunks(make_pipeline):

@@ -26,7 +26,7 @@ from autoinstr.export.records import records_of
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import threading
-    from typing import Any, Callable, Deque, Dict, List, Optional
+    from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
     from autoinstr.export.base import Exporter
     from autoinstr.trace.span import Span
@@ -48,26 +48,6 @@ EARLY_FLUSH_DUTY = 0.25  # share of wall time early flushes may use (the rest wa
 # an exporter raising one of these has a bug (a failing destination raises OSError, ExportError, sqlite3's
 # errors...): it is disabled at once, with one warning, rather than retried for ever
 _BUGS = (TypeError, AttributeError, KeyError, IndexError, NameError, AssertionError, RecursionError)
-
-
-def _chunks(batches: List[List[Span]], size: int) -> List[List[List[Span]]]:
-    """Group local traces into chunks of about `size` spans (a local trace is never split)."""
-    out: List[List[List[Span]]] = []
-    current: List[List[Span]] = []
-    count = 0
-    for spans in batches:
-        if len(spans) > size:  # the singles list can be long: cut it (its spans are independent)
-            for i in range(0, len(spans), size):
-                out.append([spans[i:i + size]])
-            continue
-        if count + len(spans) > size and current:
-            out.append(current)
-            current, count = [], 0
-        current.append(spans)
-        count += len(spans)
-    if current:
-        out.append(current)
-    return out
 
 
 def _process_start_mono_ns() -> Optional[int]:
@@ -448,28 +428,46 @@ class Pipeline:
             self._wake_at = 0
             return False
 
-    def _take(self) -> List[List[Span]]:
+    def _take(self) -> List[Tuple[List[List[Span]], int]]:
+        """What is queued, in chunks of about a batch: (local traces, their span count). A local trace is cut
+        only when it alone is longer than a batch; spans queued alone go together at the end. One pass over
+        the queue: this runs for every local trace (every request), on the thread that shares the GIL."""
         buffer, popleft = self._buffer, self._buffer.popleft
-        batches = []
-        taken = 0
+        size = self.batch
+        chunks: List[Tuple[List[List[Span]], int]] = []
+        current: List[List[Span]] = []
+        count = taken = 0
         single: List[Span] = []
         try:
             while buffer:
                 spans = popleft()
-                if spans.__class__ is list:
-                    batches.append(spans)
-                    taken += len(spans)
-                else:
+                if spans.__class__ is not list:
                     single.append(spans)
+                    continue
+                n = len(spans)
+                if count + n > size:
+                    if current:
+                        chunks.append((current, count))
+                        taken += count
+                        current, count = [], 0
+                    if n > size:  # (a trace handed over in pieces, or a long one: its pieces are independent)
+                        chunks.extend(([spans[i:i + size]], min(size, n - i)) for i in range(0, n, size))
+                        taken += n
+                        continue
+                current.append(spans)
+                count += n
         except IndexError:
             pass
-        if single:
-            batches.append(single)
-            taken += len(single)
+        if current:
+            chunks.append((current, count))
+            taken += count
+        for i in range(0, len(single), size):
+            chunks.append(([single[i:i + size]], min(size, len(single) - i)))
+        taken += len(single)
         self._wake_pending = False
         self.submitted += taken
         self._queued = sum(len(x) if x.__class__ is list else 1 for x in list(buffer))  # added meanwhile
-        return batches
+        return chunks
 
     def _run(self) -> None:
         from autoinstr.integrations import suppress_instrumentation
@@ -547,7 +545,7 @@ class Pipeline:
 
         Work goes in chunks of about a batch: converted, then handed to the exporters, chunk after
         chunk. A deadline (the exit's) that cuts a large backlog short loses only what it did not reach."""
-        batches = self._take()
+        chunks = self._take()
         if self.metrics_flush is not None:  # statsd (autoinstr.export.statsd.flush), on every flush
             self.metrics_flush(final)
         if not self.slots:  # `none`: nothing to convert for
@@ -566,8 +564,7 @@ class Pipeline:
             # only be read back at once
             packed = len(slots) == 1 and getattr(slots[0].exporter, "takes_packed", False)
             pause = self._lend_gil if lend_gil else None
-            for chunk in _chunks(batches, self.batch):
-                size = sum(len(spans) for spans in chunk)
+            for chunk, size in chunks:
                 if all(slot.would_drop(size) for slot in slots):
                     # every exporter is too far behind (a failing destination) or disabled: drop (counted)
                     # without converting, so a fault at the destination costs the app no CPU for records
@@ -587,7 +584,7 @@ class Pipeline:
                         slot.offer(records)
                     if slot.thread is None:
                         slot.pump(now, final, pause)
-            if not batches:  # nothing new: still retry what is due
+            if not chunks:  # nothing new: still retry what is due
                 now = time.monotonic()
                 for slot in slots:
                     if slot.thread is None:
