@@ -119,30 +119,30 @@ def _get_pipeline() -> Pipeline:
 
 
 def _first_submit(spans: List[Any]) -> None:
-    try:
-        pipeline = _get_pipeline()
-    except Exception as exc:
-        _could_not_export(exc)
-        return
-    pipeline.submit(spans)
+    pipeline = _pipeline_or_none()
+    if pipeline is not None:
+        pipeline.submit(spans)
 
 
 def _first_submit_one(span: Any) -> None:
+    pipeline = _pipeline_or_none()
+    if pipeline is not None:
+        pipeline.submit_one(span)
+
+
+def _pipeline_or_none() -> Optional[Pipeline]:
+    """The pipeline for a first finished span; if it cannot be made, spans are dropped from now on, with one
+    warning (the app must not see the exception)."""
     try:
-        pipeline = _get_pipeline()
+        return _get_pipeline()
     except Exception as exc:
-        _could_not_export(exc)
-        return
-    pipeline.submit_one(span)
+        from autoinstr import _log
+        from autoinstr.trace.span import Sink, _discard
 
-
-def _could_not_export(exc: Exception) -> None:
-    from autoinstr import _log
-    from autoinstr.trace.span import Sink, _discard
-
-    Sink.submit = Sink.submit_one = _discard  # type: ignore[assignment]
-    _log.warn("the export pipeline could not be set up (%s: %s); spans are dropped and the app runs on"
-              % (type(exc).__name__, exc))
+        Sink.submit = Sink.submit_one = _discard  # type: ignore[assignment]
+        _log.warn("the export pipeline could not be set up (%s: %s); spans are dropped and the app runs on"
+                  % (type(exc).__name__, exc))
+        return None
 
 
 # Modules whose at-fork handlers take a lock before the fork and release it after, in both processes.
