@@ -429,10 +429,10 @@ static void identity_put(Py_ssize_t slot, PyObject *name, PyObject *attrs, Py_ss
     Py_XDECREF(old.packed_attributes);
 }
 
-/* SqlPolicy.obfuscate: 1, 0, or -1 with an error. */
 /* SqlPolicy.obfuscate, read once a batch (span_batch_args resets it): -1 until then */
 static int batch_obfuscate = -1;
 
+/* SqlPolicy.obfuscate: 1, 0, or -1 with an error. */
 static int obfuscating(void)
 {
     PyObject *policy = records_globals == NULL ? NULL : PyDict_GetItemWithError(records_globals, str_sql_policy);

@@ -17,6 +17,9 @@ from _random import Random  # the C generator alone: `random` costs a millisecon
 from contextvars import ContextVar
 from itertools import count
 
+# the agent-less stand-in (autoinstr.span without the agent) lives apart, so `import autoinstr` stays light
+from autoinstr.trace.noop import NoopSpan  # noqa: F401  (re-exported)
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, List, Optional, Union
@@ -543,8 +546,3 @@ class Limits:
 def current_span() -> Optional[Span]:
     """The span active in this thread or task, or None."""
     return _get_current()
-
-
-# the agent-less stand-in (autoinstr.span without the agent) lives apart: `import autoinstr` stays light
-from autoinstr.trace.noop import NoopSpan  # noqa: E402,F401
-
