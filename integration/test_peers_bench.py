@@ -113,6 +113,29 @@ def test_wrk_output_parses(servers):
     assert stub.hits["GET"] >= res["requests"]
 
 
+def test_cpu_and_steal_readings():
+    """The wrk step's steadier view: a process's CPU ticks grow with work done (a process gone counts 0), and the
+    machine's steal is a share of its CPU time."""
+    import time
+
+    from run import cpu_ticks, machine_ticks
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.3\n"
+                              "while time.process_time() < end: pass\nimport sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        before = machine_ticks()
+        deadline = time.monotonic() + 30
+        while cpu_ticks([child.pid]) < 0.25 * os.sysconf("SC_CLK_TCK") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cpu_ticks([child.pid]) >= 0.25 * os.sysconf("SC_CLK_TCK")
+        after = machine_ticks()
+    finally:
+        child.communicate(b"", timeout=30)
+    assert cpu_ticks([child.pid]) == 0  # reaped: nothing to read
+    assert after[0] > before[0] > 0 and 0 <= after[1] - before[1] <= after[0] - before[0]
+
+
 def suite_context(tmp_path, servers) -> object:
     """run.py's context for the no-agent and autoinstr runs, both in this test's own venv (it has flask, requests
     and autoinstr), exporting to the test's sink."""

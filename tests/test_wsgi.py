@@ -184,6 +184,43 @@ def test_nested_wrappers_make_one_span_and_wrap_is_idempotent(collected):
     one_server_span(collected)
 
 
+def test_a_server_serves_a_framework_app_unwrapped_when_the_framework_makes_the_span(collected, monkeypatch):
+    """An app whose class __call__ wsgi_method replaced (Flask's, Django's) makes its own server span: a
+    server's wrapper would only pass through, so wrap_app hands it back as is. A subclass whose own __call__
+    comes first is wrapped (its __call__ may do anything before the framework's)."""
+    import types
+
+    from autoinstr.integrations._wrapping import replace, unwrap
+
+    class Framework:
+        def __call__(self, environ, start_response):
+            start_response("200 OK", [])
+            return [b"ok"]
+
+    class Customised(Framework):
+        def __call__(self, environ, start_response):
+            return super().__call__(environ, start_response)
+
+    module = types.ModuleType("framework_for_test")
+    module.Framework = Framework  # type: ignore[attr-defined]
+    plain = Framework()
+    assert isinstance(wrap_app(plain), TracedApp)  # not replaced yet: a server wraps it
+    replace(module, "Framework.__call__", _wsgi.wsgi_method)
+    try:
+        app, custom = Framework(), Customised()
+        assert wrap_app(app) is app
+        assert isinstance(wrap_app(custom), TracedApp)
+        _, body = run(wrap_app(app), environ_for())
+        assert body == b"ok"
+        one_server_span(collected)
+        collected.clear()
+        run(wrap_app(custom), environ_for())  # the two wrappers nest: one span
+        one_server_span(collected)
+    finally:
+        unwrap(module, "Framework.__call__")
+    assert isinstance(wrap_app(app), TracedApp)  # unpatched: wrapped again
+
+
 def test_routes_name_spans_from_a_bounded_pool(collected, monkeypatch):
     monkeypatch.setattr(NamePool, "names", set())
     monkeypatch.setattr(NamePool, "limit", 2)

@@ -130,10 +130,24 @@ def server_span(environ: Optional[Dict[str, Any]]) -> Optional[Span]:
 # -------------------------------------------------------------------------------- the wrapper
 
 def wrap_app(app: Any) -> Any:
-    """`app` traced (the same object back if it already is)."""
-    if app is None or isinstance(app, TracedApp) or getattr(app, "__autoinstr_wsgi__", False):
+    """`app` traced (the same object back if it already is, or if its framework makes the span itself)."""
+    if app is None or isinstance(app, TracedApp) or getattr(app, "__autoinstr_wsgi__", False) \
+            or _makes_its_span(app):
         return app
     return TracedApp(app)
+
+
+# The framework __call__s that wsgi_method made: their apps make the server span themselves, so a server
+# serves them unwrapped (a wrapper would only pass through, at a frame and a lookup per request).
+_span_making_calls: List[Any] = []
+
+
+def _makes_its_span(app: Any) -> bool:
+    for klass in type(app).__mro__:
+        call = klass.__dict__.get("__call__")
+        if call is not None:
+            return any(call is made for made in _span_making_calls)
+    return False
 
 
 class TracedApp:
@@ -193,7 +207,9 @@ def wsgi_method(original: Callable[..., Any]) -> Callable[..., Any]:
         return call_traced(original.__get__(self), environ, start_response)
 
     hook = _compiled("wsgi_method_hook") if call_traced is not _call_traced else None
-    return hook(__call__, original) if hook is not None else __call__  # (compiled: the same without the frame)
+    made = hook(__call__, original) if hook is not None else __call__  # (compiled: the same without the frame)
+    _span_making_calls.append(made)
+    return made
 
 
 def serving_app_argument(position: int, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -83,7 +83,7 @@ class Mode:
 QUICK = Mode(rounds=2, inproc_requests=200, inproc_repeats=2, inproc_warmup=50, wrk_rounds=1, wrk_seconds=2,
              startup_runs=4, span_rounds=1, span_count=20000, pipeline_rounds=1, pipeline_spans=20000,
              flood_spans=20000)
-FULL = Mode(rounds=11, inproc_requests=600, inproc_repeats=3, inproc_warmup=200, wrk_rounds=5, wrk_seconds=5,
+FULL = Mode(rounds=11, inproc_requests=600, inproc_repeats=3, inproc_warmup=200, wrk_rounds=7, wrk_seconds=5,
             startup_runs=20, span_rounds=3, span_count=50000, pipeline_rounds=3, pipeline_spans=50000,
             flood_spans=100000)
 
@@ -503,6 +503,30 @@ def stop_group(proc: subprocess.Popen, seconds: float = 20.0) -> None:
             proc.wait(10)
 
 
+def cpu_ticks(pids: List[int]) -> int:
+    """utime + stime of these processes, in clock ticks (the ones gone meanwhile count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def machine_ticks() -> Tuple[int, int]:
+    """(all CPU ticks, steal ticks) of the machine so far (/proc/stat): the share of time the hypervisor gave
+    this machine's CPUs to others, which slows whatever runs meanwhile."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(x) for x in f.readline().split()[1:]]
+        return sum(values[:8]), values[7]
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+
+
 def run_wrk(url: str, seconds: int, connections: int = WRK_CONNECTIONS) -> Dict[str, Any]:
     cmd = [WRK, "-t1", "-c%d" % connections, "-d%ds" % seconds, "--latency", url]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
@@ -523,7 +547,13 @@ def gunicorn_once(ctx: Ctx, agent: str, workers: int, path: str) -> Dict[str, An
     try:
         wait_ready(url, proc)
         run_wrk(url, 1)  # warm-up: every worker has served, imported and patched what it needs
+        workers = worker_pids(proc.pid)
+        cpu_before, (all_before, steal_before) = cpu_ticks(workers), machine_ticks()
         res = run_wrk(url, ctx.mode.wrk_seconds)
+        cpu_after, (all_after, steal_after) = cpu_ticks(workers), machine_ticks()
+        # the workers' CPU time per request: the same cost as req/s shows, less shaken by the machine's noise
+        res["cpu_us"] = (cpu_after - cpu_before) / os.sysconf("SC_CLK_TCK") / max(1, res["requests"]) * 1e6
+        res["steal_pct"] = 100.0 * (steal_after - steal_before) / max(1, all_after - all_before)
         res["worker_rss_mb"] = [x for x in (vm_hwm_mb(p) for p in worker_pids(proc.pid)) if x is not None]
     finally:
         stop_group(proc)
@@ -532,8 +562,9 @@ def gunicorn_once(ctx: Ctx, agent: str, workers: int, path: str) -> Dict[str, An
     res["export"] = export_check(agent, ctx.sink.take(), res["requests"] // 2)
     if proc.returncode not in (0, -signal.SIGTERM):
         res["exit"] = proc.returncode
-    log("  %.0f req/s, p50 %s ms, p99 %s ms, worker RSS %s MB; sink: %s" % (
-        res["rps"], res["p50_ms"], res["p99_ms"], res["worker_rss_mb"], res["export"]["detail"]))
+    log("  %.0f req/s, p50 %s ms, p99 %s ms, worker CPU %.0f us/request, steal %.1f%%, worker RSS %s MB; sink: %s" % (
+        res["rps"], res["p50_ms"], res["p99_ms"], res["cpu_us"], res["steal_pct"], res["worker_rss_mb"],
+        res["export"]["detail"]))
     return res
 
 
@@ -552,9 +583,13 @@ def bench_wrk(ctx: Ctx) -> Dict[str, Any]:
             ratio = [runs[agent][i]["rps"] / runs["none"][i]["rps"] for i in range(rounds)]
             rss = [max(runs[agent][i]["worker_rss_mb"] or [float("nan")]) for i in range(rounds)]
             base_rss = [max(runs["none"][i]["worker_rss_mb"] or [float("nan")]) for i in range(rounds)]
+            cpu = [runs[agent][i]["cpu_us"] for i in range(rounds)]
             row[agent] = {
                 "rps": median(rps), "rps_spread": list(spread(rps)), "ratio": median(ratio),
-                "ratio_spread": list(spread(ratio)),
+                "ratio_spread": list(spread(ratio)), "round_ratios": ratio,
+                "cpu_us": median(cpu),
+                "cpu_over_us": median([c - runs["none"][i]["cpu_us"] for i, c in enumerate(cpu)]),
+                "steal_pct": median([runs[agent][i]["steal_pct"] for i in range(rounds)]),
                 "p50_ms": median([runs[agent][i]["p50_ms"] for i in range(rounds)]),
                 "p99_ms": median([runs[agent][i]["p99_ms"] for i in range(rounds)]),
                 "worker_rss_mb": median(rss), "worker_rss_over_mb": median([a - b for a, b in zip(rss, base_rss)]),
@@ -986,18 +1021,29 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
     if wrk:
         lines += ["## gunicorn under load", "",
                   "`gunicorn -w N refapp:app` (sync workers) under each launcher; `wrk -t1 -c%d -d%ds --latency` "
-                  "on /hello after a 1 s warm-up; medians over rounds. Worker RSS = VmHWM of the largest worker "
-                  "after the load." % (wrk["connections"], wrk["seconds"]), "",
-                  "| workers | agent | req/s (spread) | vs no agent | p50 (ms) | p99 (ms) | worker RSS (MB) | "
-                  "spans per request (sink) | errors |", "|---|---|---|---|---|---|---|---|---|"]
+                  "on /hello after a 1 s warm-up; medians over rounds (vs no agent: the median of each round's "
+                  "ratio to that round's no-agent run). Worker CPU: the workers' user + system time per request "
+                  "during the measured run (over no agent: the median of the rounds' differences), a steadier view "
+                  "of the same cost. Steal: the share of the machine's CPU time its hypervisor gave to others "
+                  "meanwhile (it slows whatever runs then). Worker RSS = VmHWM of the largest worker after the load."
+                  % (wrk["connections"], wrk["seconds"]), "",
+                  "| workers | agent | req/s (spread) | vs no agent | p50 (ms) | p99 (ms) | worker CPU per request "
+                  "(us) | over no agent | steal | worker RSS (MB) | spans per request (sink) | errors |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for workers, row in wrk["by_workers"].items():
             for a in AGENTS:
                 c = row[a]
-                lines.append("| %s | %s | %s (%s) | %s%% | %s | %s | %s | %s%s | %d |" % (
+                lines.append("| %s | %s | %s (%s) | %s%% | %s | %s | %s | %s | %s%% | %s | %s%s | %d |" % (
                     workers, LABELS[a], fmt(c["rps"], 0), rng(c["rps_spread"], 0), fmt(c["ratio"] * 100),
-                    fmt(c["p50_ms"], 2), fmt(c["p99_ms"], 2), fmt(c["worker_rss_mb"]), fmt(c["spans_per_request"], 2),
+                    fmt(c["p50_ms"], 2), fmt(c["p99_ms"], 2), fmt(c.get("cpu_us"), 0),
+                    "" if a == "none" else "%+.0f" % c.get("cpu_over_us", float("nan")), fmt(c.get("steal_pct")),
+                    fmt(c["worker_rss_mb"]), fmt(c["spans_per_request"], 2),
                     "" if c["export_ok"] else " **FAILED**", c["errors"]))
         lines.append("")
+        lines += ["autoinstr's ratio to no agent, round by round: %s." % "; ".join(
+            "%s worker(s) %s" % (workers, ", ".join("%.1f%%" % (100 * r)
+                                                    for r in row["autoinstr"].get("round_ratios", [])))
+            for workers, row in wrk["by_workers"].items()), ""]
     startup = results.get("startup")
     if startup:
         lines += ["## Start-up", "", "Wall time from spawn to exit, %d rounds of every case, in a rotating order, "
