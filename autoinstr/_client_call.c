@@ -72,10 +72,7 @@ static PyObject *http_global(int which)
 
 static int statsd_enabled(void)
 {
-    PyObject *enabled = PyObject_GetAttr(http_statsd, h[H_ENABLED]);
-    int truth = enabled == NULL ? -1 : PyObject_IsTrue(enabled);
-    Py_XDECREF(enabled);
-    return truth;
+    return module_flag(http_statsd, h[H_ENABLED]);
 }
 
 /* ------------------------------------------------------------------------------------------ a call */

@@ -229,10 +229,7 @@ static void db_rows(SpanObject *span, PyObject *cursor)
 
 static int db_statsd_on(void)
 {
-    PyObject *enabled = PyObject_GetAttr(db_statsd, h[H_ENABLED]);
-    int truth = enabled == NULL ? -1 : PyObject_IsTrue(enabled);
-    Py_XDECREF(enabled);
-    return truth;
+    return module_flag(db_statsd, h[H_ENABLED]);
 }
 
 static PyObject *db_call(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int current);

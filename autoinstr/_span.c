@@ -489,13 +489,14 @@ static PyObject *sink_call(PyObject *method, PyObject *arg)
 }
 
 static PyObject *core_on_end(PyObject *op, PyObject *unused);
+static PyObject *submit_queued(PyObject *method, PyObject *item);
 
 /* The ended span to the pipeline: alone when it is a trace of one span, else through _on_end. */
 static int hand_over(SpanObject *self)
 {
     PyObject *result;
     if (self->root == (PyObject *)self && self->finished == Py_None)
-        result = sink_call(str_submit_one, (PyObject *)self);
+        result = submit_queued(str_submit_one, (PyObject *)self);
     else
         result = core_on_end((PyObject *)self, NULL);
     return handover(result);
@@ -616,6 +617,83 @@ static PyObject *core_finish(PyObject *op, PyObject *const *args, Py_ssize_t nar
     Py_RETURN_NONE;
 }
 
+/* A handed-over span waits in the pipeline's queue, often through several collections of the youngest generations:
+   tracked, each traverses it and promotes it, and the oldest generation's full collections then come about three
+   times as often (a gunicorn worker with the agent spent 6 us a request more in the collector, most of it in full
+   collections of the whole heap). Waiting there, it is reachable from the queue alone, so it is untracked where it
+   cannot be part of a cycle: no context token, no list of finished spans (the root's is gone once handed over),
+   no events, attributes in a dict the collector does not track (nothing in it that could hold a reference back),
+   every other field atomic or a span. The flush thread tracks what it takes again (track_again), so a span
+   changed meanwhile is seen again by the collector before it is let go. */
+static int untracked_field(PyObject *v)
+{
+    return v == NULL || !PyObject_IS_GC(v) || !PyObject_GC_IsTracked(v);
+}
+
+static void untrack_queued_span(PyObject *op)
+{
+    if (Py_TYPE(op) != span_class || !PyObject_GC_IsTracked(op))
+        return;
+    SpanObject *s = (SpanObject *)op;
+    if ((s->token != NULL && s->token != Py_None) || (s->finished != NULL && s->finished != Py_None) ||
+        (s->events != NULL && s->events != Py_None && !(PyList_CheckExact(s->events) && PyList_GET_SIZE(s->events) == 0)) ||
+        (s->attributes != NULL && s->attributes != Py_None &&
+         !(PyDict_CheckExact(s->attributes) && !PyObject_GC_IsTracked(s->attributes))) ||
+        (s->root != NULL && Py_TYPE(s->root) != span_class))
+        return;
+    PyObject *fields[] = {s->name, s->kind, s->span_id, s->parent_id, s->start_ns, s->end_ns, s->status, s->trace_id,
+                          s->sampled, s->tracestate, s->baggage};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        if (!untracked_field(fields[i]))
+            return;
+    PyObject_GC_UnTrack(op);
+}
+
+/* A local trace about to be queued: its spans (and the list, which nothing but the queue will hold). */
+static void untrack_queued(PyObject *item)
+{
+    if (PyList_CheckExact(item)) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(item); i++)
+            untrack_queued_span(PyList_GET_ITEM(item, i));
+        if (PyObject_GC_IsTracked(item))
+            PyObject_GC_UnTrack(item);
+    }
+    else
+        untrack_queued_span(item);
+}
+
+/* track_again(taken): the spans and span lists untracked while queued, in what the flush thread took (lists and
+   tuples of them, a few levels deep), tracked again. */
+static void track_again_at(PyObject *obj, int depth)
+{
+    if (Py_TYPE(obj) == span_class) {
+        if (!PyObject_GC_IsTracked(obj))
+            PyObject_GC_Track(obj);
+        return;
+    }
+    if (depth > 6 || !(PyList_CheckExact(obj) || PyTuple_CheckExact(obj)))
+        return;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(obj);
+    PyObject **items = PySequence_Fast_ITEMS(obj);
+    for (Py_ssize_t i = 0; i < n; i++)
+        track_again_at(items[i], depth + 1);
+    if (PyList_CheckExact(obj) && !PyObject_GC_IsTracked(obj))
+        PyObject_GC_Track(obj);
+}
+
+static PyObject *track_again(PyObject *module, PyObject *taken)
+{
+    if (span_class != NULL)
+        track_again_at(taken, 0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *submit_queued(PyObject *method, PyObject *item)
+{
+    untrack_queued(item);
+    return sink_call(method, item);
+}
+
 /* The local root hands over the whole local trace; a span ending after its root goes alone. */
 static PyObject *core_on_end(PyObject *op, PyObject *unused)
 {
@@ -636,15 +714,15 @@ static PyObject *core_on_end(PyObject *op, PyObject *unused)
     }
     if (root == op) {
         if (spans == Py_None)
-            result = sink_call(str_submit_one, op);
+            result = submit_queued(str_submit_one, op);
         else {
             set_slot(&r->finished, Py_None);
             if (PyList_Append(spans, op) == 0)
-                result = sink_call(str_submit, spans);
+                result = submit_queued(str_submit, spans);
         }
     }
     else if (truth_of(r->end_ns))
-        result = sink_call(str_submit_one, op);
+        result = submit_queued(str_submit_one, op);
     else if (spans == Py_None) {
         PyObject *list = PyList_New(1);
         if (list != NULL) {
@@ -658,7 +736,7 @@ static PyObject *core_on_end(PyObject *op, PyObject *unused)
     else if (PyList_Append(spans, op) == 0) {
         if (PyList_GET_SIZE(spans) >= PARTIAL_FLUSH_SPANS) {
             set_slot(&r->finished, Py_None);
-            result = sink_call(str_submit, spans);
+            result = submit_queued(str_submit, spans);
         }
         else {
             result = Py_None;

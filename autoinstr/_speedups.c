@@ -1545,6 +1545,8 @@ static PyMethodDef methods[] = {
      "pack_records(rows, fallback) -> msgpack bytes of the rows' records, as msgpack.packb would give them"},
     {"configure_span", configure_span, METH_VARARGS,
      "configure_span(Span, current_span_var, bits, clock, Sink, span module globals, _UNSET, _handover_failed)"},
+    {"track_again", track_again, METH_O,
+     "track_again(taken): spans untracked while queued (and their lists), in lists and tuples, tracked again"},
     {"configure_sampling", configure_sampling, METH_VARARGS,
      "configure_sampling(threshold or None for always, rate limiter or None, never)"},
     {"configure_wsgi", configure_wsgi, METH_VARARGS,

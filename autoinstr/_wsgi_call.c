@@ -137,6 +137,23 @@ static int wsgi_flag(int which)
     return value == NULL ? -1 : PyObject_IsTrue(value);
 }
 
+/* A module's switch (statsd's `enabled`): its truth, 1, 0 or -1 on error. From the module's dict (a getattr costs
+   a few hundred instructions on every request). */
+static int module_flag(PyObject *module, PyObject *name)
+{
+    if (PyModule_CheckExact(module)) {
+        PyObject *value = PyDict_GetItemWithError(PyModule_GetDict(module), name);
+        if (value != NULL)
+            return PyObject_IsTrue(value);
+        if (PyErr_Occurred())
+            return -1;
+    }
+    PyObject *value = PyObject_GetAttr(module, name);
+    int truth = value == NULL ? -1 : PyObject_IsTrue(value);
+    Py_XDECREF(value);
+    return truth;
+}
+
 /* environ.get(key), borrowed (Py_None when missing; NULL on error). */
 static PyObject *environ_get(PyObject *environ, int which)
 {
@@ -156,6 +173,77 @@ static int set_if_true(PyObject *attrs, int which, PyObject *value)
 {
     int truth = PyObject_IsTrue(value);
     return truth <= 0 ? truth : set_attribute(attrs, which, value);
+}
+
+/* The last connection seen and its attributes: most requests come on the connection of the one before (or one
+   alike), and comparing four short strings costs less than the tuple, its hash (the strings are new each request,
+   their hashes not yet computed) and the lookup in _connections. */
+static PyObject *last_connection[4], *last_connection_attributes;
+
+/* Whether a and b are exact str objects of the same text (other types are not compared: their __eq__ could run
+   code, or lie). */
+static int same_text(PyObject *a, PyObject *b)
+{
+    if (!PyUnicode_CheckExact(a) || !PyUnicode_CheckExact(b))
+        return 0;
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(a) < 0 || PyUnicode_READY(b) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+#endif
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    int kind = PyUnicode_KIND(a);
+    return n == PyUnicode_GET_LENGTH(b) && kind == (int)PyUnicode_KIND(b) &&
+           memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * (size_t)kind) == 0;
+}
+
+/* _connection_attributes(environ) (new reference): what every request of its connection shares. */
+static PyObject *wsgi_connection_attributes(PyObject *environ)
+{
+    static const int connection_keys[4] = {W_HTTP_HOST, W_URL_SCHEME, W_SERVER_PROTOCOL, W_REMOTE_ADDR};
+    PyObject *parts[4];
+    int same = last_connection_attributes != NULL;
+    for (int i = 0; i < 4; i++) {
+        if ((parts[i] = environ_get(environ, connection_keys[i])) == NULL)
+            return NULL;
+        if (same && parts[i] != last_connection[i])
+            same = same_text(parts[i], last_connection[i]);
+    }
+    if (same) {
+        Py_INCREF(last_connection_attributes);
+        return last_connection_attributes;
+    }
+    PyObject *key = PyTuple_Pack(4, parts[0], parts[1], parts[2], parts[3]);  /* (holds the parts from here) */
+    if (key == NULL)
+        return NULL;
+    PyObject *connections = wsgi_global(W_CONNECTIONS);
+    PyObject *found = connections == NULL ? NULL : PyDict_GetItemWithError(connections, key);
+    int cached = found != NULL;
+    if (found != NULL)
+        Py_INCREF(found);
+    else if (!PyErr_Occurred()) {
+        PyObject *work_out = wsgi_global(W_CONNECTION_ATTRIBUTES);
+        found = work_out == NULL ? NULL : PyObject_CallOneArg(work_out, environ);
+        /* kept by _connections (not once it is full: then worked out each time, and here too) */
+        connections = found == NULL ? NULL : wsgi_global(W_CONNECTIONS);
+        cached = connections != NULL && PyDict_GetItemWithError(connections, key) == found;
+        if (found != NULL)
+            PyErr_Clear();  /* (a failed check: not kept here, that is all) */
+    }
+    for (int i = 0; i < 4 && cached; i++)  /* (only str and None kept: letting go of them runs no code) */
+        cached = PyTuple_GET_ITEM(key, i) == Py_None || PyUnicode_CheckExact(PyTuple_GET_ITEM(key, i));
+    if (found != NULL && cached && PyDict_CheckExact(found)) {
+        for (int i = 0; i < 4; i++) {
+            PyObject *part = PyTuple_GET_ITEM(key, i);
+            Py_INCREF(part);
+            Py_XSETREF(last_connection[i], part);
+        }
+        Py_INCREF(found);
+        Py_XSETREF(last_connection_attributes, found);
+    }
+    Py_DECREF(key);
+    return found;
 }
 
 /* The request's server span (new reference), as _server_span(environ) makes it: here for a request with a
@@ -198,34 +286,20 @@ static PyObject *server_span(PyObject *environ)
     SpanObject *s = (SpanObject *)span;
     if (s->sampled != Py_True)
         return span;
-    /* one dict built at once: the method, the path, then what every request of its connection shares */
-    PyObject *attrs = PyDict_New();
-    if (attrs == NULL)
+    /* the attributes: a copy of what every request of its connection shares (one small table cloned rather than
+       five entries inserted), then the method and the path */
+    PyObject *found = wsgi_connection_attributes(environ);
+    PyObject *attrs = found == NULL ? NULL : PyDict_CheckExact(found) ? PyDict_Copy(found) : PyDict_New();
+    int updated = attrs == NULL || (!PyDict_CheckExact(found) && PyDict_Update(attrs, found) < 0) ? -1 : 0;
+    Py_XDECREF(found);
+    if (attrs != NULL)
+        Py_XSETREF(s->attributes, attrs);
+    if (updated < 0)
         goto fail;
-    Py_XSETREF(s->attributes, attrs);
     PyObject *path = environ_get(environ, W_PATH_INFO);
     int has_path = path == NULL ? -1 : PyObject_IsTrue(path);
     if (has_path < 0 || set_attribute(attrs, W_A_METHOD, method) < 0 ||
         set_attribute(attrs, W_A_PATH, has_path ? path : w[W_SLASH]) < 0)
-        goto fail;
-    static const int connection_keys[4] = {W_HTTP_HOST, W_URL_SCHEME, W_SERVER_PROTOCOL, W_REMOTE_ADDR};
-    PyObject *parts[4];
-    for (int i = 0; i < 4; i++)
-        if ((parts[i] = environ_get(environ, connection_keys[i])) == NULL)
-            goto fail;
-    PyObject *key = PyTuple_Pack(4, parts[0], parts[1], parts[2], parts[3]);
-    PyObject *connections = key == NULL ? NULL : wsgi_global(W_CONNECTIONS);
-    PyObject *found = connections == NULL ? NULL : PyDict_GetItemWithError(connections, key);
-    Py_XDECREF(key);
-    if (found != NULL)
-        Py_INCREF(found);
-    else if (!PyErr_Occurred()) {
-        PyObject *work_out = wsgi_global(W_CONNECTION_ATTRIBUTES);
-        found = work_out == NULL ? NULL : PyObject_CallOneArg(work_out, environ);
-    }
-    int updated = found == NULL ? -1 : PyDict_Update(attrs, found);
-    Py_XDECREF(found);
-    if (updated < 0)
         goto fail;
     PyObject *query = environ_get(environ, W_QUERY_STRING);
     int has_query = query == NULL ? -1 : PyObject_IsTrue(query);
@@ -288,9 +362,7 @@ static int response_finish(ResponseObject *self)
     if (done == NULL)
         return -1;
     Py_DECREF(done);
-    PyObject *enabled = PyObject_GetAttr(wsgi_statsd, w[W_ENABLED]);
-    int counting = enabled == NULL ? -1 : PyObject_IsTrue(enabled);
-    Py_XDECREF(enabled);
+    int counting = module_flag(wsgi_statsd, w[W_ENABLED]);
     if (counting <= 0)
         return counting;
     PyObject *code = PyLong_FromLong(self->status_code);
@@ -409,10 +481,13 @@ static PyObject *body_size(PyObject *value)
         const Py_UCS1 *c = PyUnicode_1BYTE_DATA(value);
         if (n == 0)
             return NULL;
-        for (Py_ssize_t i = 0; i < n; i++)
+        long long size = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
             if (c[i] < '0' || c[i] > '9')
                 return NULL;
-        return PyLong_FromUnicodeObject(value, 10);
+            size = size * 10 + (c[i] - '0');
+        }
+        return n <= 18 ? PyLong_FromLongLong(size) : PyLong_FromUnicodeObject(value, 10);
     }
     PyObject *text = PyObject_Str(value);
     PyObject *digits = text == NULL ? NULL : PyObject_CallMethodNoArgs(text, w[W_ISDIGIT]);

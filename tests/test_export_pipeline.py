@@ -484,3 +484,49 @@ def test_exit_flush_of_a_large_backlog_exports_in_chunks(make_pipeline):
     assert p.shutdown(timeout=10)
     assert len(mem.records) == 3000
     assert max(len(b) for b in mem.batches) <= p.batch
+
+
+def test_queued_spans_wait_untracked_by_the_collector_and_are_tracked_again_when_taken(make_pipeline, monkeypatch):
+    """The compiled core untracks a handed-over span that cannot be in a cycle (its queue alone holds it), so the
+    collections of the youngest generations neither traverse nor promote it; what the flush thread takes is
+    tracked again. A span with a container among its attributes stays tracked; a cycle made through a span after
+    it was queued is collected once the span is exported."""
+    import gc
+    import weakref
+
+    from autoinstr.trace.span import Sink, compiled
+
+    if compiled("track_again") is None:
+        pytest.skip("the compiled span core is not in use")
+    mem = MemoryExporter()
+    p = make_pipeline(mem)
+    monkeypatch.setattr(Sink, "submit", p.submit)
+    monkeypatch.setattr(Sink, "submit_one", p.submit_one)
+    with Span("alone") as alone:
+        alone.set_attribute("n", 1)
+    with Span("root") as root, Span("child") as child:
+        child.set_attribute("tags", ["a", "b"])  # a list: a container, so the child stays tracked
+    assert not gc.is_tracked(alone) and not gc.is_tracked(root) and gc.is_tracked(child)
+    trace = p._buffer[-1]
+    assert trace == [child, root] and not gc.is_tracked(trace)
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.span = alone
+    alone.attributes["holder"] = holder  # a cycle made after the hand-over (nothing stops a user doing so)
+    gone = weakref.ref(holder)
+    del holder
+    chunks = p._take()
+    assert gc.is_tracked(alone) and gc.is_tracked(root) and gc.is_tracked(trace)
+    assert sorted(s.name for chunk, _ in chunks for t in chunk for s in (t if isinstance(t, list) else [t])) == [
+        "alone", "child", "root"]
+    del chunks, trace, alone
+    gc.collect()
+    assert gone() is None  # collected: no leak through the untracked wait
+
+    p._limit = 0  # full: dropped, and tracked again on the way out
+    with Span("dropped") as dropped:
+        pass
+    assert gc.is_tracked(dropped) and p.dropped_queue_full == 1

@@ -221,6 +221,36 @@ def test_a_server_serves_a_framework_app_unwrapped_when_the_framework_makes_the_
     assert isinstance(wrap_app(app), TracedApp)  # unpatched: wrapped again
 
 
+def test_each_request_gets_its_own_connections_attributes(collected, monkeypatch):
+    """What a connection's requests share is worked out once per connection (the compiled path also keeps the last
+    one at hand): requests alternating between connections each get their own; once the cache is full, each is
+    worked out afresh (a request without Host: the server's own name and port)."""
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return [b""]
+
+    traced = wrap_app(app)
+
+    def serve(host, client, port="80"):
+        env = environ_for(headers={"Host": host} if host else None)
+        env.update(REMOTE_ADDR=client, SERVER_PORT=port, SERVER_NAME="srv")
+        if not host:
+            env.pop("HTTP_HOST", None)
+        collected.clear()
+        run(traced, env)
+        attrs = one_server_span(collected).attributes
+        return attrs.get("server.address"), attrs.get("server.port"), attrs.get("client.address")
+
+    for _ in range(3):
+        assert serve("a.example:8001", "10.0.0.1") == ("a.example", 8001, "10.0.0.1")
+        assert serve("b.example:8002", "10.0.0.2") == ("b.example", 8002, "10.0.0.2")
+        assert serve("b.example:8002", "10.0.0.3") == ("b.example", 8002, "10.0.0.3")
+    monkeypatch.setattr(_wsgi, "_connections", {("x", i): {} for i in range(1024)})
+    assert serve(None, "10.0.0.9", "81") == ("srv", 81, "10.0.0.9")
+    assert serve(None, "10.0.0.9", "82") == ("srv", 82, "10.0.0.9")  # (full: not kept, worked out again)
+    assert len(_wsgi._connections) == 1024
+
+
 def test_routes_name_spans_from_a_bounded_pool(collected, monkeypatch):
     monkeypatch.setattr(NamePool, "names", set())
     monkeypatch.setattr(NamePool, "limit", 2)

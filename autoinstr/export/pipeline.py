@@ -22,6 +22,16 @@ from itertools import count
 
 from autoinstr import _log
 from autoinstr.export.records import records_of
+from autoinstr.trace.span import compiled
+
+
+def _untracked_none(taken: object) -> None:
+    return None
+
+
+# The compiled span core untracks what it queues (see _span.c untrack_queued): what is taken, or dropped, is
+# tracked again, so that the garbage collector sees it before it is let go.
+_track_again = compiled("track_again", _untracked_none)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -350,6 +360,7 @@ class Pipeline:
         Exact counts (submitted, exported) are kept by the flush thread."""
         queued = self._queued + len(spans)
         if queued > self._limit:
+            _track_again(spans)
             drop = self._full_drops.__next__
             for _ in spans:
                 drop()
@@ -363,6 +374,7 @@ class Pipeline:
         """submit() for a local trace of one span, queued as is (no list: the commonest case, made cheap)."""
         queued = self._queued + 1
         if queued > self._limit:
+            _track_again(span)
             self._full_drops.__next__()
             return
         self._buffer.append(span)
@@ -464,6 +476,7 @@ class Pipeline:
         for i in range(0, len(single), size):
             chunks.append(([single[i:i + size]], min(size, len(single) - i)))
         taken += len(single)
+        _track_again(chunks)
         self._wake_pending = False
         self.submitted += taken
         self._queued = sum(len(x) if x.__class__ is list else 1 for x in list(buffer))  # added meanwhile
