@@ -113,6 +113,22 @@ def test_wrk_output_parses(servers):
     assert stub.hits["GET"] >= res["requests"]
 
 
+def test_the_stub_runs_in_a_process_of_its_own():
+    """The suite's stub answers from its own process (no GIL shared with the sink) and ends when closed."""
+    import urllib.request
+
+    from sink import StubProcess
+
+    stub = StubProcess()
+    try:
+        with urllib.request.urlopen(stub.url + "/stub", timeout=10) as resp:
+            assert resp.status == 200 and json.loads(resp.read()) == {"stub": True}
+        assert stub._proc.pid != os.getpid() and stub._proc.poll() is None
+    finally:
+        stub.close()
+    assert stub._proc.returncode == 0
+
+
 def test_cpu_and_steal_readings():
     """The wrk step's steadier view: a process's CPU ticks grow with work done (a process gone counts 0), and the
     machine's steal is a share of its CPU time."""

@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from sink import DD_TRACING_ONLY, Received, Sink, Stub  # noqa: E402
+from sink import DD_TRACING_ONLY, Received, Sink, StubProcess  # noqa: E402
 
 REPO = HERE.parent.parent
 VENVS = HERE.parent / ".venvs"
@@ -244,7 +244,7 @@ LABELS = {"none": "no agent", "autoinstr": "autoinstr", "ddtrace": "ddtrace", "o
 class Ctx:
     venvs: Dict[str, Venv]
     sink: Sink
-    stub: Stub
+    stub: StubProcess
     settings: Dict[str, Dict[str, str]]
     work: Path
     mode: Mode
@@ -1176,7 +1176,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     mode = QUICK if args.quick else FULL
     started = time.monotonic()
     venvs = setup_venvs()
-    sink, stub = Sink(), Stub()
+    sink, stub = Sink(), StubProcess()
     settings = peer_settings(sink.url)
     print("Settings (the sink is %s):" % sink.url)
     for agent in AGENTS[1:]:

@@ -270,3 +270,41 @@ class Stub(_Server):
                 pass
 
         super().__init__("stub", Handler)
+
+
+class StubProcess:
+    """The Stub in a process of its own: the remote service /outgoing calls shares no GIL with the sink, which is
+    receiving the measured agent's exports meanwhile (in one process, each batch the sink read would hold the
+    stub's answers back, and so be counted in the exporting agents' /outgoing). Ends when closed, or with us."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        self._proc = subprocess.Popen([sys.executable, __file__, "stub"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+        line = self._proc.stdout.readline().strip() if self._proc.stdout else ""
+        if not line.startswith("http://"):
+            self.close()
+            raise RuntimeError("the stub process did not start (said %r)" % line)
+        self.url = line
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            if self._proc.stdin:
+                self._proc.stdin.close()  # the stub exits at the end of its input
+            try:
+                self._proc.wait(10)
+            except Exception:
+                self._proc.kill()
+                self._proc.wait(10)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["stub"]:
+        stub = Stub()
+        print(stub.url, flush=True)
+        sys.stdin.read()
+        stub.close()
