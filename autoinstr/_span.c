@@ -635,11 +635,12 @@ static void untrack_queued_span(PyObject *op)
     if (Py_TYPE(op) != span_class || !PyObject_GC_IsTracked(op))
         return;
     SpanObject *s = (SpanObject *)op;
-    if ((s->token != NULL && s->token != Py_None) || (s->finished != NULL && s->finished != Py_None) ||
-        (s->events != NULL && s->events != Py_None && !(PyList_CheckExact(s->events) && PyList_GET_SIZE(s->events) == 0)) ||
-        (s->attributes != NULL && s->attributes != Py_None &&
-         !(PyDict_CheckExact(s->attributes) && !PyObject_GC_IsTracked(s->attributes))) ||
-        (s->root != NULL && Py_TYPE(s->root) != span_class))
+    int no_events = s->events == NULL || s->events == Py_None ||
+                    (PyList_CheckExact(s->events) && PyList_GET_SIZE(s->events) == 0);
+    int plain_attributes = s->attributes == NULL || s->attributes == Py_None ||
+                           (PyDict_CheckExact(s->attributes) && !PyObject_GC_IsTracked(s->attributes));
+    if ((s->token != NULL && s->token != Py_None) || (s->finished != NULL && s->finished != Py_None) || !no_events ||
+        !plain_attributes || (s->root != NULL && Py_TYPE(s->root) != span_class))
         return;
     PyObject *fields[] = {s->name, s->kind, s->span_id, s->parent_id, s->start_ns, s->end_ns, s->status, s->trace_id,
                           s->sampled, s->tracestate, s->baggage};

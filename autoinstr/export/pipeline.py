@@ -25,13 +25,13 @@ from autoinstr.export.records import records_of
 from autoinstr.trace.span import compiled
 
 
-def _untracked_none(taken: object) -> None:
-    return None
+def _nothing_untracked(taken: object) -> None:
+    """track_again without the compiled span core: the Python spans are never untracked."""
 
 
 # The compiled span core untracks what it queues (see _span.c untrack_queued): what is taken, or dropped, is
 # tracked again, so that the garbage collector sees it before it is let go.
-_track_again = compiled("track_again", _untracked_none)
+_track_again = compiled("track_again", _nothing_untracked)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
