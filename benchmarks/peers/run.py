@@ -554,7 +554,7 @@ def gunicorn_once(ctx: Ctx, agent: str, workers: int, path: str) -> Dict[str, An
         # the workers' CPU time per request: the same cost as req/s shows, less shaken by the machine's noise
         res["cpu_us"] = (cpu_after - cpu_before) / os.sysconf("SC_CLK_TCK") / max(1, res["requests"]) * 1e6
         res["steal_pct"] = 100.0 * (steal_after - steal_before) / max(1, all_after - all_before)
-        res["worker_rss_mb"] = [x for x in (vm_hwm_mb(p) for p in worker_pids(proc.pid)) if x is not None]
+        res["worker_rss_mb"] = [x for x in (vm_hwm_mb(p) for p in workers) if x is not None]
     finally:
         stop_group(proc)
         errlog.close()
