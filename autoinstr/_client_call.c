@@ -9,8 +9,8 @@
    Both hooks are functions to Python: they bind to instances like one (and are called without a bound method
    object, as a function is), carry functools.update_wrapper's attributes and give the real one's signature.
    The rare paths call the module's Python functions, looked up in its globals at each call:
-   _rare_attributes, Call.respond and Call.end, _fail, _inject (a request that is not the common case of a
-   new trace's root under traceparent-only propagators), _endheaders (http.client used directly). */
+   _rare_attributes, Call.respond and Call.end, _fail, _inject (a request that is not the common case: a traceparent alone, for a
+   new trace's root or under a local root), _endheaders (http.client used directly). */
 
 typedef struct {
     PyObject_HEAD
@@ -484,37 +484,45 @@ error:
     return NULL;
 }
 
-/* Whether a line of the buffered head (the lines joined by "\n", compared lowercased) starts with `name`. */
-static int head_has(PyObject *buffer, const char *name, Py_ssize_t n)
+/* Whether the header line at `c` (`left` bytes to its line's end, compared lowercased) is a traceparent or a
+   tracestate. */
+static int trace_header_at(const char *c, Py_ssize_t left)
+{
+    return (left >= 12 && ascii_lower_equal(c, "traceparent:", 12)) ||
+           (left >= 11 && ascii_lower_equal(c, "tracestate:", 11));
+}
+
+/* Whether the buffered head (its lines joined by "\n") has a traceparent or tracestate line of the app's: one pass,
+   line starts and any "\n" inside a line (memchr, not a byte loop). */
+static int head_has_trace_header(PyObject *buffer)
 {
     Py_ssize_t lines = PyList_GET_SIZE(buffer);
     for (Py_ssize_t i = 0; i < lines; i++) {
         PyObject *line = PyList_GET_ITEM(buffer, i);
-        const char *c = PyBytes_AS_STRING(line);
-        Py_ssize_t size = PyBytes_GET_SIZE(line);
-        if (i > 0 && size >= n && ascii_lower_equal(c, name, n))
+        const char *c = PyBytes_AS_STRING(line), *end = c + PyBytes_GET_SIZE(line);
+        if (i > 0 && trace_header_at(c, end - c))
             return 1;
-        for (Py_ssize_t j = 0; j + n < size; j++)  /* a "\n" inside a line starts one too */
-            if (c[j] == '\n' && ascii_lower_equal(c + j + 1, name, n))
+        for (const char *nl = memchr(c, '\n', end - c); nl != NULL; nl = memchr(nl + 1, '\n', end - nl - 1))
+            if (trace_header_at(nl + 1, end - nl - 1))
                 return 1;
     }
     return 0;
 }
 
-/* `traceparent: 00-{trace id:032x}-{span id:016x}-01` for a sampled root span. NULL (no error) when the ids are
-   not what the format expects (the Python path formats them then). */
-static PyObject *traceparent_line(SpanObject *s)
+/* `traceparent: 00-{trace id:032x}-{span id:016x}-01`, for a sampled span of a trace whose root is sampled. NULL
+   (no error) when the ids are not what the format expects (the Python path formats them then). */
+static PyObject *traceparent_line(PyObject *trace_id, PyObject *span_id)
 {
     static const char digits[] = "0123456789abcdef";
     unsigned char trace[16], span[8];
-    if (s->trace_id == NULL || s->span_id == NULL || !PyLong_CheckExact(s->trace_id) || !PyLong_CheckExact(s->span_id))
+    if (trace_id == NULL || span_id == NULL || !PyLong_CheckExact(trace_id) || !PyLong_CheckExact(span_id))
         return NULL;
 #if PY_VERSION_HEX >= 0x030D0000
-    if (_PyLong_AsByteArray((PyLongObject *)s->trace_id, trace, 16, 0, 0, 1) < 0 ||
-        _PyLong_AsByteArray((PyLongObject *)s->span_id, span, 8, 0, 0, 1) < 0) {
+    if (_PyLong_AsByteArray((PyLongObject *)trace_id, trace, 16, 0, 0, 1) < 0 ||
+        _PyLong_AsByteArray((PyLongObject *)span_id, span, 8, 0, 0, 1) < 0) {
 #else
-    if (_PyLong_AsByteArray((PyLongObject *)s->trace_id, trace, 16, 0, 0) < 0 ||
-        _PyLong_AsByteArray((PyLongObject *)s->span_id, span, 8, 0, 0) < 0) {
+    if (_PyLong_AsByteArray((PyLongObject *)trace_id, trace, 16, 0, 0) < 0 ||
+        _PyLong_AsByteArray((PyLongObject *)span_id, span, 8, 0, 0) < 0) {
 #endif
         PyErr_Clear();
         return NULL;
@@ -534,14 +542,42 @@ static PyObject *traceparent_line(SpanObject *s)
     return PyBytes_FromStringAndSize(text, 68);
 }
 
-/* The trace headers into the connection's buffered head (_http._inject, whose common case is here). */
+/* Empty or None (what `not x` is for the tracestate and baggage slots when set; unset: not known here). */
+static int nothing_in(PyObject *slot)
+{
+    return slot == Py_None || (slot != NULL && ((PyUnicode_CheckExact(slot) && PyUnicode_GET_LENGTH(slot) == 0) ||
+                                                (PyDict_CheckExact(slot) && PyDict_GET_SIZE(slot) == 0)));
+}
+
+/* The trace id a traceparent alone carries for the call's span, borrowed, where _http._traceparent_alone gives one
+   (a sampled span whose trace has no tracestate and no baggage to pass on); NULL where the general path decides. */
+static PyObject *traceparent_alone_trace_id(CallObject *call)
+{
+    if (call->span == NULL || !PyObject_TypeCheck(call->span, &SpanCoreType))
+        return NULL;
+    SpanObject *span = (SpanObject *)call->span;
+    if (span->sampled != Py_True)
+        return NULL;
+    if (call->fresh)
+        return span->trace_id;
+    if (span->root == NULL || !PyObject_TypeCheck(span->root, &SpanCoreType))
+        return NULL;
+    SpanObject *root = (SpanObject *)span->root;
+    if (root->sampled == Py_True && nothing_in(root->baggage) &&
+        root->parent_id != NULL && (root->parent_id == Py_None || nothing_in(root->tracestate)))
+        return root->trace_id;
+    return NULL;
+}
+
+/* The trace headers into the connection's buffered head (_http._inject, whose common cases are here: a traceparent
+   alone, for a new trace's root or a span under a local root, the app's outgoing call inside a request). */
 static int inject_headers(PyObject *conn, CallObject *call)
 {
     PyObject *buffer;
     if (optional_attr(conn, h[H_BUFFER], &buffer) < 0)
         return -1;
-    int common = buffer != NULL && PyList_CheckExact(buffer) && call->fresh && call->span != NULL &&
-                 PyObject_TypeCheck(call->span, &SpanCoreType) && ((SpanObject *)call->span)->sampled == Py_True;
+    PyObject *trace_id = buffer != NULL && PyList_CheckExact(buffer) ? traceparent_alone_trace_id(call) : NULL;
+    int common = trace_id != NULL;
     for (Py_ssize_t i = 0; common && i < PyList_GET_SIZE(buffer); i++)
         common = PyBytes_CheckExact(PyList_GET_ITEM(buffer, i));
     if (common) {
@@ -549,7 +585,7 @@ static int inject_headers(PyObject *conn, CallObject *call)
         common = names == NULL ? -1 : PySequence_Contains(http_traceparent_only, names);
         Py_XDECREF(names);
     }
-    PyObject *line = common == 1 ? traceparent_line((SpanObject *)call->span) : NULL;
+    PyObject *line = common == 1 ? traceparent_line(trace_id, ((SpanObject *)call->span)->span_id) : NULL;
     int r = 0;
     if (common < 0)
         r = -1;
@@ -561,7 +597,7 @@ static int inject_headers(PyObject *conn, CallObject *call)
         r = done == NULL ? -1 : 0;
     }
     else {
-        if (!head_has(buffer, "traceparent:", 12) && !head_has(buffer, "tracestate:", 11))
+        if (!head_has_trace_header(buffer))
             r = PyList_Append(buffer, line);
         Py_DECREF(line);
     }

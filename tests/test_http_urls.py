@@ -180,13 +180,14 @@ WIRE_PARENTS = {"none": None, "local": "local", "remote": {"traceparent": "00-%0
 
 
 @pytest.mark.parametrize("names", _http._TRACEPARENT_ONLY + (("b3", "tracecontext", "baggage"), ("b3multi",)))
-@pytest.mark.parametrize("path", ["endheaders", "inject_buffered"])
+@pytest.mark.parametrize("path", ["endheaders", "compiled", "inject_buffered"])
 @pytest.mark.parametrize("parent", sorted(WIRE_PARENTS))
 @pytest.mark.parametrize("sampled", [1.0, 0.0])
 def test_the_wire_adds_what_inject_gives(collected, names, path, parent, sampled, monkeypatch):
     """The endheaders hook's shortcut for a traceparent alone (the default propagators, a trace without
-    tracestate or baggage), and the general path (_inject_buffered), put on the wire exactly the headers
-    propagation.inject() gives for the span, whatever its parent."""
+    tracestate or baggage), in Python and compiled, and the general path (_inject_buffered), put on the wire
+    exactly the headers propagation.inject() gives for the span, whatever its parent. The compiled hook leaves
+    the common cases to no Python function."""
     import contextlib
 
     from autoinstr.trace.propagation import Propagators, extract, inject
@@ -197,6 +198,11 @@ def test_the_wire_adds_what_inject_gives(collected, names, path, parent, sampled
             self._buffer = [b"GET /x HTTP/1.1", b"Host: h", b"Accept-Encoding: identity"]
 
     monkeypatch.setattr(_http, "_real_endheaders", lambda conn, *args, **kwargs: None)  # nothing sent
+    if path == "compiled" and _http._compiled is None:
+        pytest.skip("the compiled client path is not built or is turned off")
+    python_injections = []
+    real_inject = _http._inject
+    monkeypatch.setattr(_http, "_inject", lambda conn, call: python_injections.append(call) or real_inject(conn, call))
     Propagators.names = names
     Sampling.configure(sampled)
     given = WIRE_PARENTS[parent]
@@ -206,10 +212,11 @@ def test_the_wire_adds_what_inject_gives(collected, names, path, parent, sampled
         call = _http.Call("GET", "http://h/x")
     assert call.fresh == (given is None)
     conn = Conn()
-    if path == "endheaders":
+    if path in ("endheaders", "compiled"):
+        endheaders = _http._endheaders if path == "endheaders" else _http._compiled.wire_hook(lambda conn: None)
         token = _http._active_set(call)  # as inside requests' Session.send
         try:
-            _http._endheaders(conn)
+            endheaders(conn)
         finally:
             _http._active_reset(token)
         assert call.attempts == 1
@@ -221,7 +228,46 @@ def test_the_wire_adds_what_inject_gives(collected, names, path, parent, sampled
     assert alone is None or (list(expected) == ["traceparent"] and expected["traceparent"].endswith("-01"))
     if sampled and parent in ("none", "local", "remote-bare") and names in _http._TRACEPARENT_ONLY:
         assert alone is not None  # ...and in the common cases
+    if path == "compiled":
+        assert python_injections == ([] if alone is not None else [call])
     assert conn._buffer[3:] == [("%s: %s" % kv).encode() for kv in expected.items()]
+
+
+@pytest.mark.parametrize("path", ["endheaders", "compiled"])
+@pytest.mark.parametrize("own", [[b"TraceParent: 00-%032x-%016x-01" % (1, 2)], [b"TRACESTATE: a=b"],
+                                 [b"X-Two: 1\r\ntraceparent: 00-%032x-%016x-01" % (1, 2)],
+                                 [b"X-Two: 1\ntracestate: c=d"], [b"X-Traceparent: 1"], [b"Tracestatex: 1"]])
+@pytest.mark.parametrize("parent", ["none", "local"])
+def test_the_wire_leaves_the_apps_own_trace_headers(collected, path, own, parent, monkeypatch):
+    """A traceparent or tracestate the app has put among its headers (any case, or after a line break inside a
+    buffered line) is left as it is, and nothing is added; headers that only look alike do not count."""
+    import contextlib
+
+    from autoinstr.trace.propagation import Propagators
+    from autoinstr.trace.span import Span
+
+    if path == "compiled" and _http._compiled is None:
+        pytest.skip("the compiled client path is not built or is turned off")
+    monkeypatch.setattr(_http, "_real_endheaders", lambda conn, *args, **kwargs: None)
+    Propagators.names = ("tracecontext", "baggage")
+
+    class Conn:
+        def __init__(self) -> None:
+            self._buffer = [b"GET /x HTTP/1.1", b"Host: h"] + own
+
+    with contextlib.nullcontext() if parent == "none" else Span("request", kind="server"):
+        call = _http.Call("GET", "http://h/x")
+    conn = Conn()
+    endheaders = _http._endheaders if path == "endheaders" else _http._compiled.wire_hook(lambda conn: None)
+    token = _http._active_set(call)
+    try:
+        endheaders(conn)
+    finally:
+        _http._active_reset(token)
+    lookalike = own[0].startswith((b"X-Traceparent", b"Tracestatex"))
+    assert conn._buffer[:2 + len(own)] == [b"GET /x HTTP/1.1", b"Host: h"] + own
+    assert conn._buffer[2 + len(own):] == ([b"traceparent: 00-%032x-%016x-01" % (call.span.trace_id, call.span.span_id)]
+                                           if lookalike else [])
 
 
 @pytest.mark.parametrize("status, resends, attempts", [(200, -1, 1), (204, 0, 1), (302, -1, 0), (200, -1, 3),
