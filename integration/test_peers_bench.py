@@ -205,3 +205,55 @@ def test_the_spans_each_agent_records_are_counted_route_by_route(tmp_path, serve
     assert recorded["/hello"] == recorded["/users/42"] == 2.0, recorded
     assert recorded["/db"] == 6.0, recorded
     assert recorded["/outgoing"] >= 3.0, recorded
+
+
+def test_gunicorn_workers_time_their_garbage_collections(tmp_path):
+    """The wrk step's garbage-collection pass: gc_hooks.py, as gunicorn's config, makes each worker count the
+    requests it served and time its collections by generation, and write both as it exits (SIGTERM, as the suite
+    stops gunicorn); the report shows them per agent."""
+    import signal
+    import time
+    import urllib.request
+
+    import run
+
+    out = tmp_path / "gc"
+    out.mkdir()
+    port = run.free_port()
+    env = dict(os.environ, BENCH_GC_OUT=str(out), REFAPP_DB=str(tmp_path / "refapp.db"))
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-c",
+                             os.path.join(PEERS, "gc_hooks.py"), "-w", "1", "-b", "127.0.0.1:%d" % port, "--chdir",
+                             PEERS, "--log-level", "warning", "refapp:app"], env=env, cwd=str(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/hello" % port, timeout=5) as resp:
+                    resp.read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+                time.sleep(0.1)
+        for _ in range(300):
+            with urllib.request.urlopen("http://127.0.0.1:%d/users/7" % port, timeout=5) as resp:
+                assert resp.status == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+    files = list(out.glob("gc-*.json"))
+    assert len(files) == 1
+    stats = json.loads(files[0].read_text())
+    assert stats["requests"] == 301
+    assert stats["collections"][0] > 0 and all(s >= 0 for s in stats["seconds"]) and stats["seconds"][0] > 0
+
+    gc_pass = {"rounds": 2}
+    for i, agent in enumerate(run.AGENTS):
+        gc_pass[agent] = {"us_by_generation": [1.0 + i, 0.5, 0.25], "us": 1.75 + i, "over_us": float(i),
+                          "full_per_10k": 0.5 * i, "requests": 1000}
+    with open(os.path.join(PEERS, "last-run.json")) as f:
+        results = json.load(f)  # a committed run's figures, with these in its wrk step
+    results["wrk"]["gc"] = gc_pass
+    report = run.write_report(results, False)
+    assert "Garbage collection in the worker" in report
+    assert "| autoinstr | 2.00 | 0.50 | 0.25 | 2.75 | +1.00 | 0.50 |" in report, report

@@ -66,6 +66,9 @@ CHILD_TIMEOUT = 600.0
 
 @dataclass
 class Mode:
+    # in-process rounds: a fresh process per agent each. Processes differ (each its own memory layout): on
+    # /outgoing, two no-agent processes alternating blocks differed by -40 to +76 us over 60 pairs. So more
+    # processes, fewer blocks each.
     rounds: int
     inproc_requests: int  # per route and repeat
     inproc_repeats: int
@@ -83,7 +86,7 @@ class Mode:
 QUICK = Mode(rounds=2, inproc_requests=200, inproc_repeats=2, inproc_warmup=50, wrk_rounds=1, wrk_seconds=2,
              startup_runs=4, span_rounds=1, span_count=20000, pipeline_rounds=1, pipeline_spans=20000,
              flood_spans=20000)
-FULL = Mode(rounds=11, inproc_requests=600, inproc_repeats=3, inproc_warmup=200, wrk_rounds=7, wrk_seconds=5,
+FULL = Mode(rounds=21, inproc_requests=600, inproc_repeats=2, inproc_warmup=200, wrk_rounds=7, wrk_seconds=5,
             startup_runs=20, span_rounds=3, span_count=50000, pipeline_rounds=3, pipeline_spans=50000,
             flood_spans=100000)
 
@@ -535,13 +538,17 @@ def run_wrk(url: str, seconds: int, connections: int = WRK_CONNECTIONS) -> Dict[
     return parse_wrk(r.stdout)
 
 
-def gunicorn_once(ctx: Ctx, agent: str, workers: int, path: str) -> Dict[str, Any]:
+def gunicorn_once(ctx: Ctx, agent: str, workers: int, path: str, gc_out: Optional[Path] = None) -> Dict[str, Any]:
+    """One gunicorn run under wrk. With gc_out, its workers time their garbage collections (gc_hooks.py) and
+    write them there as they exit."""
     port = free_port()
+    config = ["-c", str(HERE / "gc_hooks.py")] if gc_out is not None else []
     cmd = ctx.command(agent, ["gunicorn", "-w", str(workers), "-b", "127.0.0.1:%d" % port, "--chdir", str(HERE),
-                              "--log-level", "warning", "refapp:app"])
+                              "--log-level", "warning"] + config + ["refapp:app"])
     ctx.sink.take()
     errlog = (ctx.work / ("gunicorn-%s.log" % agent)).open("wb")
-    proc = subprocess.Popen(cmd, env=ctx.env(agent), cwd=ctx.work, stdin=subprocess.DEVNULL,
+    env = ctx.env(agent) if gc_out is None else ctx.padded(agent, dict(ctx.env(agent), BENCH_GC_OUT=str(gc_out)))
+    proc = subprocess.Popen(cmd, env=env, cwd=ctx.work, stdin=subprocess.DEVNULL,
                             stdout=errlog, stderr=errlog, start_new_session=True)
     url = "http://127.0.0.1:%d%s" % (port, path)
     try:
@@ -600,6 +607,44 @@ def bench_wrk(ctx: Ctx) -> Dict[str, Any]:
                                              for i in range(rounds)]),
             }
         out["by_workers"][str(workers)] = row
+    out["gc"] = bench_gc(ctx)
+    return out
+
+
+GC_ROUNDS = 2
+
+
+def bench_gc(ctx: Ctx) -> Dict[str, Any]:
+    """The garbage collector's share of a gunicorn worker's work, per agent: 1 worker, wrk on /hello, with
+    gc_hooks.py timing every collection (not in the req/s rounds: the timing costs a little per collection).
+    Per request: microseconds in each generation's collections, and full collections per 10,000 requests. The
+    agents' queued spans are objects the collector would walk (and promote, and walk again in full
+    collections) until exported."""
+    runs: Dict[str, List[Dict[str, Any]]] = {a: [] for a in AGENTS}
+    for r in range(GC_ROUNDS):
+        for agent in rotated(AGENTS, r):
+            log("[wrk] garbage collection, round %d/%d %s" % (r + 1, GC_ROUNDS, agent))
+            gc_out = Path(tempfile.mkdtemp(dir=ctx.work))
+            gunicorn_once(ctx, agent, 1, "/hello", gc_out)
+            files = sorted(gc_out.glob("gc-*.json"))
+            if not files:
+                raise RuntimeError("%s: the gunicorn worker wrote no garbage-collection figures" % agent)
+            stats = json.loads(files[-1].read_text())
+            requests = max(1, stats["requests"])
+            runs[agent].append({"us": [s * 1e6 / requests for s in stats["seconds"]],
+                                "full_per_10k": stats["collections"][2] * 1e4 / requests,
+                                "requests": stats["requests"]})
+            shutil.rmtree(gc_out, ignore_errors=True)
+    out: Dict[str, Any] = {"rounds": GC_ROUNDS}
+    for agent in AGENTS:
+        total = [sum(x["us"]) for x in runs[agent]]
+        out[agent] = {"us_by_generation": [median([x["us"][g] for x in runs[agent]]) for g in range(3)],
+                      "us": median(total),
+                      "over_us": median([t - sum(runs["none"][i]["us"]) for i, t in enumerate(total)]),
+                      "full_per_10k": median([x["full_per_10k"] for x in runs[agent]]),
+                      "requests": sum(x["requests"] for x in runs[agent])}
+        log("  %s: %.1f us a request in collections (gen0 %.2f, gen1 %.2f, gen2 %.2f), %.2f full per 10k requests"
+            % (agent, out[agent]["us"], *out[agent]["us_by_generation"], out[agent]["full_per_10k"]))
     return out
 
 
@@ -1044,6 +1089,20 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
             "%s worker(s) %s" % (workers, ", ".join("%.1f%%" % (100 * r)
                                                     for r in row["autoinstr"].get("round_ratios", [])))
             for workers, row in wrk["by_workers"].items()), ""]
+        gc_pass = wrk.get("gc")
+        if gc_pass:
+            lines += ["Garbage collection in the worker (1 worker, %d more runs per agent with each collection timed "
+                      "through gc.callbacks; per request served, medians over the runs). Spans an agent holds until "
+                      "it exports them are objects the collector walks, and promotes, and walks again in full "
+                      "collections of the whole heap." % gc_pass["rounds"], "",
+                      "| agent | gen0 (us) | gen1 (us) | gen2, full (us) | total (us) | over no agent | "
+                      "full collections per 10,000 requests |", "|---|---|---|---|---|---|---|"]
+            for a in AGENTS:
+                c = gc_pass[a]
+                lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+                    LABELS[a], *(fmt(x, 2) for x in c["us_by_generation"]), fmt(c["us"], 2),
+                    "" if a == "none" else "%+.2f" % c["over_us"], fmt(c["full_per_10k"], 2)))
+            lines.append("")
     startup = results.get("startup")
     if startup:
         lines += ["## Start-up", "", "Wall time from spawn to exit, %d rounds of every case, in a rotating order, "
