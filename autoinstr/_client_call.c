@@ -9,8 +9,9 @@
    Both hooks are functions to Python: they bind to instances like one (and are called without a bound method
    object, as a function is), carry functools.update_wrapper's attributes and give the real one's signature.
    The rare paths call the module's Python functions, looked up in its globals at each call:
-   _rare_attributes, Call.respond and Call.end, _fail, _inject (a request that is not the common case: a traceparent alone, for a
-   new trace's root or under a local root), _endheaders (http.client used directly). */
+   _rare_attributes, Call.respond and Call.end, _fail, _inject (a request that is not the common case: a
+   traceparent alone, for a new trace's root or a span under a local root), _endheaders (http.client used
+   directly). */
 
 typedef struct {
     PyObject_HEAD

@@ -632,7 +632,8 @@ def _inject(conn: Any, call: Call) -> None:
 def _traceparent_alone(call: Call) -> Optional[int]:
     """The trace id, where inject() would give a sampled traceparent alone for the call's span: the propagators
     are tracecontext (and baggage), and the trace carries no tracestate and no baggage (a new trace's root, or a
-    span of a trace begun here or continued without either). None otherwise."""
+    span of a trace begun here or continued without either). None otherwise. Its compiled twin is
+    _client_call.c's traceparent_alone_trace_id (the endheaders hook decides there without this frame)."""
     span = call.span
     if not span._sampled or Propagators.names not in _TRACEPARENT_ONLY:
         return None
