@@ -179,6 +179,17 @@ WIRE_PARENTS = {"none": None, "local": "local", "remote": {"traceparent": "00-%0
                 "unsampled": {"traceparent": "00-%032x-%016x-00" % (7, 8)}, "baggage-only": {"baggage": "only=this"}}
 
 
+def end_headers_inside(path: str, conn: object, call: _http.Call) -> None:
+    """The endheaders hook, in Python ("endheaders") or compiled, on `conn` while `call` is the logical request
+    being made (as inside requests' Session.send)."""
+    endheaders = _http._endheaders if path == "endheaders" else _http._compiled.wire_hook(lambda conn: None)
+    token = _http._active_set(call)
+    try:
+        endheaders(conn)
+    finally:
+        _http._active_reset(token)
+
+
 @pytest.mark.parametrize("names", _http._TRACEPARENT_ONLY + (("b3", "tracecontext", "baggage"), ("b3multi",)))
 @pytest.mark.parametrize("path", ["endheaders", "compiled", "inject_buffered"])
 @pytest.mark.parametrize("parent", sorted(WIRE_PARENTS))
@@ -213,12 +224,7 @@ def test_the_wire_adds_what_inject_gives(collected, names, path, parent, sampled
     assert call.fresh == (given is None)
     conn = Conn()
     if path in ("endheaders", "compiled"):
-        endheaders = _http._endheaders if path == "endheaders" else _http._compiled.wire_hook(lambda conn: None)
-        token = _http._active_set(call)  # as inside requests' Session.send
-        try:
-            endheaders(conn)
-        finally:
-            _http._active_reset(token)
+        end_headers_inside(path, conn, call)
         assert call.attempts == 1
     else:
         _http._inject_buffered(conn, call)
@@ -258,12 +264,7 @@ def test_the_wire_leaves_the_apps_own_trace_headers(collected, path, own, parent
     with contextlib.nullcontext() if parent == "none" else Span("request", kind="server"):
         call = _http.Call("GET", "http://h/x")
     conn = Conn()
-    endheaders = _http._endheaders if path == "endheaders" else _http._compiled.wire_hook(lambda conn: None)
-    token = _http._active_set(call)
-    try:
-        endheaders(conn)
-    finally:
-        _http._active_reset(token)
+    end_headers_inside(path, conn, call)
     lookalike = own[0].startswith((b"X-Traceparent", b"Tracestatex"))
     assert conn._buffer[:2 + len(own)] == [b"GET /x HTTP/1.1", b"Host: h"] + own
     assert conn._buffer[2 + len(own):] == ([b"traceparent: 00-%032x-%016x-01" % (call.span.trace_id, call.span.span_id)]

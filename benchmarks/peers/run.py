@@ -549,7 +549,7 @@ def gunicorn_once(ctx: Ctx, agent: str, workers: int, path: str, gc_out: Optiona
                               "--log-level", "warning"] + config + ["refapp:app"])
     ctx.sink.take()
     errlog = (ctx.work / ("gunicorn-%s.log" % agent)).open("wb")
-    env = ctx.env(agent) if gc_out is None else ctx.padded(agent, dict(ctx.env(agent), BENCH_GC_OUT=str(gc_out)))
+    env = ctx.env(agent, None if gc_out is None else {"BENCH_GC_OUT": str(gc_out)})
     proc = subprocess.Popen(cmd, env=env, cwd=ctx.work, stdin=subprocess.DEVNULL,
                             stdout=errlog, stderr=errlog, start_new_session=True)
     url = "http://127.0.0.1:%d%s" % (port, path)
