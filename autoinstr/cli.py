@@ -1,8 +1,10 @@
-"""Command line: `autoinstr-run` (the launcher) and `autoinstr` (spans, report, collector, ui).
+"""Command line: the Python launcher (`autoinstr run`) and `autoinstr` (spans, report, collector, ui).
 
 The launcher replaces itself with the user's command (exec): same pid, stdin/stdout/stderr, signals and
 exit code, with the start-up hook's folder first on PYTHONPATH so that every Python process the command
-starts loads the agent. It imports almost nothing, to keep its own start-up short.
+starts loads the agent. `autoinstr-run` (scripts/autoinstr-run) is its shell twin for the common case, which
+costs no interpreter start; it hands everything else (options such as --info, errors, an unusual install) to
+`autoinstr run`. This one imports almost nothing, to keep its own start-up short.
 """
 
 from __future__ import annotations
@@ -79,7 +81,11 @@ def run_main(argv: Optional[List[str]] = None) -> int:
         from autoinstr.info import print_info
 
         env = launch_env(dict(os.environ), service)
-        return print_info(env, args)
+        try:
+            return print_info(env, args)
+        except BrokenPipeError:  # `autoinstr-run --info | head`
+            _quiet_stdout()
+            return 0
     if not args:
         sys.stderr.write(RUN_USAGE)
         return 2
@@ -103,6 +109,9 @@ def run_main(argv: Optional[List[str]] = None) -> int:
 # ------------------------------------------------------------------------------------ autoinstr
 
 def main(argv: Optional[List[str]] = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["run"]:  # the arguments are the command's own: argparse must not read them
+        return run_main(args_in[1:])
     import argparse
 
     from autoinstr import __version__
@@ -110,6 +119,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="autoinstr", description="autoinstr: read what the agent measured.")
     parser.add_argument("--version", action="version", version="autoinstr %s" % __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", help="run a command with the agent loaded: autoinstr run [--service NAME] COMMAND "
+                               "(what autoinstr-run does)")
 
     p_spans = sub.add_parser("spans", help="print stored spans")
     _store_args(p_spans)
@@ -139,7 +150,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_ui.add_argument("--port", type=int, default=4991, help="port to listen on (default: 4991)")
     p_ui.add_argument("--threads", type=int, default=4, help="request threads (default: 4)")
 
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
     if args.command is None:
         parser.print_help()
         return 2
@@ -160,13 +171,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write("autoinstr: %s\n" % exc)
         return 1
     except BrokenPipeError:  # `autoinstr spans | head`
-        try:
-            sys.stdout.close()
-        except Exception:
-            pass
+        _quiet_stdout()
         return 0
     parser.print_help()
     return 2
+
+
+def _quiet_stdout() -> None:
+    """After a reader closed the pipe: no second error as the interpreter flushes stdout at exit."""
+    try:
+        sys.stdout.close()
+    except Exception:
+        pass
 
 
 def _store_args(p: Any) -> None:

@@ -333,9 +333,7 @@ def test_user_sitecustomize_still_runs_once(sandbox, how):
     assert len(in_app) == 1, runs
     assert in_app[0]["pid"] == app["pid"]
     assert in_app[0]["argv"][1:] == ["arg1"]
-    # a launcher written in Python may run it in its own interpreter too (before exec), never elsewhere
-    others = [r for r in runs if r not in in_app]
-    assert all(os.path.basename(r["argv"][0]) == "autoinstr-run" for r in others), runs
+    assert [r for r in runs if r not in in_app] == [], runs  # (the launcher starts no interpreter to run it in)
     assert app["flag"] is True
     assert os.path.realpath(app["file"]) == os.path.realpath(user_site)
     assert [s["name"] for s in sandbox.store_spans()] == ["site-app"]
@@ -549,20 +547,117 @@ def test_the_first_finished_span_sets_the_pipeline_up(sandbox):
     assert [s["name"] for s in sandbox.store_spans()] == ["first"]
 
 
-def test_the_launcher_imports_neither_re_nor_the_agent(sandbox):
-    """`autoinstr-run` is one more interpreter start before the app's: it loads the launcher and nothing
-    else of ours, and not `re` (pip's entry-point wrappers import it: about 10 ms a launch)."""
+def interpreter_starts(stderr: str) -> int:
+    """How many interpreters started, from PYTHONPROFILEIMPORTTIME's lines: each imports `encodings` once."""
+    return sum(1 for line in stderr.splitlines()
+               if line.startswith("import time:") and line.rpartition("|")[2].strip() == "encodings")
+
+
+def test_the_launcher_starts_no_interpreter_of_its_own(sandbox):
+    """`autoinstr-run` is a shell script: a launch costs a shell's start, not one more interpreter's (about
+    10 ms) before the app's."""
+    env = sandbox.env(PYTHONPROFILEIMPORTTIME="1")
+    proc = sandbox.ok(["sh", "-c", "echo not python"], env=env)
+    assert (proc.stdout, proc.stderr) == ("not python\n", "")
+    sandbox.write("svc.py", SPAN_SCRIPT)
+    proc = sandbox.ok(["python", "svc.py"], env=env)
+    assert interpreter_starts(proc.stderr) == 1, proc.stderr
+    assert sorted(s["name"] for s in sandbox.store_spans()) == ["inner", "work"]
+
+
+def test_the_python_launcher_imports_none_of_the_agent(sandbox):
+    """`autoinstr run`, where the shell launcher hands over: it loads the launcher and nothing else of ours."""
     def imported(proc) -> set:
         return {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
 
-    env = sandbox.env(PYTHONPROFILEIMPORTTIME="1")
-    proc = sandbox.ok(["--version"], env=env)
-    assert proc.stdout.startswith("autoinstr ")
+    proc = subprocess.run([sandbox.CLI, "run", "--version"], env=sandbox.env(PYTHONPROFILEIMPORTTIME="1"),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("autoinstr "), proc.stderr
     launcher = imported(proc)
-    plain = imported(sandbox.ok(["python", "-c", "pass"], launcher=False, env=env))  # (3.9's own start imports re)
     assert "autoinstr.cli" in launcher, proc.stderr
     assert not launcher & {"autoinstr.trace.span", "autoinstr.config", "autoinstr._speedups"}, sorted(launcher)
-    assert "re" not in launcher - plain, sorted(launcher - plain)
+
+
+LAUNCHER_CASES = [
+    # (launcher arguments, exit code, stdout, a piece of stderr); svc.py prints its service and exits 0
+    (["--service=svc-a", "python", "svc.py"], 0, "svc-a\n", None),
+    (["--service", "svc-b", "--", "python", "svc.py", "--service", "app-arg"], 0, "svc-b\n", None),
+    (["--service=", "python", "svc.py"], 0, "svc\n", None),  # an empty name: the default
+    (["--", "-weird"], 127, "", "autoinstr-run: command not found: -weird"),
+    (["--service"], 2, "", "autoinstr-run: --service needs a NAME"),
+    ([], 2, "", "usage: autoinstr-run"),
+    (["--service", "x"], 2, "", "usage: autoinstr-run"),
+    (["--bogus", "python", "svc.py"], 2, "", "autoinstr-run: unknown option --bogus"),
+    (["./not-executable.sh"], 126, "", "autoinstr-run: permission denied: ./not-executable.sh"),
+    (["cd", "/"], 127, "", "autoinstr-run: command not found: cd"),  # a shell builtin with no program
+    (["echo", "a b"], 0, "a b\n", None),  # a builtin with a program of the same name: the program runs
+    (["--help"], 0, "usage: autoinstr-run", None),
+]
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+@pytest.mark.parametrize("args,code,out,err", LAUNCHER_CASES, ids=[" ".join(c[0]) or "none" for c in LAUNCHER_CASES])
+def test_launcher_options_and_errors(sandbox, shell, args, code, out, err):
+    """The shell launcher and the Python one it hands the rest to answer alike, under dash (Debian's sh) and
+    bash: options, `--`, usage and the 126/127 errors of a command that cannot run."""
+    sandbox.write("svc.py", "import os\nprint(os.environ.get('AUTOINSTR_SERVICE_NAME') or 'svc')\n")
+    sandbox.write("not-executable.sh", "echo never\n")
+    proc = subprocess.run([shell, sandbox.RUN] + [sandbox.PYTHON if a == "python" else a for a in args],
+                          env=sandbox.env(), capture_output=True, text=True, timeout=60, cwd=sandbox.dir)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout.startswith(out) if out.startswith("usage") else proc.stdout == out, proc.stdout
+    if err is None:
+        assert proc.stderr == ""
+    else:
+        assert err in proc.stderr, proc.stderr
+
+
+def test_launcher_puts_the_hook_first_and_keeps_pythonpath_exactly(sandbox):
+    show = ["sh", "-c", 'printf %s "$PYTHONPATH"']
+    hook = sandbox.ok(show).stdout
+    assert hook.endswith("/sitecustomize_hook") and os.path.isfile(os.path.join(hook, "sitecustomize.py")), hook
+    for given, expected in [("", hook), ("a::b:", hook + ":a::b:"), (":", hook + "::"),
+                            (hook + ":a:" + hook + "/:b", hook + ":a:b"), ("a b:c", hook + ":a b:c")]:
+        assert sandbox.ok(show, env=sandbox.env(PYTHONPATH=given)).stdout == expected, given
+
+
+def install_copy(sandbox, name: str, link: bool, with_cli: bool = True) -> str:
+    """The launcher placed elsewhere: linked into a folder on its own (as pipx does), or copied there (an
+    install whose hook folder is not beside it), with the autoinstr command beside it or not."""
+    bin_dir = os.path.join(sandbox.dir, name, "bin")
+    os.makedirs(bin_dir)
+    launcher = os.path.join(bin_dir, "autoinstr-run")
+    if link:
+        os.symlink(sandbox.RUN, launcher)
+    else:
+        with open(sandbox.RUN, "rb") as src, open(launcher, "wb") as dst:
+            dst.write(src.read())
+        os.chmod(launcher, 0o755)
+    if with_cli:
+        os.symlink(sandbox.CLI, os.path.join(bin_dir, "autoinstr"))
+    return launcher
+
+
+@pytest.mark.parametrize("link", [True, False], ids=["linked", "copied"])
+def test_launcher_away_from_its_install(sandbox, link):
+    """Linked, it finds its own install's hook and still starts no interpreter; copied away from the hook, it
+    hands over to `autoinstr run` beside it, which finds the hook from the package: the agent loads either way."""
+    launcher = install_copy(sandbox, "elsewhere", link)
+    sandbox.write("svc.py", SPAN_SCRIPT)
+    proc = subprocess.run([launcher, "--service", "moved", sandbox.PYTHON, "svc.py"],
+                          env=sandbox.env(PYTHONPROFILEIMPORTTIME="1"), capture_output=True, text=True, timeout=60,
+                          cwd=sandbox.dir)
+    assert proc.returncode == 0, proc.stderr
+    assert interpreter_starts(proc.stderr) == (1 if link else 2), proc.stderr
+    spans = sandbox.store_spans()
+    assert sorted(s["name"] for s in spans) == ["inner", "work"] and {s["service"] for s in spans} == {"moved"}
+
+
+def test_launcher_with_neither_hook_nor_autoinstr_beside_it_says_so(sandbox):
+    launcher = install_copy(sandbox, "alone", link=False, with_cli=False)
+    proc = subprocess.run([launcher, "true"], env=sandbox.env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 126
+    assert proc.stderr == "autoinstr-run: cannot find the autoinstr command in %s\n" % os.path.dirname(launcher)
 
 
 def test_exit_of_a_process_that_made_no_span_imports_nothing_heavy(sandbox):
