@@ -129,6 +129,67 @@ def test_the_stub_runs_in_a_process_of_its_own():
     assert stub._proc.returncode == 0
 
 
+def test_the_stub_answers_each_request_of_a_kept_alive_connection():
+    """One answer per request head, however the head arrives: split over several sends, or two heads in one
+    send; a closed connection or an endless head does not stop it answering others."""
+    import socket
+    import time
+
+    stub = Stub()
+    try:
+        def answers(conn: socket.socket, count: int) -> bytes:
+            got = b""
+            deadline = time.monotonic() + 10
+            while got.count(b"HTTP/1.1 200 OK") < count or not got.endswith(b'{"stub": true}'):
+                assert time.monotonic() < deadline, got
+                got += conn.recv(65536)
+            return got
+
+        with socket.create_connection(("127.0.0.1", stub.port), timeout=10) as conn:
+            conn.sendall(b"GET /stub HTTP/1.1\r\nHost: x\r\ntrace")
+            time.sleep(0.05)
+            conn.sendall(b"parent: 00-abc\r\n\r\n")
+            assert answers(conn, 1).count(b"200 OK") == 1
+            conn.sendall(b"GET /stub HTTP/1.1\r\nHost: x\r\n\r\nGET /stub HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answers(conn, 2).count(b"200 OK") == 2
+        with socket.create_connection(("127.0.0.1", stub.port), timeout=10) as endless:
+            endless.sendall(b"GET /stub HTTP/1.1\r\n" + b"X-Long: " + b"a" * (Stub.MAX_HEAD + 10))
+            endless.settimeout(10)
+            assert endless.recv(100) == b""  # closed by the stub, unanswered
+        import urllib.request
+
+        with urllib.request.urlopen(stub.url + "/stub", timeout=10) as resp:
+            assert resp.status == 200 and json.loads(resp.read()) == {"stub": True}
+        assert stub.hits["GET"] == 4
+    finally:
+        stub.close()
+
+
+def test_in_process_overhead_is_taken_against_the_no_agent_time_of_its_moment():
+    """The machine's speed drifts within a round: each process is compared with the no-agent time interpolated
+    between the no-agent processes just before and after it, not with one run several processes away."""
+    from run import INPROC_VARIANTS, ROUTES, baseline_at, summarize_inproc
+
+    def run(order: int, ns: float) -> dict:
+        return {"order": order, "ns_per_request": {r: ns for r in ROUTES}, "maxrss_kb": 1024,
+                "export": {"ok": True, "spans": 1, "expected_min": 1, "detail": ""}}
+
+    nones = [run(0, 100.0), run(6, 160.0)]
+    assert [baseline_at(nones, o, "/hello") for o in (0, 3, 5, 6, 9)] == [100.0, 130.0, 150.0, 160.0, 160.0]
+    # no agent drifts by 10 ns a process; every agent costs 7 ns over it, whatever its place in the round
+    variants = list(INPROC_VARIANTS)
+    runs: dict = {v: [] for v in variants}
+    order = 0
+    for r in range(4):
+        for v in variants[r % len(variants):] + variants[:r % len(variants)]:
+            runs[v].append(run(order, 1000.0 + 10 * order + (0 if v == "none" else 7)))
+            order += 1
+    summary = summarize_inproc(runs)
+    for v in variants:
+        expected = 0.0 if v == "none" else 7.0
+        assert abs(summary["routes"]["/hello"][v]["overhead_us"] * 1e3 - expected) < 1e-6, (v, summary)
+
+
 def test_cpu_and_steal_readings():
     """The wrk step's steadier view: a process's CPU ticks grow with work done (a process gone counts 0), and the
     machine's steal is a share of its CPU time."""

@@ -14,7 +14,8 @@ and benchmarks/peers/last-run.json), printing each budget item as met or not.
   OTLP/HTTP, autoinstr's collector protocol); a run whose agent exported nothing is reported as invalid, so no
   disabled tracer is measured. Features beyond tracing are off in the peers; the settings are printed.
 - Agents run alternately (none, autoinstr, ddtrace, otel, then the next round in a rotated order); figures are
-  medians over rounds with their spread, and ratios to the no-agent run of the same round.
+  medians over rounds with their spread, and ratios to the no-agent run of the same round (in-process: to the
+  no-agent time interpolated between the no-agent processes run just before and after).
 
 Standard library only: the agents' packages live in their venvs.
 """
@@ -342,6 +343,7 @@ INPROC_VARIANTS = AGENTS + [LOCAL, NO_EXPORT]
 def bench_inproc(ctx: Ctx) -> Dict[str, Any]:
     m = ctx.mode
     runs: Dict[str, List[Dict[str, Any]]] = {a: [] for a in INPROC_VARIANTS}
+    order = 0  # the processes' run order, for the no-agent baseline at each one's moment
     extra = {"BENCH_ROUTES": ",".join(ROUTES), "BENCH_REQUESTS": str(m.inproc_requests),
              "BENCH_REPEATS": str(m.inproc_repeats), "BENCH_WARMUP": str(m.inproc_warmup)}
     for r in range(m.rounds):
@@ -371,6 +373,8 @@ def bench_inproc(ctx: Ctx) -> Dict[str, Any]:
                 for path in ctx.work.glob(store.name + "*"):
                     path.unlink()
             res["round"] = r
+            res["order"] = order
+            order += 1
             runs[variant].append(res)
             log("  %s; RSS %.1f MB; sink: %s" % (", ".join("%s %.1f us" % (p, ns / 1e3) for p, ns in
                                                          res["ns_per_request"].items()), res["maxrss_kb"] / 1024,
@@ -408,6 +412,21 @@ def spans_per_request(ctx: Ctx, agents: Sequence[str] = tuple(PEERS_AND_US)) -> 
     return out
 
 
+def baseline_at(none_runs: List[Dict[str, Any]], order: int, route: str) -> float:
+    """The no-agent time per request at the moment a process ran: interpolated between the no-agent processes
+    run just before and just after it (the machine's speed drifts over a round: a no-agent run five processes
+    away is a worse reference than the two around). At either end, the nearest one."""
+    before = [r for r in none_runs if r["order"] <= order]
+    after = [r for r in none_runs if r["order"] >= order]
+    if not before or not after:
+        return float((before or after)[-1 if before else 0]["ns_per_request"][route])
+    a, b = before[-1], after[0]
+    if a["order"] == b["order"]:
+        return float(a["ns_per_request"][route])
+    share = (order - a["order"]) / (b["order"] - a["order"])
+    return float(a["ns_per_request"][route] + share * (b["ns_per_request"][route] - a["ns_per_request"][route]))
+
+
 def summarize_inproc(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
     rounds = min(len(v) for v in runs.values())
     out: Dict[str, Any] = {"routes": {}, "rss": {}, "export": {}, "rounds": rounds}
@@ -415,7 +434,7 @@ def summarize_inproc(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
         row: Dict[str, Any] = {}
         for agent in runs:
             ns = [runs[agent][i]["ns_per_request"][route] for i in range(rounds)]
-            base = [runs["none"][i]["ns_per_request"][route] for i in range(rounds)]
+            base = [baseline_at(runs["none"], runs[agent][i]["order"], route) for i in range(rounds)]
             over = [a - b for a, b in zip(ns, base)]
             ratio = [a / b for a, b in zip(ns, base)]
             row[agent] = {"us": median(ns) / 1e3, "us_spread": [x / 1e3 for x in spread(ns)],
@@ -1000,7 +1019,8 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
     lines += ["## Headline", ""] + headline(results) + [""]
     lines += ["How to read it: every figure comes from one run in which the agents took turns (A B C D, then the "
               "next round rotated), so a busy machine slows them alike; ratios are to the no-agent run of the same "
-              "round. In-process figures include each tracer's own export work: its background thread shares the "
+              "round (in-process: to the no-agent time interpolated between the no-agent processes just before and "
+              "after). In-process figures include each tracer's own export work: its background thread shares the "
               "GIL with the requests. A tracer whose buffer overflows exports less and so costs less: the sink "
               "counts are shown beside each figure (OpenTelemetry's batch processor holds 2048 spans and drops the "
               "rest silently; ours holds 10,000 and counts what it drops).", ""]
@@ -1024,7 +1044,9 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
                   "route ended by the agent's own flush (autoinstr.flush, ddtrace's tracer.flush, OpenTelemetry's "
                   "force_flush), so each route carries its own export work; per process the mean over its "
                   "blocks, then the median over rounds (spread = min to max over rounds). "
-                  "Overhead = time per request minus the no-agent run of the same round." % inproc["rounds"], ""]
+                  "Overhead = time per request minus the no-agent time at that moment: interpolated between the "
+                  "no-agent processes run just before and just after (the machine's speed drifts within a round)."
+                  % inproc["rounds"], ""]
         if chart_ok:
             lines += ["![overhead per route per agent](performance-overhead.png)", ""]
         lines += ["| route | no agent (us) | autoinstr overhead (us) | ddtrace overhead (us) | "
