@@ -190,6 +190,26 @@ def test_in_process_overhead_is_taken_against_the_no_agent_time_of_its_moment():
         assert abs(summary["routes"]["/hello"][v]["overhead_us"] * 1e3 - expected) < 1e-6, (v, summary)
 
 
+def test_the_in_process_step_pins_the_app_and_the_stub_to_one_cpu(tmp_path):
+    """The app process, the threads it starts later (an agent's export thread), and the stub process: on one CPU."""
+    from run import STUB_CPU, run_child
+    from sink import StubProcess
+
+    assert STUB_CPU in os.sched_getaffinity(0)
+    child = ("import json, os, threading\n"
+             "seen = {}\n"
+             "t = threading.Thread(target=lambda: seen.update(thread=sorted(os.sched_getaffinity(0))))\n"
+             "t.start(); t.join()\n"
+             "print('RESULT ' + json.dumps(dict(seen, main=sorted(os.sched_getaffinity(0)))))\n")
+    assert run_child([sys.executable, "-c", child], dict(os.environ), tmp_path, cpu=STUB_CPU) == {
+        "main": [STUB_CPU], "thread": [STUB_CPU], "stderr_tail": ""}
+    stub = StubProcess(cpu=STUB_CPU)
+    try:
+        assert os.sched_getaffinity(stub._proc.pid) == {STUB_CPU}
+    finally:
+        stub.close()
+
+
 def test_cpu_and_steal_readings():
     """The wrk step's steadier view: a process's CPU ticks grow with work done (a process gone counts 0), and the
     machine's steal is a share of its CPU time."""

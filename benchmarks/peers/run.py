@@ -62,6 +62,11 @@ ROUTE_LABELS = {"/hello": "/hello", "/users/42": "/users/<int:id>", "/db": "/db 
 ROUTE_MD = {"/hello": "`/hello`", "/users/42": "`/users/<int:id>`", "/db": "`/db` (3 SQLite queries)",
             "/outgoing": "`/outgoing` (1 requests call)"}
 WRK_CONNECTIONS = 8
+# The in-process step's app and the stub its /outgoing calls share one CPU (the sink, receiving exports, keeps the
+# other): left to the scheduler, one process had them on one core and the next on two (an idle core's wake-up
+# on every answer), and /outgoing's time moved by about 100 us from process to process, /hello's by 14 us (3
+# pinned). The agents' export threads share that CPU too, as they share the GIL.
+STUB_CPU = max(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 CHILD_TIMEOUT = 600.0
 
 
@@ -312,15 +317,24 @@ def rotated(items: List[str], round_index: int) -> List[str]:
     return items[k:] + items[:k]
 
 
-def run_child(cmd: List[str], env: Dict[str, str], cwd: Path, timeout: float = CHILD_TIMEOUT) -> Dict[str, Any]:
-    """Run a measuring child to its end; its `RESULT {json}` line."""
+def run_child(cmd: List[str], env: Dict[str, str], cwd: Path, timeout: float = CHILD_TIMEOUT,
+              cpu: Optional[int] = None) -> Dict[str, Any]:
+    """Run a measuring child to its end (on one CPU if given: its threads too); its `RESULT {json}` line."""
     r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL)
+                       stdin=subprocess.DEVNULL, preexec_fn=None if cpu is None else pinned_to(cpu))
     result = next((json.loads(ln[7:]) for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if r.returncode != 0 or result is None:
         raise RuntimeError("%s: exit %d, no result; stderr: %s" % (" ".join(cmd[:3]), r.returncode, tail(r.stderr)))
     result["stderr_tail"] = tail(r.stderr, 300)
     return result
+
+
+def pinned_to(cpu: int) -> Callable[[], None]:
+    """A preexec_fn: the child (and every thread it starts) runs on that CPU only."""
+    def pin() -> None:
+        os.sched_setaffinity(0, {cpu})
+
+    return pin
 
 
 def export_check(agent: str, got: Received, expected_min: int) -> Dict[str, Any]:
@@ -357,7 +371,7 @@ def bench_inproc(ctx: Ctx) -> Dict[str, Any]:
             elif variant == LOCAL:
                 env = ctx.padded(agent, dict(env, AUTOINSTR_EXPORTER="local", AUTOINSTR_STORE=str(store)))
             ctx.sink.take()
-            res = run_child(ctx.command(agent, ["python", str(HERE / "inproc.py")]), env, ctx.work)
+            res = run_child(ctx.command(agent, ["python", str(HERE / "inproc.py")]), env, ctx.work, cpu=STUB_CPU)
             if ctx.environment_size and res.get("environment_size") != ctx.environment_size:
                 raise RuntimeError("%s saw %s environment variables, not %d" % (
                     variant, res.get("environment_size"), ctx.environment_size))
@@ -1045,7 +1059,10 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
                   "force_flush), so each route carries its own export work; per process the mean over its "
                   "blocks, then the median over rounds (spread = min to max over rounds). "
                   "Overhead = time per request minus the no-agent time at that moment: interpolated between the "
-                  "no-agent processes run just before and just after (the machine's speed drifts within a round)."
+                  "no-agent processes run just before and just after (the machine's speed drifts within a round). "
+                  "The app and the stub its `/outgoing` calls run on one CPU, the same for every agent (the sink "
+                  "receiving the exports has the other): left to the scheduler, their placement changed "
+                  "`/outgoing`'s time by about 100 us from one process to the next."
                   % inproc["rounds"], ""]
         if chart_ok:
             lines += ["![overhead per route per agent](performance-overhead.png)", ""]
@@ -1259,7 +1276,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     mode = QUICK if args.quick else FULL
     started = time.monotonic()
     venvs = setup_venvs()
-    sink, stub = Sink(), StubProcess()
+    sink, stub = Sink(), StubProcess(cpu=STUB_CPU)
     settings = peer_settings(sink.url)
     print("Settings (the sink is %s):" % sink.url)
     for agent in AGENTS[1:]:

@@ -18,7 +18,7 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 # ---------------------------------------------------------------------------------------------- msgpack
 
@@ -331,12 +331,16 @@ class StubProcess:
     receiving the measured agent's exports meanwhile (in one process, each batch the sink read would hold the
     stub's answers back, and so be counted in the exporting agents' /outgoing). Ends when closed, or with us."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu: Optional[int] = None) -> None:
+        import os
         import subprocess
         import sys
 
+        def pin() -> None:  # (on that CPU only, its server thread too)
+            os.sched_setaffinity(0, {cpu})
+
         self._proc = subprocess.Popen([sys.executable, __file__, "stub"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, text=True)
+                                      stdout=subprocess.PIPE, text=True, preexec_fn=None if cpu is None else pin)
         line = self._proc.stdout.readline().strip() if self._proc.stdout else ""
         if not line.startswith("http://"):
             self.close()
