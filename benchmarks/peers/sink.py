@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import os
 import selectors
 import socket
 import threading
@@ -18,7 +19,7 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 # ---------------------------------------------------------------------------------------------- msgpack
 
@@ -326,21 +327,26 @@ class Stub:
         self._listener.close()
 
 
+def pinned_to(cpu: int) -> Callable[[], None]:
+    """A preexec_fn: the child (and every thread it starts) runs on that CPU only."""
+    def pin() -> None:
+        os.sched_setaffinity(0, {cpu})
+
+    return pin
+
+
 class StubProcess:
     """The Stub in a process of its own: the remote service /outgoing calls shares no GIL with the sink, which is
     receiving the measured agent's exports meanwhile (in one process, each batch the sink read would hold the
     stub's answers back, and so be counted in the exporting agents' /outgoing). Ends when closed, or with us."""
 
     def __init__(self, cpu: Optional[int] = None) -> None:
-        import os
         import subprocess
         import sys
 
-        def pin() -> None:  # (on that CPU only, its server thread too)
-            os.sched_setaffinity(0, {cpu})
-
         self._proc = subprocess.Popen([sys.executable, __file__, "stub"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, text=True, preexec_fn=None if cpu is None else pin)
+                                      stdout=subprocess.PIPE, text=True,
+                                      preexec_fn=None if cpu is None else pinned_to(cpu))  # (its server thread too)
         line = self._proc.stdout.readline().strip() if self._proc.stdout else ""
         if not line.startswith("http://"):
             self.close()
