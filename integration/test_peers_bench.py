@@ -98,12 +98,15 @@ def test_pipeline_bench_writes_every_span_to_the_store(sandbox):
     assert stored == res["spans"] + res["warm_spans"] + res["other_spans"]
 
 
-def test_wrk_output_parses(servers):
-    wrk = shutil.which("wrk")
-    if wrk is None:
+def need_wrk() -> None:
+    if shutil.which("wrk") is None:
         if os.environ.get("AUTOINSTR_REQUIRE_WRK") == "1":
             pytest.fail("AUTOINSTR_REQUIRE_WRK=1 but wrk is not installed", pytrace=False)
         pytest.skip("wrk is not installed")
+
+
+def test_wrk_output_parses(servers):
+    need_wrk()
     from run import run_wrk
 
     _, stub = servers
@@ -354,3 +357,47 @@ def test_gunicorn_workers_time_their_garbage_collections(tmp_path):
     report = run.write_report(results, False)
     assert "Garbage collection in the worker" in report
     assert "| autoinstr | 2.00 | 0.50 | 0.25 | 2.75 | +1.00 | 0.50 |" in report, report
+
+
+def test_gunicorn_servers_take_turns(tmp_path, servers, monkeypatch):
+    """The wrk step's turn-taking pass: every agent's gunicorn up at once under its own wrk, one running at a
+    time. Each server's requests/s is taken over the time it ran, and its worker used no more CPU than that time:
+    it was stopped during the others' turns. Here no agent and autoinstr (from this venv, under its launcher)."""
+    import dataclasses
+    import time
+
+    import run
+
+    need_wrk()
+    ctx = suite_context(tmp_path, servers)
+    run.pad_environments(ctx, ["none", "autoinstr"])
+    monkeypatch.setattr(run, "AGENTS", ["none", "autoinstr"])
+    ctx.mode = dataclasses.replace(run.QUICK, turn_cycles=6)
+    started = time.monotonic()
+    out = run.gunicorn_turns(ctx, 1)
+    took = time.monotonic() - started
+    for agent in ("none", "autoinstr"):
+        got = out[agent]
+        assert got["requests"] > 0 and got["errors"] == 0, got
+        # six turns of 100 ms each (a turn's sleep may overrun a little, never fall short)
+        assert 0.6 <= got["ran_s"] < 1.2, got
+        assert got["rps"] == pytest.approx(got["requests"] / got["ran_s"])
+        # stopped outside its turns: at most the time it ran, and a clock tick of the CPU counters
+        assert got["cpu_s"] <= got["ran_s"] + 0.03, got
+    assert took > out["none"]["ran_s"] + out["autoinstr"]["ran_s"]
+    assert out["autoinstr"]["exported"] > 0 and out["none"]["exported"] == 0
+    row = run.summarize_turns([out, out])
+    assert row["none"]["ratio"] == 1.0 and row["autoinstr"]["ratio"] == pytest.approx(
+        out["autoinstr"]["rps"] / out["none"]["rps"])
+    assert row["none"]["export_ok"] and row["autoinstr"]["export_ok"]
+
+    with open(os.path.join(PEERS, "last-run.json")) as f:
+        results = json.load(f)  # a committed run's figures, with these turns in its wrk step
+    peers = {peer: dict(row["autoinstr"], ratio=0.5) for peer in run.PEERS}  # (the headline quotes them)
+    results["wrk"].update(turns={"1": dict(row, **peers)}, turn_s=run.TURN_S)
+    results["meta"]["mode"].update(turn_cycles=6, turn_runs=2)
+    report = run.write_report(results, False)
+    assert "**Taking turns.**" in report, report
+    assert "| 1 | autoinstr | %s |" % run.fmt(row["autoinstr"]["rps"], 0) in report, report
+    item = next(i for i in run.budget(results) if i["item"].startswith("gunicorn 1 worker"))
+    assert item["met"] == (row["autoinstr"]["ratio"] >= 0.95) and "taking turns" in item["figure"], item

@@ -39,7 +39,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -81,6 +81,8 @@ class Mode:
     inproc_warmup: int
     wrk_rounds: int
     wrk_seconds: int
+    turn_runs: int  # runs of the turn-taking step (see gunicorn_turns), and turns of every agent in one
+    turn_cycles: int
     # start-up runs of every case: plain `import flask, requests` alone spread from 219 to 352 ms over 20 runs, so
     # the median of 20 differences could still land 20 ms off
     startup_runs: int
@@ -92,9 +94,11 @@ class Mode:
 
 
 QUICK = Mode(rounds=2, inproc_requests=200, inproc_repeats=2, inproc_warmup=50, wrk_rounds=1, wrk_seconds=2,
+             turn_runs=1, turn_cycles=5,
              startup_runs=4, span_rounds=1, span_count=20000, pipeline_rounds=1, pipeline_spans=20000,
              flood_spans=20000)
 FULL = Mode(rounds=21, inproc_requests=600, inproc_repeats=2, inproc_warmup=200, wrk_rounds=7, wrk_seconds=5,
+            turn_runs=5, turn_cycles=50,
             startup_runs=40, span_rounds=3, span_count=50000, pipeline_rounds=3, pipeline_spans=50000,
             flood_spans=100000)
 
@@ -565,19 +569,25 @@ def run_wrk(url: str, seconds: int, connections: int = WRK_CONNECTIONS) -> Dict[
     return parse_wrk(r.stdout)
 
 
-def gunicorn_once(ctx: Ctx, agent: str, workers: int, path: str, gc_out: Optional[Path] = None) -> Dict[str, Any]:
-    """One gunicorn run under wrk. With gc_out, its workers time their garbage collections (gc_hooks.py) and
-    write them there as they exit."""
+def start_gunicorn(ctx: Ctx, agent: str, workers: int, path: str,
+                   gc_out: Optional[Path] = None) -> Tuple[subprocess.Popen, str, IO[bytes]]:
+    """gunicorn serving the reference app under the agent's launcher: (its process, the url of path, its log)."""
     port = free_port()
     config = ["-c", str(HERE / "gc_hooks.py")] if gc_out is not None else []
     cmd = ctx.command(agent, ["gunicorn", "-w", str(workers), "-b", "127.0.0.1:%d" % port, "--chdir", str(HERE),
                               "--log-level", "warning"] + config + ["refapp:app"])
-    ctx.sink.take()
     errlog = (ctx.work / ("gunicorn-%s.log" % agent)).open("wb")
     env = ctx.env(agent, None if gc_out is None else {"BENCH_GC_OUT": str(gc_out)})
     proc = subprocess.Popen(cmd, env=env, cwd=ctx.work, stdin=subprocess.DEVNULL,
                             stdout=errlog, stderr=errlog, start_new_session=True)
-    url = "http://127.0.0.1:%d%s" % (port, path)
+    return proc, "http://127.0.0.1:%d%s" % (port, path), errlog
+
+
+def gunicorn_once(ctx: Ctx, agent: str, workers: int, path: str, gc_out: Optional[Path] = None) -> Dict[str, Any]:
+    """One gunicorn run under wrk. With gc_out, its workers time their garbage collections (gc_hooks.py) and
+    write them there as they exit."""
+    ctx.sink.take()
+    proc, url, errlog = start_gunicorn(ctx, agent, workers, path, gc_out)
     try:
         wait_ready(url, proc)
         run_wrk(url, 1)  # warm-up: every worker has served, imported and patched what it needs
@@ -600,6 +610,88 @@ def gunicorn_once(ctx: Ctx, agent: str, workers: int, path: str, gc_out: Optiona
         res["rps"], res["p50_ms"], res["p99_ms"], res["cpu_us"], res["steal_pct"], res["worker_rss_mb"],
         res["export"]["detail"]))
     return res
+
+
+# This machine's speed drifts: a CPU-bound loop timed by 25 ms steps varies by 27% (sd), and its steps are
+# correlated (0.85 at 25 ms, 0.63 at 100 ms, 0.2 to 0.3 past 500 ms). Runs of seconds one after the other
+# differ by 15% and more, which is more than the 5% the budget asks to resolve. Taking turns by 100 ms, the
+# agents see the same machine.
+TURN_S = 0.1
+EXPORT_PATHS = {"autoinstr": ("/v1/spans",), "ddtrace": ("/v0.4/traces", "/v0.5/traces"), "otel": ("/v1/traces",)}
+
+
+def gunicorn_turns(ctx: Ctx, workers: int, path: str = "/hello") -> Dict[str, Any]:
+    """Every agent's gunicorn up at once, each under its own wrk, taking turns by TURN_S: the turn's workers run,
+    every other worker is stopped (SIGSTOP; its wrk waits on its connections). {agent: requests/s while running}.
+    Only throughput: a stopped worker's pending requests wait out the others' turns, so latencies mean nothing."""
+    servers: Dict[str, Tuple[subprocess.Popen, str, IO[bytes]]] = {}
+    loads: Dict[str, subprocess.Popen] = {}
+    ran = {agent: 0.0 for agent in AGENTS}
+    pids: Dict[str, List[int]] = {}
+
+    def signal_workers(agent: str, sig: int) -> None:
+        for pid in pids.get(agent, []):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    ctx.sink.take()
+    try:
+        for agent in AGENTS:
+            servers[agent] = start_gunicorn(ctx, agent, workers, path)
+        for agent, (proc, url, _) in servers.items():
+            wait_ready(url, proc)
+            run_wrk(url, 1)  # warm-up, as in gunicorn_once
+            pids[agent] = worker_pids(proc.pid)
+            signal_workers(agent, signal.SIGSTOP)
+        for agent, (_, url, _) in servers.items():  # (ended by SIGINT, on which wrk reports what it did)
+            loads[agent] = subprocess.Popen([WRK, "-t1", "-c%d" % WRK_CONNECTIONS, "-d3600s", url],
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.3)  # every wrk connected, its first requests waiting
+        cpu_before = {agent: cpu_ticks(pids[agent]) for agent in AGENTS}
+        for cycle in range(ctx.mode.turn_cycles):
+            for agent in rotated(AGENTS, cycle):
+                signal_workers(agent, signal.SIGCONT)
+                started = time.monotonic()
+                time.sleep(TURN_S)
+                signal_workers(agent, signal.SIGSTOP)
+                ran[agent] += time.monotonic() - started
+        cpu = {agent: (cpu_ticks(pids[agent]) - cpu_before[agent]) / os.sysconf("SC_CLK_TCK") for agent in AGENTS}
+        out: Dict[str, Any] = {}
+        for agent, load in loads.items():
+            load.send_signal(signal.SIGINT)
+            res = parse_wrk(load.communicate(timeout=60)[0])
+            out[agent] = {"rps": res["requests"] / ran[agent], "requests": res["requests"],
+                          "errors": res["socket_errors"] + res["non_2xx"], "ran_s": ran[agent],
+                          "cpu_s": cpu[agent], "cpu_us": cpu[agent] / max(1, res["requests"]) * 1e6}
+    finally:
+        for load in loads.values():
+            if load.poll() is None:
+                load.kill()
+                load.wait(10)
+        for agent, (proc, _, errlog) in servers.items():
+            signal_workers(agent, signal.SIGCONT)
+            stop_group(proc)
+            errlog.close()
+    got = ctx.sink.take()
+    for agent in AGENTS:  # (one sink for all: told apart by the path each agent posts to)
+        paths = EXPORT_PATHS.get(agent, ())
+        out[agent]["exported"] = sum(n for request, n in got.requests.items() if request.split(" ")[-1] in paths)
+    return out
+
+
+def summarize_turns(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Per agent: median requests/s, and the median (spread) of each run's ratio to no agent's."""
+    row: Dict[str, Any] = {}
+    for agent in AGENTS:
+        ratios = [run[agent]["rps"] / run["none"]["rps"] for run in runs]
+        rps = [run[agent]["rps"] for run in runs]
+        row[agent] = {"rps": median(rps), "ratio": median(ratios), "ratio_spread": list(spread(ratios)),
+                      "run_ratios": ratios, "errors": sum(run[agent]["errors"] for run in runs),
+                      "cpu_us": median([run[agent]["cpu_us"] for run in runs]),
+                      "export_ok": all((run[agent]["exported"] == 0) == (agent == "none") for run in runs)}
+    return row
 
 
 def bench_wrk(ctx: Ctx) -> Dict[str, Any]:
@@ -634,6 +726,14 @@ def bench_wrk(ctx: Ctx) -> Dict[str, Any]:
                                              for i in range(rounds)]),
             }
         out["by_workers"][str(workers)] = row
+        turns = []
+        for r in range(ctx.mode.turn_runs):
+            log("[wrk] %d worker(s), taking turns by %.0f ms, run %d/%d" % (
+                workers, TURN_S * 1000, r + 1, ctx.mode.turn_runs))
+            turns.append(gunicorn_turns(ctx, workers))
+            log("  " + ", ".join("%s %.0f req/s" % (a, turns[-1][a]["rps"]) for a in AGENTS))
+        out.setdefault("turns", {})[str(workers)] = summarize_turns(turns)
+    out["turn_s"] = TURN_S
     out["gc"] = bench_gc(ctx)
     return out
 
@@ -900,6 +1000,14 @@ def budget(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     wrk = results.get("wrk")
     if wrk:
         for workers, row in wrk["by_workers"].items():
+            turns = wrk.get("turns", {}).get(workers)
+            if turns:  # the agents taking turns by 100 ms: the figure this machine's drift does not move
+                ratio = turns["autoinstr"]["ratio"]
+                add("gunicorn %s worker(s) /hello req/s >= 95%% of no agent" % workers, ratio >= 0.95,
+                    "%.1f%% taking turns (runs %s); %.1f%% in runs one after the other" % (
+                        ratio * 100, rng([100 * x for x in turns["autoinstr"]["ratio_spread"]]),
+                        row["autoinstr"]["ratio"] * 100))
+                continue
             ratio = row["autoinstr"]["ratio"]
             add("gunicorn %s worker(s) /hello req/s >= 95%% of no agent" % workers, ratio >= 0.95,
                 "%.1f%% (%.0f vs %.0f req/s)" % (ratio * 100, row["autoinstr"]["rps"], row["none"]["rps"]))
@@ -940,6 +1048,7 @@ def budget(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         validity += [check["ok"] for check in inproc["export"].values()]
     if wrk:
         validity += [row[a]["export_ok"] for row in wrk["by_workers"].values() for a in AGENTS]
+        validity += [row[a]["export_ok"] for row in wrk.get("turns", {}).values() for a in AGENTS]
     if validity:
         add("every agent exported (sink counts; none from the no-agent runs)", all(validity),
             "all runs checked" if all(validity) else "see the export columns")
@@ -996,9 +1105,10 @@ def headline(results: Dict[str, Any]) -> List[str]:
         rows.append("| peak RSS over no agent (in-process run) | %s |" % " | ".join(
             "%+.1f MB" % inproc["rss"][a]["over_mb"] for a in ("autoinstr", *PEERS)))
     if wrk:
-        for workers, row in wrk["by_workers"].items():
-            rows.append("| gunicorn %s worker(s), /hello req/s vs no agent | %s |" % (workers, " | ".join(
-                "%s%%" % fmt(row[a]["ratio"] * 100) for a in ("autoinstr", *PEERS))))
+        for workers, row in (wrk.get("turns") or wrk["by_workers"]).items():
+            rows.append("| gunicorn %s worker(s), /hello req/s vs no agent%s | %s |" % (
+                workers, ", taking turns" if "turns" in wrk else "", " | ".join(
+                    "%s%%" % fmt(row[a]["ratio"] * 100) for a in ("autoinstr", *PEERS))))
     if startup:
         for code, row in startup.items():
             rows.append("| start-up `%s` through the launcher | %s |" % (code, " | ".join(
@@ -1122,6 +1232,28 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
             "%s worker(s) %s" % (workers, ", ".join("%.1f%%" % (100 * r)
                                                     for r in row["autoinstr"].get("round_ratios", [])))
             for workers, row in wrk["by_workers"].items()), ""]
+        turns = wrk.get("turns")
+        if turns:
+            lines += ["**Taking turns.** The same servers, every agent's up at once, each under its own "
+                      "`wrk -t1 -c%d`; they take turns by %.0f ms, the other agents' workers stopped meanwhile "
+                      "(SIGSTOP), for %d turns each a run. Requests/s = requests served / the time the server "
+                      "ran. This machine's speed drifts by a quarter within tens of milliseconds and its runs of "
+                      "seconds differ by 15%%: sharing every moment, the agents share its drift. Medians (spread) "
+                      "over %d runs of each run's ratio to no agent's; latencies are not measured this way (a "
+                      "stopped worker's requests wait)."
+                      % (wrk["connections"], wrk["turn_s"] * 1000, results["meta"]["mode"]["turn_cycles"],
+                         results["meta"]["mode"]["turn_runs"]), "",
+                      "| workers | agent | req/s | vs no agent (spread) | each run | worker CPU per request (us) "
+                      "| export requests (sink) |", "|---|---|---|---|---|---|---|"]
+            for workers, row in turns.items():
+                for a in AGENTS:
+                    c = row[a]
+                    lines.append("| %s | %s | %s | %s%% (%s) | %s | %s | %s |" % (
+                        workers, LABELS[a], fmt(c["rps"], 0), fmt(c["ratio"] * 100),
+                        rng([100 * x for x in c["ratio_spread"]]),
+                        ", ".join("%.1f%%" % (100 * x) for x in c["run_ratios"]), fmt(c["cpu_us"], 0),
+                        "ok" if c["export_ok"] else "**FAILED**"))
+            lines.append("")
         gc_pass = wrk.get("gc")
         if gc_pass:
             lines += ["Garbage collection in the worker (1 worker, %d more runs per agent with each collection timed "
