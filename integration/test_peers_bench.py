@@ -372,15 +372,15 @@ def test_gunicorn_servers_take_turns(tmp_path, servers, monkeypatch):
     ctx = suite_context(tmp_path, servers)
     run.pad_environments(ctx, ["none", "autoinstr"])
     monkeypatch.setattr(run, "AGENTS", ["none", "autoinstr"])
-    ctx.mode = dataclasses.replace(run.QUICK, turn_cycles=6)
+    ctx.mode = dataclasses.replace(run.QUICK, turn_cycles=24)
     started = time.monotonic()
     out = run.gunicorn_turns(ctx, 1)
     took = time.monotonic() - started
     for agent in ("none", "autoinstr"):
         got = out[agent]
         assert got["requests"] > 0 and got["errors"] == 0, got
-        # six turns of 100 ms each (a turn's sleep may overrun a little, never fall short)
-        assert 0.6 <= got["ran_s"] < 1.2, got
+        # 24 turns of TURN_S each (a turn's sleep may overrun a little, never fall short)
+        assert 24 * run.TURN_S <= got["ran_s"] < 48 * run.TURN_S, got
         assert got["rps"] == pytest.approx(got["requests"] / got["ran_s"])
         # stopped outside its turns: at most the time it ran, and a clock tick of the CPU counters
         assert got["cpu_s"] <= got["ran_s"] + 0.03, got

@@ -94,11 +94,11 @@ class Mode:
 
 
 QUICK = Mode(rounds=2, inproc_requests=200, inproc_repeats=2, inproc_warmup=50, wrk_rounds=1, wrk_seconds=2,
-             turn_runs=1, turn_cycles=5,
+             turn_runs=1, turn_cycles=20,
              startup_runs=4, span_rounds=1, span_count=20000, pipeline_rounds=1, pipeline_spans=20000,
              flood_spans=20000)
 FULL = Mode(rounds=21, inproc_requests=600, inproc_repeats=2, inproc_warmup=200, wrk_rounds=7, wrk_seconds=5,
-            turn_runs=5, turn_cycles=50,
+            turn_runs=8, turn_cycles=120,
             startup_runs=40, span_rounds=3, span_count=50000, pipeline_rounds=3, pipeline_spans=50000,
             flood_spans=100000)
 
@@ -614,9 +614,13 @@ def gunicorn_once(ctx: Ctx, agent: str, workers: int, path: str, gc_out: Optiona
 
 # This machine's speed drifts: a CPU-bound loop timed by 25 ms steps varies by 27% (sd), and its steps are
 # correlated (0.85 at 25 ms, 0.63 at 100 ms, 0.2 to 0.3 past 500 ms). Runs of seconds one after the other
-# differ by 15% and more, which is more than the 5% the budget asks to resolve. Taking turns by 100 ms, the
-# agents see the same machine.
-TURN_S = 0.1
+# differ by 15% and more, which is more than the 5% the budget asks to resolve. Taking turns by 25 ms, the
+# agents see the same machine. Three no-agent servers taking turns by 100 ms still differed by -6 to +19% in a
+# run; by 25 ms, -5 to +2%; by 25 ms with every wrk on one CPU (the workers go to the other), -2 to +4%. What
+# is left differs from process to process (its layout, its placement): hence several runs, each with fresh ones.
+TURN_S = 0.025
+LOAD_CPU = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) > 1 \
+    else None
 EXPORT_PATHS = {"autoinstr": ("/v1/spans",), "ddtrace": ("/v0.4/traces", "/v0.5/traces"), "otel": ("/v1/traces",)}
 
 
@@ -647,7 +651,8 @@ def gunicorn_turns(ctx: Ctx, workers: int, path: str = "/hello") -> Dict[str, An
             signal_workers(agent, signal.SIGSTOP)
         for agent, (_, url, _) in servers.items():  # (ended by SIGINT, on which wrk reports what it did)
             loads[agent] = subprocess.Popen([WRK, "-t1", "-c%d" % WRK_CONNECTIONS, "-d3600s", url],
-                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                            preexec_fn=None if LOAD_CPU is None else pinned_to(LOAD_CPU))
         time.sleep(0.3)  # every wrk connected, its first requests waiting
         cpu_before = {agent: cpu_ticks(pids[agent]) for agent in AGENTS}
         for cycle in range(ctx.mode.turn_cycles):
@@ -1001,7 +1006,7 @@ def budget(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     if wrk:
         for workers, row in wrk["by_workers"].items():
             turns = wrk.get("turns", {}).get(workers)
-            if turns:  # the agents taking turns by 100 ms: the figure this machine's drift does not move
+            if turns:  # the agents taking turns (TURN_S): the figure this machine's drift moves least
                 ratio = turns["autoinstr"]["ratio"]
                 add("gunicorn %s worker(s) /hello req/s >= 95%% of no agent" % workers, ratio >= 0.95,
                     "%.1f%% taking turns (runs %s); %.1f%% in runs one after the other" % (
@@ -1235,12 +1240,12 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
         turns = wrk.get("turns")
         if turns:
             lines += ["**Taking turns.** The same servers, every agent's up at once, each under its own "
-                      "`wrk -t1 -c%d`; they take turns by %.0f ms, the other agents' workers stopped meanwhile "
-                      "(SIGSTOP), for %d turns each a run. Requests/s = requests served / the time the server "
-                      "ran. This machine's speed drifts by a quarter within tens of milliseconds and its runs of "
-                      "seconds differ by 15%%: sharing every moment, the agents share its drift. Medians (spread) "
-                      "over %d runs of each run's ratio to no agent's; latencies are not measured this way (a "
-                      "stopped worker's requests wait)."
+                      "`wrk -t1 -c%d` (every wrk on one CPU); they take turns by %.0f ms, the other agents' workers "
+                      "stopped meanwhile (SIGSTOP), for %d turns each a run. Requests/s = requests served / the time "
+                      "the server ran. This machine's speed drifts by a quarter within tens of milliseconds and its "
+                      "runs of seconds differ by 15%%: sharing every moment, the agents share its drift. Medians "
+                      "(spread) over %d runs (fresh servers each) of each run's ratio to no agent's; latencies are "
+                      "not measured this way (a stopped worker's requests wait)."
                       % (wrk["connections"], wrk["turn_s"] * 1000, results["meta"]["mode"]["turn_cycles"],
                          results["meta"]["mode"]["turn_runs"]), "",
                       "| workers | agent | req/s | vs no agent (spread) | each run | worker CPU per request (us) "
