@@ -22,16 +22,7 @@ from itertools import count
 
 from autoinstr import _log
 from autoinstr.export.records import records_of
-from autoinstr.trace.span import compiled
-
-
-def _nothing_untracked(taken: object) -> None:
-    """track_again without the compiled span core: the Python spans are never untracked."""
-
-
-# The compiled span core untracks what it queues (see _span.c untrack_queued): what is taken, or dropped, is
-# tracked again, so that the garbage collector sees it before it is let go.
-_track_again = compiled("track_again", _nothing_untracked)
+from autoinstr.export.records import track_again as _track_again
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -353,7 +344,8 @@ class Pipeline:
     # ----------------------------------------------------------------------- request thread side
 
     def submit(self, spans: List[Span]) -> None:
-        """Queue a finished local trace (or a piece of one). Never blocks, never raises.
+        """Queue a finished local trace (or a piece of one). Never blocks, never raises. The list is the
+        pipeline's from now on (the conversion empties it, to let each span go as soon as it is converted).
 
         No lock: deque.append is atomic, and `_queued` is a bound, not a ledger. A thread switch in the
         middle of `+=` can make it drift by one trace; the flush thread recounts it exactly at each take.
@@ -476,7 +468,6 @@ class Pipeline:
         for i in range(0, len(single), size):
             chunks.append(([single[i:i + size]], min(size, len(single) - i)))
         taken += len(single)
-        _track_again(chunks)
         self._wake_pending = False
         self.submitted += taken
         self._queued = sum(len(x) if x.__class__ is list else 1 for x in list(buffer))  # added meanwhile
@@ -558,10 +549,13 @@ class Pipeline:
 
         Work goes in chunks of about a batch: converted, then handed to the exporters, chunk after
         chunk. A deadline (the exit's) that cuts a large backlog short loses only what it did not reach."""
+        # (the spans taken are tracked again by the garbage collector before they are let go: records_of does it
+        # for those it converts, here for the others)
         chunks = self._take()
         if self.metrics_flush is not None:  # statsd (autoinstr.export.statsd.flush), on every flush
             self.metrics_flush(final)
         if not self.slots:  # `none`: nothing to convert for
+            _track_again(chunks)
             self.flushes += 1
             return
         try:
@@ -583,6 +577,7 @@ class Pipeline:
                     # without converting, so a fault at the destination costs the app no CPU for records
                     for slot in slots:
                         slot.dropped_backlog += size
+                    _track_again(chunk)
                     continue
                 errors: List[str] = []
                 records = records_of(chunk, self.service, self.max_attributes, self.max_attribute_length,
