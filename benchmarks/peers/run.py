@@ -1249,7 +1249,7 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
                       % (wrk["connections"], wrk["turn_s"] * 1000, results["meta"]["mode"]["turn_cycles"],
                          results["meta"]["mode"]["turn_runs"]), "",
                       "| workers | agent | req/s | vs no agent (spread) | each run | worker CPU per request (us) "
-                      "| export requests (sink) |", "|---|---|---|---|---|---|---|"]
+                      "| exported (sink) |", "|---|---|---|---|---|---|---|"]
             for workers, row in turns.items():
                 for a in AGENTS:
                     c = row[a]
