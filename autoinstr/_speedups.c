@@ -1547,6 +1547,7 @@ static PyMethodDef methods[] = {
      "configure_span(Span, current_span_var, bits, clock, Sink, span module globals, _UNSET, _handover_failed)"},
     {"track_again", track_again, METH_O,
      "track_again(taken): spans untracked while queued (and their lists), in lists and tuples, tracked again"},
+    {"let_go", let_go, METH_O, "let_go(taken): track_again(taken), then the list emptied, in one call"},
     {"configure_sampling", configure_sampling, METH_VARARGS,
      "configure_sampling(threshold or None for always, rate limiter or None, never)"},
     {"configure_wsgi", configure_wsgi, METH_VARARGS,

@@ -534,3 +534,28 @@ def test_queued_spans_wait_untracked_by_the_collector_and_are_tracked_again_when
     with Span("dropped") as dropped:
         pass
     assert gc.is_tracked(dropped) and p.dropped_queue_full == 1
+
+
+def test_let_go_tracks_taken_spans_again_and_empties_the_list_in_one_call(make_pipeline, monkeypatch):
+    """What the flush thread lets go without converting (exporter `none`, dropped chunks) and each converted slice:
+    tracked again and released in one call, so no collection on another thread meets them tracked and still held
+    (it would promote them all: with exporter `none` a CPU-bound app's collections met hundreds so)."""
+    import gc
+
+    from autoinstr.export.records import let_go
+    from autoinstr.trace.span import Sink, compiled
+
+    p = make_pipeline()
+    monkeypatch.setattr(Sink, "submit", p.submit)
+    monkeypatch.setattr(Sink, "submit_one", p.submit_one)
+    with Span("root") as root, Span("child") as child:
+        pass
+    with Span("alone") as alone:
+        pass
+    taken = p._take()
+    if compiled("let_go") is not None:
+        assert not any(gc.is_tracked(s) for s in (root, child, alone))
+    let_go(taken)
+    assert taken == [] and all(gc.is_tracked(s) for s in (root, child, alone))
+    with pytest.raises(TypeError):
+        let_go(("not", "a", "list"))  # type: ignore[arg-type]

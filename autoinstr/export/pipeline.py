@@ -21,6 +21,7 @@ from _thread import allocate_lock  # `threading` itself is imported when the flu
 from itertools import count
 
 from autoinstr import _log
+from autoinstr.export.records import let_go as _let_go
 from autoinstr.export.records import records_of
 from autoinstr.export.records import track_again as _track_again
 
@@ -555,7 +556,7 @@ class Pipeline:
         if self.metrics_flush is not None:  # statsd (autoinstr.export.statsd.flush), on every flush
             self.metrics_flush(final)
         if not self.slots:  # `none`: nothing to convert for
-            _track_again(chunks)
+            _let_go(chunks)
             self.flushes += 1
             return
         try:
@@ -577,7 +578,7 @@ class Pipeline:
                     # without converting, so a fault at the destination costs the app no CPU for records
                     for slot in slots:
                         slot.dropped_backlog += size
-                    _track_again(chunk)
+                    _let_go(chunk)
                     continue
                 errors: List[str] = []
                 records = records_of(chunk, self.service, self.max_attributes, self.max_attribute_length,
