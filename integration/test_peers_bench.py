@@ -168,29 +168,63 @@ def test_the_stub_answers_each_request_of_a_kept_alive_connection():
         stub.close()
 
 
-def test_in_process_overhead_is_taken_against_the_no_agent_time_of_its_moment():
-    """The machine's speed drifts within a round: each process is compared with the no-agent time interpolated
-    between the no-agent processes just before and after it, not with one run several processes away."""
-    from run import INPROC_VARIANTS, ROUTES, baseline_at, summarize_inproc
+def test_in_process_overhead_is_taken_against_no_agent_in_the_same_round():
+    """Each round's processes take turns: every variant is compared with no agent's processes of its own round (the
+    machine's speed drifts from round to round), and the no-agent processes' spread is kept for the report."""
+    from run import INPROC_VARIANTS, ROUTES, summarize_inproc
 
-    def run(order: int, ns: float) -> dict:
-        return {"order": order, "ns_per_request": {r: ns for r in ROUTES}, "maxrss_kb": 1024,
-                "export": {"ok": True, "spans": 1, "expected_min": 1, "detail": ""}}
+    def run(ns: float) -> dict:
+        return {"ns_per_request": {r: ns for r in ROUTES}, "replica_ns": {r: [ns - 500, ns + 500] for r in ROUTES},
+                "maxrss_kb": 1024, "export": {"ok": True, "spans": 1, "expected_min": 1, "detail": ""}}
 
-    nones = [run(0, 100.0), run(6, 160.0)]
-    assert [baseline_at(nones, o, "/hello") for o in (0, 3, 5, 6, 9)] == [100.0, 130.0, 150.0, 160.0, 160.0]
-    # no agent drifts by 10 ns a process; every agent costs 7 ns over it, whatever its place in the round
-    variants = list(INPROC_VARIANTS)
-    runs: dict = {v: [] for v in variants}
-    order = 0
-    for r in range(4):
-        for v in variants[r % len(variants):] + variants[:r % len(variants)]:
-            runs[v].append(run(order, 1000.0 + 10 * order + (0 if v == "none" else 7)))
-            order += 1
+    # no agent drifts by 100 ns a round; every agent costs 7 ns over it
+    runs = {v: [run(1000.0 + 100 * r + (0 if v == "none" else 7)) for r in range(4)] for v in INPROC_VARIANTS}
     summary = summarize_inproc(runs)
-    for v in variants:
+    for v in INPROC_VARIANTS:
         expected = 0.0 if v == "none" else 7.0
         assert abs(summary["routes"]["/hello"][v]["overhead_us"] * 1e3 - expected) < 1e-6, (v, summary)
+    assert summary["routes"]["/hello"]["none"]["replica_gaps_us"] == [1.0] * 4
+
+
+def test_in_process_agents_take_turns(tmp_path, servers, monkeypatch):
+    """The in-process step: every variant's inproc.py up at once (no agent twice), on one CPU, each stopped but in
+    its turns; a route's time includes the agent's flush after its last turn. Here no agent, autoinstr with its
+    collector exporter, its request path alone (exporter none) and the local store, each checked at the sink or the
+    store."""
+    import dataclasses
+
+    import run
+
+    ctx = suite_context(tmp_path, servers)
+    run.pad_environments(ctx, ["none", "autoinstr"])
+    variants = ["none", "autoinstr", run.NO_EXPORT, run.LOCAL]
+    monkeypatch.setattr(run, "INPROC_VARIANTS", variants)
+    monkeypatch.setattr(run, "spans_per_request", lambda ctx: {})  # (counted in a test of its own)
+    ctx.mode = dataclasses.replace(run.QUICK, rounds=1, inproc_cycles=2, inproc_warmup=2)
+    states = []
+    ask = run.TurnTaker.ask
+
+    def ask_and_look(self, command):  # a process between two turns is stopped, its threads too
+        got = ask(self, command)
+        if command != "result":
+            with open("/proc/%d/stat" % self.proc.pid) as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        return got
+
+    monkeypatch.setattr(run.TurnTaker, "ask", ask_and_look)
+    summary = run.bench_inproc(ctx)
+    turns = len(run.ROUTES) * 2 * (len(variants) + 1) + len(run.ROUTES) * (len(variants) + 1)  # runs, then flushes
+    assert len(states) == turns and set(states) == {"T"}, states
+    for v in variants:
+        for route in run.ROUTES:
+            assert summary["routes"][route][v]["us"] > 0, (v, route, summary)
+        assert summary["export"][v]["ok"], (v, summary["export"])
+    assert summary["routes"]["/hello"]["none"]["overhead_us"] == 0.0
+    assert len(summary["routes"]["/hello"]["none"]["replica_gaps_us"]) == 1
+    warmed = 1 + ctx.mode.inproc_warmup
+    requests = sum(warmed + 2 * run.INPROC_BLOCK[r] for r in run.ROUTES)
+    assert summary["export"]["autoinstr"]["spans"] == [pytest.approx(2 * requests, rel=0.5)]  # 2 to 6 a request
+    assert summary["export"][run.NO_EXPORT]["spans"] == [0] and summary["export"][run.LOCAL]["spans"][0] >= requests
 
 
 def test_the_in_process_step_pins_the_app_and_the_stub_to_one_cpu(tmp_path):
@@ -378,26 +412,32 @@ def test_gunicorn_servers_take_turns(tmp_path, servers, monkeypatch):
     took = time.monotonic() - started
     for agent in ("none", "autoinstr"):
         got = out[agent]
+        servers = run.TURN_REPLICAS.get(agent, 1)
         assert got["requests"] > 0 and got["errors"] == 0, got
-        # 24 turns of TURN_S each (a turn's sleep may overrun a little, never fall short)
-        assert 24 * run.TURN_S <= got["ran_s"] < 48 * run.TURN_S, got
+        # 24 turns of TURN_S each, for each of its servers (a turn's sleep may overrun a little, never fall short)
+        assert 24 * servers * run.TURN_S <= got["ran_s"] < 48 * servers * run.TURN_S, got
         assert got["rps"] == pytest.approx(got["requests"] / got["ran_s"])
-        # stopped outside its turns: at most the time it ran, and a clock tick of the CPU counters
-        assert got["cpu_s"] <= got["ran_s"] + 0.03, got
+        assert len(got["server_rps"]) == servers and all(rps > 0 for rps in got["server_rps"]), got
+        # stopped outside its turns: at most the time it ran, and a clock tick of the CPU counters per server
+        assert got["cpu_s"] <= got["ran_s"] + 0.03 * servers, got
+    assert run.TURN_REPLICAS["none"] >= 2  # (what divides every ratio: more than one server's luck)
     assert took > out["none"]["ran_s"] + out["autoinstr"]["ran_s"]
     assert out["autoinstr"]["exported"] > 0 and out["none"]["exported"] == 0
     row = run.summarize_turns([out, out])
     assert row["none"]["ratio"] == 1.0 and row["autoinstr"]["ratio"] == pytest.approx(
         out["autoinstr"]["rps"] / out["none"]["rps"])
     assert row["none"]["export_ok"] and row["autoinstr"]["export_ok"]
+    rps = out["none"]["server_rps"]
+    assert row["none"]["replica_gaps"] == [pytest.approx(max(rps) / min(rps) - 1)] * 2
 
     with open(os.path.join(PEERS, "last-run.json")) as f:
         results = json.load(f)  # a committed run's figures, with these turns in its wrk step
     peers = {peer: dict(row["autoinstr"], ratio=0.5) for peer in run.PEERS}  # (the headline quotes them)
-    results["wrk"].update(turns={"1": dict(row, **peers)}, turn_s=run.TURN_S)
+    results["wrk"].update(turns={"1": dict(row, **peers)}, turn_s=run.TURN_S, turn_replicas=run.TURN_REPLICAS)
     results["meta"]["mode"].update(turn_cycles=6, turn_runs=2)
     report = run.write_report(results, False)
     assert "**Taking turns.**" in report, report
+    assert "no agent and autoinstr run 2 servers each" in report, report
     assert "| 1 | autoinstr | %s |" % run.fmt(row["autoinstr"]["rps"], 0) in report, report
     item = next(i for i in run.budget(results) if i["item"].startswith("gunicorn 1 worker"))
     assert item["met"] == (row["autoinstr"]["ratio"] >= 0.95) and "taking turns" in item["figure"], item

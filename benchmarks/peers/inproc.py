@@ -13,6 +13,11 @@ Environment: BENCH_AGENT (none, autoinstr, ddtrace, otel: whose flush to call), 
 paths), BENCH_REQUESTS (per block), BENCH_REPEATS (blocks per route, routes interleaved), BENCH_WARMUP (per
 route). Prints one line `RESULT {json}`: per route the mean ns per request over its blocks, requests made,
 peak RSS (ru_maxrss) at the end.
+
+With BENCH_SERVE=1 it times what it is told instead (run.py's agents taking turns: several of these processes
+up at once, each stopped outside its turn), once warmed up and `READY`: one answer line per command line on
+stdin: `run PATH N` (N requests, the ns they took), `flush` (the agent's flush, the ns it took), `result` (the
+RESULT line, without timings, then it exits).
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ def timed(path: str, n: int) -> float:
     return (pc() - t0) / n
 
 
-def main() -> None:
+def warmed_up() -> None:
     for path in ROUTES:  # each page answers 200 with a body before anything is timed
         statuses.clear()
         body = request(path)
@@ -101,20 +106,48 @@ def main() -> None:
             raise SystemExit("route %s answered %r %r" % (path, statuses[:1], body[:200]))
     for path in ROUTES:
         timed(path, WARMUP)
+
+
+def result(requests: Dict[str, int], **timings: Any) -> str:
+    return "RESULT " + json.dumps(dict(
+        timings, requests=requests, maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        maxrss_before_app_kb=rss_before_app_kb, environment_size=environment_size,
+        non_200=sum(1 for s in statuses if not s.startswith("200"))))
+
+
+def main() -> None:
+    warmed_up()
     samples: Dict[str, List[float]] = {p: [] for p in ROUTES}
     for _ in range(REPEATS):
         for path in ROUTES:
             samples[path].append(timed(path, REQUESTS))
-    out = {
-        "ns_per_request": {p: statistics.fmean(v) for p, v in samples.items()},
-        "samples": samples,
-        "requests": {p: 1 + WARMUP + REQUESTS * REPEATS for p in ROUTES},
-        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "maxrss_before_app_kb": rss_before_app_kb,
-        "environment_size": environment_size,
-        "non_200": sum(1 for s in statuses if not s.startswith("200")),
-    }
-    print("RESULT " + json.dumps(out), flush=True)
+    print(result({p: 1 + WARMUP + REQUESTS * REPEATS for p in ROUTES},
+                 ns_per_request={p: statistics.fmean(v) for p, v in samples.items()}, samples=samples), flush=True)
 
 
-main()
+def serve() -> None:
+    warmed_up()
+    requests = {p: 1 + WARMUP for p in ROUTES}
+    pc = time.perf_counter_ns
+    print("READY", flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if words == ["result"]:
+            print(result(requests), flush=True)
+            return
+        t0 = pc()
+        if words == ["flush"]:
+            flush_agent()
+        elif len(words) == 3 and words[0] == "run" and words[1] in requests:
+            for _ in range(int(words[2])):
+                request(words[1])
+            requests[words[1]] += int(words[2])
+        else:
+            raise SystemExit("unknown command %r" % line)
+        print(pc() - t0, flush=True)
+
+
+if os.environ.get("BENCH_SERVE") == "1":
+    serve()
+else:
+    main()

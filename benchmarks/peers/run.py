@@ -14,8 +14,9 @@ and benchmarks/peers/last-run.json), printing each budget item as met or not.
   OTLP/HTTP, autoinstr's collector protocol); a run whose agent exported nothing is reported as invalid, so no
   disabled tracer is measured. Features beyond tracing are off in the peers; the settings are printed.
 - Agents run alternately (none, autoinstr, ddtrace, otel, then the next round in a rotated order); figures are
-  medians over rounds with their spread, and ratios to the no-agent run of the same round (in-process: to the
-  no-agent time interpolated between the no-agent processes run just before and after).
+  medians over rounds with their spread, and ratios to the no-agent run of the same round. In-process and under
+  gunicorn, every agent's processes are up at once and take turns by a few milliseconds (bench_inproc,
+  gunicorn_turns): this machine's speed drifts too fast for runs one after the other.
 
 Standard library only: the agents' packages live in their venvs.
 """
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -76,8 +78,7 @@ class Mode:
     # /outgoing, two no-agent processes alternating blocks differed by -40 to +76 us over 60 pairs. So more
     # processes, fewer blocks each.
     rounds: int
-    inproc_requests: int  # per route and repeat
-    inproc_repeats: int
+    inproc_cycles: int  # turns of every in-process agent on each route, a round (see bench_inproc)
     inproc_warmup: int
     wrk_rounds: int
     wrk_seconds: int
@@ -93,11 +94,11 @@ class Mode:
     flood_spans: int
 
 
-QUICK = Mode(rounds=2, inproc_requests=200, inproc_repeats=2, inproc_warmup=50, wrk_rounds=1, wrk_seconds=2,
+QUICK = Mode(rounds=2, inproc_cycles=4, inproc_warmup=50, wrk_rounds=1, wrk_seconds=2,
              turn_runs=1, turn_cycles=20,
              startup_runs=4, span_rounds=1, span_count=20000, pipeline_rounds=1, pipeline_spans=20000,
              flood_spans=20000)
-FULL = Mode(rounds=21, inproc_requests=600, inproc_repeats=2, inproc_warmup=200, wrk_rounds=7, wrk_seconds=5,
+FULL = Mode(rounds=12, inproc_cycles=30, inproc_warmup=200, wrk_rounds=7, wrk_seconds=5,
             turn_runs=8, turn_cycles=120,
             startup_runs=40, span_rounds=3, span_count=50000, pipeline_rounds=3, pipeline_spans=50000,
             flood_spans=100000)
@@ -350,31 +351,125 @@ LOCAL = "autoinstr-local"
 INPROC_VARIANTS = AGENTS + [LOCAL, NO_EXPORT]
 
 
+# In-process, the agents take turns too (see gunicorn_turns): every variant's process up at once, all on one CPU, each
+# running a block of requests in its turn while the others are stopped (SIGSTOP: an agent's own threads wait too).
+# One process per variant run one after the other gave /users/42 overheads of 17.9 and 34.9 us in two runs of the same
+# code; taking turns, two no-agent processes stayed within 2.5 us of each other. A block is 5 to 10 ms of the no-agent
+# app's requests; no agent runs two processes, whose mean every other variant is compared with.
+INPROC_BLOCK = {"/hello": 100, "/users/42": 60, "/db": 20, "/outgoing": 12}
+INPROC_REPLICAS = {"none": 2}
+
+
+class TurnTaker:
+    """One inproc.py process in its serve mode (env has BENCH_SERVE=1): stopped but for each command it is given."""
+
+    def __init__(self, cmd: List[str], env: Dict[str, str], cwd: Path, cpu: Optional[int]) -> None:
+        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=None if cpu is None else pinned_to(cpu))
+
+    def answer(self) -> str:
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line:
+            self.proc.wait(30)
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError("inproc.py: exit %s, no answer; stderr: %s" % (self.proc.returncode, tail(err)))
+        return line.strip()
+
+    def ready(self) -> None:
+        while not self.answer().startswith("READY"):  # (an agent may print its own lines first)
+            pass
+        self.stop()
+
+    def stop(self) -> None:
+        """Stopped, and known to be before the next turn starts (the signal takes effect a moment later)."""
+        self.proc.send_signal(signal.SIGSTOP)
+        _, status = os.waitpid(self.proc.pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(status):  # it exited instead: reaped here, so Popen is told
+            self.proc.returncode = os.waitstatus_to_exitcode(status)
+
+    def ask(self, command: str) -> str:
+        """Run one command in a turn of its own: continued, told, answered, stopped again."""
+        self.proc.send_signal(signal.SIGCONT)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        got = self.answer()
+        while command != "result" and not got.lstrip("-").isdigit():  # (an agent's own line on stdout)
+            got = self.answer()
+        if command != "result":
+            self.stop()
+        return got
+
+    def close(self) -> Dict[str, Any]:
+        """The RESULT of the process (its RSS, requests made), as it exits."""
+        got = self.ask("result")
+        while not got.startswith("RESULT "):
+            got = self.answer()
+        self.proc.wait(60)
+        return json.loads(got[len("RESULT "):])  # type: ignore[no-any-return]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+
+
 def bench_inproc(ctx: Ctx) -> Dict[str, Any]:
     m = ctx.mode
     runs: Dict[str, List[Dict[str, Any]]] = {a: [] for a in INPROC_VARIANTS}
-    order = 0  # the processes' run order, for the no-agent baseline at each one's moment
-    extra = {"BENCH_ROUTES": ",".join(ROUTES), "BENCH_REQUESTS": str(m.inproc_requests),
-             "BENCH_REPEATS": str(m.inproc_repeats), "BENCH_WARMUP": str(m.inproc_warmup)}
+    slots = [(v, i) for v in INPROC_VARIANTS for i in range(INPROC_REPLICAS.get(v, 1))]
+    extra = {"BENCH_ROUTES": ",".join(ROUTES), "BENCH_WARMUP": str(m.inproc_warmup), "BENCH_SERVE": "1"}
+    store = ctx.work / "inproc-store.db"
     for r in range(m.rounds):
-        for variant in rotated(INPROC_VARIANTS, r):
-            log("[inproc] round %d/%d %s" % (r + 1, m.rounds, variant))
-            agent = "autoinstr" if variant in (NO_EXPORT, LOCAL) else variant
-            env = ctx.env(agent, dict(extra, BENCH_AGENT=agent))
-            store = ctx.work / "inproc-store.db"
-            if variant == NO_EXPORT:
-                env["AUTOINSTR_EXPORTER"] = "none"
-            elif variant == LOCAL:
-                env = ctx.padded(agent, dict(env, AUTOINSTR_EXPORTER="local", AUTOINSTR_STORE=str(store)))
-            ctx.sink.take()
-            res = run_child(ctx.command(agent, ["python", str(HERE / "inproc.py")]), env, ctx.work, cpu=STUB_CPU)
+        log("[inproc] round %d/%d: %d processes taking turns" % (r + 1, m.rounds, len(slots)))
+        takers: Dict[Tuple[str, int], TurnTaker] = {}
+        ctx.sink.take()
+        try:
+            for variant, i in slots:
+                agent = "autoinstr" if variant in (NO_EXPORT, LOCAL) else variant
+                env = ctx.env(agent, dict(extra, BENCH_AGENT=agent))
+                if variant in (NO_EXPORT, LOCAL):  # (what they posted, were it anything, would arrive apart)
+                    env = ctx.padded(agent, dict(env, AUTOINSTR_COLLECTOR_URL=ctx.sink.url + "/" + variant,
+                                                 **({"AUTOINSTR_EXPORTER": "none"} if variant == NO_EXPORT else
+                                                    {"AUTOINSTR_EXPORTER": "local", "AUTOINSTR_STORE": str(store)})))
+                takers[(variant, i)] = TurnTaker(ctx.command(agent, ["python", str(HERE / "inproc.py")]), env,
+                                                 ctx.work, STUB_CPU)
+                takers[(variant, i)].ready()  # (one at a time: start-up and warm-up alone on the CPU)
+            ns = {slot: {route: 0 for route in ROUTES} for slot in slots}
+            for route in ROUTES:
+                for cycle in range(m.inproc_cycles):
+                    for slot in rotated(slots, cycle):
+                        ns[slot][route] += int(takers[slot].ask("run %s %d" % (route, INPROC_BLOCK[route])))
+                for slot in slots:  # what the route's requests left to export is part of their cost
+                    ns[slot][route] += int(takers[slot].ask("flush"))
+            results = {slot: takers[slot].close() for slot in slots}
+        finally:
+            for taker in takers.values():
+                taker.kill()
+        got = ctx.sink.take()
+        for variant in INPROC_VARIANTS:
+            mine = [slot for slot in slots if slot[0] == variant]
+            res = dict(results[mine[0]])
+            timed = m.inproc_cycles * len(mine)
+            res["ns_per_request"] = {route: sum(ns[slot][route] for slot in mine) / (timed * INPROC_BLOCK[route])
+                                     for route in ROUTES}
+            res["replica_ns"] = {route: [ns[slot][route] / (m.inproc_cycles * INPROC_BLOCK[route]) for slot in mine]
+                                 for route in ROUTES}
+            res["maxrss_kb"] = max(results[slot]["maxrss_kb"] for slot in mine)
             if ctx.environment_size and res.get("environment_size") != ctx.environment_size:
                 raise RuntimeError("%s saw %s environment variables, not %d" % (
                     variant, res.get("environment_size"), ctx.environment_size))
             requests = sum(res["requests"].values())
+            agent = "autoinstr" if variant in (NO_EXPORT, LOCAL) else variant
+            paths = ("/%s/v1/spans" % variant,) if variant in (NO_EXPORT, LOCAL) else EXPORT_PATHS.get(agent, ())
+            exported = Received(requests=Counter({k: n for k, n in got.requests.items()
+                                                  if k.split(" ")[-1] in paths}),
+                                spans=sum(n for path, n in got.spans_by_path.items() if path in paths),
+                                errors=got.errors)
             # at least one span per request: every route has a server span
-            res["export"] = export_check("none" if variant in (NO_EXPORT, LOCAL) else agent, ctx.sink.take(),
-                                         requests)
+            res["export"] = export_check("none" if variant in (NO_EXPORT, LOCAL) else agent, exported, requests)
             if variant == LOCAL:
                 stored = store_count(ctx, store)
                 res["export"] = {"spans": stored, "requests": 0, "expected_min": requests,
@@ -383,13 +478,12 @@ def bench_inproc(ctx: Ctx) -> Dict[str, Any]:
                 for path in ctx.work.glob(store.name + "*"):
                     path.unlink()
             res["round"] = r
-            res["order"] = order
-            order += 1
             runs[variant].append(res)
-            log("  %s; RSS %.1f MB; sink: %s" % (", ".join("%s %.1f us" % (p, ns / 1e3) for p, ns in
-                                                         res["ns_per_request"].items()), res["maxrss_kb"] / 1024,
-                                                res["export"]["detail"]))
+            log("  %s: %s; RSS %.1f MB; sink: %s" % (variant, ", ".join(
+                "%s %.1f us" % (p, ns_ / 1e3) for p, ns_ in res["ns_per_request"].items()), res["maxrss_kb"] / 1024,
+                res["export"]["detail"]))
     summary = summarize_inproc(runs)
+    summary["cycles"], summary["blocks"], summary["replicas"] = m.inproc_cycles, INPROC_BLOCK, INPROC_REPLICAS
     log("[inproc] spans each agent records per request, route by route ...")
     summary["spans_per_request"] = spans_per_request(ctx)
     return summary
@@ -422,21 +516,6 @@ def spans_per_request(ctx: Ctx, agents: Sequence[str] = tuple(PEERS_AND_US)) -> 
     return out
 
 
-def baseline_at(none_runs: List[Dict[str, Any]], order: int, route: str) -> float:
-    """The no-agent time per request at the moment a process ran: interpolated between the no-agent processes
-    run just before and just after it (the machine's speed drifts over a round: a no-agent run five processes
-    away is a worse reference than the two around). At either end, the nearest one."""
-    before = [r for r in none_runs if r["order"] <= order]
-    after = [r for r in none_runs if r["order"] >= order]
-    if not before or not after:
-        return float((before or after)[-1 if before else 0]["ns_per_request"][route])
-    a, b = before[-1], after[0]
-    if a["order"] == b["order"]:
-        return float(a["ns_per_request"][route])
-    share = (order - a["order"]) / (b["order"] - a["order"])
-    return float(a["ns_per_request"][route] + share * (b["ns_per_request"][route] - a["ns_per_request"][route]))
-
-
 def summarize_inproc(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
     rounds = min(len(v) for v in runs.values())
     out: Dict[str, Any] = {"routes": {}, "rss": {}, "export": {}, "rounds": rounds}
@@ -444,12 +523,15 @@ def summarize_inproc(runs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
         row: Dict[str, Any] = {}
         for agent in runs:
             ns = [runs[agent][i]["ns_per_request"][route] for i in range(rounds)]
-            base = [baseline_at(runs["none"], runs[agent][i]["order"], route) for i in range(rounds)]
+            base = [runs["none"][i]["ns_per_request"][route] for i in range(rounds)]  # (the same round's)
             over = [a - b for a, b in zip(ns, base)]
             ratio = [a / b for a, b in zip(ns, base)]
             row[agent] = {"us": median(ns) / 1e3, "us_spread": [x / 1e3 for x in spread(ns)],
                           "overhead_us": median(over) / 1e3, "overhead_spread": [x / 1e3 for x in spread(over)],
                           "ratio": median(ratio), "ratio_spread": list(spread(ratio))}
+            replicas = [runs[agent][i].get("replica_ns", {}).get(route, []) for i in range(rounds)]
+            if all(len(r) > 1 for r in replicas):  # how far apart its identical processes stood, round by round
+                row[agent]["replica_gaps_us"] = [(max(r) - min(r)) / 1e3 for r in replicas]
         out["routes"][route] = row
     for agent in runs:
         rss = [runs[agent][i]["maxrss_kb"] / 1024 for i in range(rounds)]
@@ -569,14 +651,15 @@ def run_wrk(url: str, seconds: int, connections: int = WRK_CONNECTIONS) -> Dict[
     return parse_wrk(r.stdout)
 
 
-def start_gunicorn(ctx: Ctx, agent: str, workers: int, path: str,
-                   gc_out: Optional[Path] = None) -> Tuple[subprocess.Popen, str, IO[bytes]]:
-    """gunicorn serving the reference app under the agent's launcher: (its process, the url of path, its log)."""
+def start_gunicorn(ctx: Ctx, agent: str, workers: int, path: str, gc_out: Optional[Path] = None,
+                   replica: int = 0) -> Tuple[subprocess.Popen, str, IO[bytes]]:
+    """gunicorn serving the reference app under the agent's launcher: (its process, the url of path, its log).
+    `replica`: which of an agent's servers up at once (each its own log)."""
     port = free_port()
     config = ["-c", str(HERE / "gc_hooks.py")] if gc_out is not None else []
     cmd = ctx.command(agent, ["gunicorn", "-w", str(workers), "-b", "127.0.0.1:%d" % port, "--chdir", str(HERE),
                               "--log-level", "warning"] + config + ["refapp:app"])
-    errlog = (ctx.work / ("gunicorn-%s.log" % agent)).open("wb")
+    errlog = (ctx.work / ("gunicorn-%s%s.log" % (agent, "-%d" % replica if replica else ""))).open("wb")
     env = ctx.env(agent, None if gc_out is None else {"BENCH_GC_OUT": str(gc_out)})
     proc = subprocess.Popen(cmd, env=env, cwd=ctx.work, stdin=subprocess.DEVNULL,
                             stdout=errlog, stderr=errlog, start_new_session=True)
@@ -621,20 +704,26 @@ def gunicorn_once(ctx: Ctx, agent: str, workers: int, path: str, gc_out: Optiona
 TURN_S = 0.025
 LOAD_CPU = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) > 1 \
     else None
+# Identical servers differ by up to 5% and more from process to process (two no-agent ones in one run: 0.93 to 1.06
+# over 8 runs), the more so than the machine's drift now that they take turns: no agent, whose figure divides every
+# other, and autoinstr, whose ratio the budget reads, run two servers each, and the ratio is of their sums.
+TURN_REPLICAS = {"none": 2, "autoinstr": 2}
 EXPORT_PATHS = {"autoinstr": ("/v1/spans",), "ddtrace": ("/v0.4/traces", "/v0.5/traces"), "otel": ("/v1/traces",)}
 
 
 def gunicorn_turns(ctx: Ctx, workers: int, path: str = "/hello") -> Dict[str, Any]:
-    """Every agent's gunicorn up at once, each under its own wrk, taking turns by TURN_S: the turn's workers run,
-    every other worker is stopped (SIGSTOP; its wrk waits on its connections). {agent: requests/s while running}.
-    Only throughput: a stopped worker's pending requests wait out the others' turns, so latencies mean nothing."""
-    servers: Dict[str, Tuple[subprocess.Popen, str, IO[bytes]]] = {}
-    loads: Dict[str, subprocess.Popen] = {}
-    ran = {agent: 0.0 for agent in AGENTS}
-    pids: Dict[str, List[int]] = {}
+    """Every agent's gunicorn up at once (TURN_REPLICAS of some), each under its own wrk, taking turns by TURN_S: the
+    turn's workers run, every other worker is stopped (SIGSTOP; its wrk waits on its connections). {agent:
+    requests/s while running, over all its servers}. Only throughput: a stopped worker's pending requests wait out
+    the others' turns, so latencies mean nothing."""
+    slots = [(agent, i) for agent in AGENTS for i in range(TURN_REPLICAS.get(agent, 1))]
+    servers: Dict[Tuple[str, int], Tuple[subprocess.Popen, str, IO[bytes]]] = {}
+    loads: Dict[Tuple[str, int], subprocess.Popen] = {}
+    ran = {slot: 0.0 for slot in slots}
+    pids: Dict[Tuple[str, int], List[int]] = {}
 
-    def signal_workers(agent: str, sig: int) -> None:
-        for pid in pids.get(agent, []):
+    def signal_workers(slot: Tuple[str, int], sig: int) -> None:
+        for pid in pids.get(slot, []):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
@@ -642,48 +731,77 @@ def gunicorn_turns(ctx: Ctx, workers: int, path: str = "/hello") -> Dict[str, An
 
     ctx.sink.take()
     try:
-        for agent in AGENTS:
-            servers[agent] = start_gunicorn(ctx, agent, workers, path)
-        for agent, (proc, url, _) in servers.items():
+        for slot in slots:
+            servers[slot] = start_gunicorn(ctx, slot[0], workers, path, replica=slot[1])
+        for slot, (proc, url, _) in servers.items():
             wait_ready(url, proc)
             run_wrk(url, 1)  # warm-up, as in gunicorn_once
-            pids[agent] = worker_pids(proc.pid)
-            signal_workers(agent, signal.SIGSTOP)
-        for agent, (_, url, _) in servers.items():  # (ended by SIGINT, on which wrk reports what it did)
-            loads[agent] = subprocess.Popen([WRK, "-t1", "-c%d" % WRK_CONNECTIONS, "-d3600s", url],
-                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                            preexec_fn=None if LOAD_CPU is None else pinned_to(LOAD_CPU))
+            pids[slot] = worker_pids(proc.pid)
+            signal_workers(slot, signal.SIGSTOP)
+        for slot, (_, url, _) in servers.items():  # (ended by SIGINT, on which wrk reports what it did)
+            loads[slot] = subprocess.Popen([WRK, "-t1", "-c%d" % WRK_CONNECTIONS, "-d3600s", url],
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                           preexec_fn=None if LOAD_CPU is None else pinned_to(LOAD_CPU))
         time.sleep(0.3)  # every wrk connected, its first requests waiting
-        cpu_before = {agent: cpu_ticks(pids[agent]) for agent in AGENTS}
+        cpu_before = {slot: cpu_ticks(pids[slot]) for slot in slots}
         for cycle in range(ctx.mode.turn_cycles):
-            for agent in rotated(AGENTS, cycle):
-                signal_workers(agent, signal.SIGCONT)
+            for slot in rotated(slots, cycle):
+                signal_workers(slot, signal.SIGCONT)
                 started = time.monotonic()
                 time.sleep(TURN_S)
-                signal_workers(agent, signal.SIGSTOP)
-                ran[agent] += time.monotonic() - started
-        cpu = {agent: (cpu_ticks(pids[agent]) - cpu_before[agent]) / os.sysconf("SC_CLK_TCK") for agent in AGENTS}
-        out: Dict[str, Any] = {}
-        for agent, load in loads.items():
+                signal_workers(slot, signal.SIGSTOP)
+                ran[slot] += time.monotonic() - started
+        cpu = {slot: (cpu_ticks(pids[slot]) - cpu_before[slot]) / os.sysconf("SC_CLK_TCK") for slot in slots}
+        done: Dict[Tuple[str, int], Dict[str, Any]] = {}
+        for slot, load in loads.items():
             load.send_signal(signal.SIGINT)
-            res = parse_wrk(load.communicate(timeout=60)[0])
-            out[agent] = {"rps": res["requests"] / ran[agent], "requests": res["requests"],
-                          "errors": res["socket_errors"] + res["non_2xx"], "ran_s": ran[agent],
-                          "cpu_s": cpu[agent], "cpu_us": cpu[agent] / max(1, res["requests"]) * 1e6}
+            done[slot] = parse_wrk(load.communicate(timeout=60)[0])
     finally:
         for load in loads.values():
             if load.poll() is None:
                 load.kill()
                 load.wait(10)
-        for agent, (proc, _, errlog) in servers.items():
-            signal_workers(agent, signal.SIGCONT)
+        for slot, (proc, _, errlog) in servers.items():
+            signal_workers(slot, signal.SIGCONT)
             stop_group(proc)
             errlog.close()
+    out: Dict[str, Any] = {}
+    for agent in AGENTS:
+        mine = [slot for slot in slots if slot[0] == agent]
+        requests = sum(done[slot]["requests"] for slot in mine)
+        ran_s, cpu_s = sum(ran[slot] for slot in mine), sum(cpu[slot] for slot in mine)
+        out[agent] = {"rps": requests / ran_s, "requests": requests, "ran_s": ran_s, "cpu_s": cpu_s,
+                      "errors": sum(done[slot]["socket_errors"] + done[slot]["non_2xx"] for slot in mine),
+                      "cpu_us": cpu_s / max(1, requests) * 1e6,
+                      "server_rps": [done[slot]["requests"] / ran[slot] for slot in mine]}
     got = ctx.sink.take()
     for agent in AGENTS:  # (one sink for all: told apart by the path each agent posts to)
         paths = EXPORT_PATHS.get(agent, ())
         out[agent]["exported"] = sum(n for request, n in got.requests.items() if request.split(" ")[-1] in paths)
     return out
+
+
+def inproc_processes_text(inproc: Dict[str, Any]) -> str:
+    """For the report: the in-process step's processes a round, the no-agent ones and how far apart they stood."""
+    n = (inproc.get("replicas") or {}).get("none", 1)
+    gaps = [g for route in ROUTES for g in inproc["routes"][route]["none"].get("replica_gaps_us", [])]
+    if n < 2 or not gaps:
+        return "no agent in one process"
+    return "no agent in %d processes: their mean is its figure; they stood %.1f us apart, median over routes and " \
+        "rounds" % (n, median(gaps))
+
+
+def replicas_text(replicas: Dict[str, int], turns: Dict[str, Any]) -> str:
+    """For the report: which agents ran several servers in the turn-taking runs, and how far apart they stood."""
+    several = [a for a in AGENTS if replicas.get(a, 1) > 1]
+    gaps = [100 * g for row in turns.values() for a in several for g in row[a].get("replica_gaps", [])]
+    if not several or not gaps:
+        return ""
+    counts = {replicas[a] for a in several}
+    who = " and ".join(LABELS[a] if len(counts) == 1 else "%s (%d)" % (LABELS[a], replicas[a]) for a in several)
+    return (": %s run %s servers each, and their requests/s are over all of them (the faster of an agent's "
+            "identical servers served %.1f%% more than the slower, median over the runs, up to %.1f%%)"
+            % (who, counts.pop() if len(counts) == 1 else "several", median(gaps), max(gaps)))
 
 
 def summarize_turns(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -696,6 +814,9 @@ def summarize_turns(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
                       "run_ratios": ratios, "errors": sum(run[agent]["errors"] for run in runs),
                       "cpu_us": median([run[agent]["cpu_us"] for run in runs]),
                       "export_ok": all((run[agent]["exported"] == 0) == (agent == "none") for run in runs)}
+        if TURN_REPLICAS.get(agent, 1) > 1:  # how far its identical servers stood apart, each run (max / min - 1)
+            row[agent]["replica_gaps"] = [max(run[agent]["server_rps"]) / min(run[agent]["server_rps"]) - 1
+                                          for run in runs if min(run[agent].get("server_rps") or [0]) > 0]
     return row
 
 
@@ -739,6 +860,7 @@ def bench_wrk(ctx: Ctx) -> Dict[str, Any]:
             log("  " + ", ".join("%s %.0f req/s" % (a, turns[-1][a]["rps"]) for a in AGENTS))
         out.setdefault("turns", {})[str(workers)] = summarize_turns(turns)
     out["turn_s"] = TURN_S
+    out["turn_replicas"] = dict(TURN_REPLICAS)
     out["gc"] = bench_gc(ctx)
     return out
 
@@ -1140,11 +1262,12 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
     lines += ["## Headline", ""] + headline(results) + [""]
     lines += ["How to read it: every figure comes from one run in which the agents took turns (A B C D, then the "
               "next round rotated), so a busy machine slows them alike; ratios are to the no-agent run of the same "
-              "round (in-process: to the no-agent time interpolated between the no-agent processes just before and "
-              "after). In-process figures include each tracer's own export work: its background thread shares the "
-              "GIL with the requests. A tracer whose buffer overflows exports less and so costs less: the sink "
-              "counts are shown beside each figure (OpenTelemetry's batch processor holds 2048 spans and drops the "
-              "rest silently; ours holds 10,000 and counts what it drops).", ""]
+              "round. In-process and under gunicorn, the agents' processes are up at once and take turns by a few "
+              "milliseconds, the others stopped meanwhile. In-process figures include each tracer's own export "
+              "work: its background thread shares the GIL with the requests. A tracer whose buffer overflows "
+              "exports less and so costs less: the sink counts are shown beside each figure (OpenTelemetry's batch "
+              "processor holds 2048 spans and drops the rest silently; ours holds 10,000 and counts what it "
+              "drops).", ""]
     environment = results.get("environment")
     if environment:
         lines += ["Every measured process sees the same number of environment variables (%d here; unpadded: %s): "
@@ -1160,17 +1283,21 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
     inproc = results.get("inproc")
     if inproc:
         lines += ["## In-process cost per request", "",
-                  "The reference app's WSGI callable driven directly in one process per agent and round, under "
-                  "each launcher (%d rounds, agents alternating). A timed block is a run of requests to one "
-                  "route ended by the agent's own flush (autoinstr.flush, ddtrace's tracer.flush, OpenTelemetry's "
-                  "force_flush), so each route carries its own export work; per process the mean over its "
-                  "blocks, then the median over rounds (spread = min to max over rounds). "
-                  "Overhead = time per request minus the no-agent time at that moment: interpolated between the "
-                  "no-agent processes run just before and just after (the machine's speed drifts within a round). "
-                  "The app and the stub its `/outgoing` calls run on one CPU, the same for every agent (the sink "
-                  "receiving the exports has the other): left to the scheduler, their placement changed "
-                  "`/outgoing`'s time by about 100 us from one process to the next."
-                  % inproc["rounds"], ""]
+                  "The reference app's WSGI callable driven directly, in one process per agent under its launcher "
+                  "(%s), all up at once and taking turns: in its turn a process runs a block of requests to one "
+                  "route (%s), while every other is stopped (SIGSTOP, its agent's threads too); %s turns each per "
+                  "route, and after a route's last turn each agent's own flush (autoinstr.flush, ddtrace's "
+                  "tracer.flush, OpenTelemetry's force_flush) is timed as part of it, so each route carries its "
+                  "own export work. %d rounds, fresh processes each; medians over rounds (spread = min to max). "
+                  "Overhead = time per request minus no agent's in the same round. Taking turns, every agent sees "
+                  "the same moments of this machine, whose speed drifts by a quarter within tens of milliseconds: "
+                  "one process per agent run one after the other read `/users/<int:id>` at +17.9 and +34.9 us in "
+                  "two runs of the same code. The app and the stub its `/outgoing` calls run on one CPU, the same "
+                  "for every agent (the sink receiving the exports has the other): left to the scheduler, their "
+                  "placement changed `/outgoing`'s time by about 100 us from one process to the next."
+                  % (inproc_processes_text(inproc), ", ".join("%s %d requests" % (ROUTE_MD[r], n) for r, n in
+                                                              (inproc.get("blocks") or {}).items()) or "n/a",
+                     inproc.get("cycles", "n/a"), inproc["rounds"]), ""]
         if chart_ok:
             lines += ["![overhead per route per agent](performance-overhead.png)", ""]
         lines += ["| route | no agent (us) | autoinstr overhead (us) | ddtrace overhead (us) | "
@@ -1243,10 +1370,12 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
                       "`wrk -t1 -c%d` (every wrk on one CPU); they take turns by %.0f ms, the other agents' workers "
                       "stopped meanwhile (SIGSTOP), for %d turns each a run. Requests/s = requests served / the time "
                       "the server ran. This machine's speed drifts by a quarter within tens of milliseconds and its "
-                      "runs of seconds differ by 15%%: sharing every moment, the agents share its drift. Medians "
-                      "(spread) over %d runs (fresh servers each) of each run's ratio to no agent's; latencies are "
-                      "not measured this way (a stopped worker's requests wait)."
+                      "runs of seconds differ by 15%%: sharing every moment, the agents share its drift. Identical "
+                      "servers still differ from process to process%s. Medians (spread) over %d runs (fresh servers "
+                      "each) of each run's ratio to no agent's; latencies are not measured this way (a stopped "
+                      "worker's requests wait)."
                       % (wrk["connections"], wrk["turn_s"] * 1000, results["meta"]["mode"]["turn_cycles"],
+                         replicas_text(wrk.get("turn_replicas") or {}, turns),
                          results["meta"]["mode"]["turn_runs"]), "",
                       "| workers | agent | req/s | vs no agent (spread) | each run | worker CPU per request (us) "
                       "| exported (sink) |", "|---|---|---|---|---|---|---|"]

@@ -151,6 +151,7 @@ def count_otlp(body: bytes) -> int:
 class Received:
     requests: Counter = field(default_factory=Counter)  # "POST /v1/traces" -> count
     spans: int = 0
+    spans_by_path: Counter = field(default_factory=Counter)  # "/v1/traces" -> spans its bodies held
     bytes: int = 0
     errors: List[str] = field(default_factory=list)
 
@@ -237,12 +238,15 @@ class Sink(_Server):
                     body = gzip.decompress(body)
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
+                spans = 0
                 if path.endswith("/traces") and "/v0." in path:
-                    out.spans += count_datadog(body, path)
+                    spans = count_datadog(body, path)
                 elif path.endswith("/v1/traces"):
-                    out.spans += count_otlp(body)
+                    spans = count_otlp(body)
                 elif path.endswith("/v1/spans"):
-                    out.spans += count_autoinstr(body)
+                    spans = count_autoinstr(body)
+                out.spans += spans
+                out.spans_by_path[path] += spans
             except (ValueError, IndexError, OSError, EOFError, zlib.error) as exc:
                 out.errors.append("%s: %s" % (path, exc))
         return out
