@@ -221,9 +221,10 @@ def test_in_process_agents_take_turns(tmp_path, servers, monkeypatch):
         assert summary["export"][v]["ok"], (v, summary["export"])
     assert summary["routes"]["/hello"]["none"]["overhead_us"] == 0.0
     assert len(summary["routes"]["/hello"]["none"]["replica_gaps_us"]) == 1
-    warmed = 1 + ctx.mode.inproc_warmup
-    requests = sum(warmed + 2 * run.INPROC_BLOCK[r] for r in run.ROUTES)
-    assert summary["export"]["autoinstr"]["spans"] == [pytest.approx(2 * requests, rel=0.5)]  # 2 to 6 a request
+    # every request of each process counted (warm-up and turns), each making 2 to 6 spans
+    (requests,) = summary["export"]["autoinstr"]["expected_min"]
+    assert requests > len(run.ROUTES) * (1 + ctx.mode.inproc_warmup + 2)  # (at least a request a turn)
+    assert 2 * requests <= summary["export"]["autoinstr"]["spans"][0] <= 6 * requests
     assert summary["export"][run.NO_EXPORT]["spans"] == [0] and summary["export"][run.LOCAL]["spans"][0] >= requests
 
 

@@ -16,8 +16,8 @@ peak RSS (ru_maxrss) at the end.
 
 With BENCH_SERVE=1 it times what it is told instead (run.py's agents taking turns: several of these processes
 up at once, each stopped outside its turn), once warmed up and `READY`: one answer line per command line on
-stdin: `run PATH N` (N requests, the ns they took), `flush` (the agent's flush, the ns it took), `result` (the
-RESULT line, without timings, then it exits).
+stdin: `turn PATH MS` (requests until MS milliseconds have passed: `requests ns`), `flush` (the agent's flush:
+`0 ns`), `result` (the RESULT line, without timings, then it exits).
 """
 
 from __future__ import annotations
@@ -136,15 +136,20 @@ def serve() -> None:
             print(result(requests), flush=True)
             return
         t0 = pc()
+        n = 0
         if words == ["flush"]:
             flush_agent()
-        elif len(words) == 3 and words[0] == "run" and words[1] in requests:
-            for _ in range(int(words[2])):
-                request(words[1])
-            requests[words[1]] += int(words[2])
+        elif len(words) == 3 and words[0] == "turn" and words[1] in requests:
+            path, until = words[1], t0 + int(float(words[2]) * 1e6)
+            while True:  # (a turn of a given time, not of a given count: a slow agent's must not span the others')
+                request(path)
+                n += 1
+                if pc() >= until:
+                    break
+            requests[path] += n
         else:
             raise SystemExit("unknown command %r" % line)
-        print(pc() - t0, flush=True)
+        print(n, pc() - t0, flush=True)
 
 
 if os.environ.get("BENCH_SERVE") == "1":

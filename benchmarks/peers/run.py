@@ -98,7 +98,7 @@ QUICK = Mode(rounds=2, inproc_cycles=4, inproc_warmup=50, wrk_rounds=1, wrk_seco
              turn_runs=1, turn_cycles=20,
              startup_runs=4, span_rounds=1, span_count=20000, pipeline_rounds=1, pipeline_spans=20000,
              flood_spans=20000)
-FULL = Mode(rounds=12, inproc_cycles=30, inproc_warmup=200, wrk_rounds=7, wrk_seconds=5,
+FULL = Mode(rounds=12, inproc_cycles=40, inproc_warmup=200, wrk_rounds=7, wrk_seconds=5,
             turn_runs=8, turn_cycles=120,
             startup_runs=40, span_rounds=3, span_count=50000, pipeline_rounds=3, pipeline_spans=50000,
             flood_spans=100000)
@@ -352,11 +352,12 @@ INPROC_VARIANTS = AGENTS + [LOCAL, NO_EXPORT]
 
 
 # In-process, the agents take turns too (see gunicorn_turns): every variant's process up at once, all on one CPU, each
-# running a block of requests in its turn while the others are stopped (SIGSTOP: an agent's own threads wait too).
-# One process per variant run one after the other gave /users/42 overheads of 17.9 and 34.9 us in two runs of the same
-# code; taking turns, two no-agent processes stayed within 2.5 us of each other. A block is 5 to 10 ms of the no-agent
-# app's requests; no agent runs two processes, whose mean every other variant is compared with.
-INPROC_BLOCK = {"/hello": 100, "/users/42": 60, "/db": 20, "/outgoing": 12}
+# running requests to one route for INPROC_TURN_S in its turn while the others are stopped (SIGSTOP: an agent's own
+# threads wait too). One process per variant run one after the other gave /users/42 overheads of 17.9 and 34.9 us in
+# two runs of the same code. Turns of a fixed count of requests were no better: ddtrace's took 70 ms, over which
+# this machine's speed moved by half, between two turns of no agent. No agent runs two processes, whose mean every
+# other variant is compared with.
+INPROC_TURN_S = 0.004
 INPROC_REPLICAS = {"none": 2}
 
 
@@ -395,11 +396,16 @@ class TurnTaker:
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
         got = self.answer()
-        while command != "result" and not got.lstrip("-").isdigit():  # (an agent's own line on stdout)
+        while command != "result" and not re.fullmatch(r"\d+ \d+", got):  # (an agent's own line on stdout)
             got = self.answer()
         if command != "result":
             self.stop()
         return got
+
+    def turn(self, command: str) -> Tuple[int, int]:
+        """(requests, ns) of a `turn` or `flush` command."""
+        requests, ns = self.ask(command).split()
+        return int(requests), int(ns)
 
     def close(self) -> Dict[str, Any]:
         """The RESULT of the process (its RSS, requests made), as it exits."""
@@ -438,12 +444,15 @@ def bench_inproc(ctx: Ctx) -> Dict[str, Any]:
                                                  ctx.work, STUB_CPU)
                 takers[(variant, i)].ready()  # (one at a time: start-up and warm-up alone on the CPU)
             ns = {slot: {route: 0 for route in ROUTES} for slot in slots}
+            made = {slot: {route: 0 for route in ROUTES} for slot in slots}
             for route in ROUTES:
                 for cycle in range(m.inproc_cycles):
                     for slot in rotated(slots, cycle):
-                        ns[slot][route] += int(takers[slot].ask("run %s %d" % (route, INPROC_BLOCK[route])))
+                        n, took = takers[slot].turn("turn %s %g" % (route, INPROC_TURN_S * 1000))
+                        made[slot][route] += n
+                        ns[slot][route] += took
                 for slot in slots:  # what the route's requests left to export is part of their cost
-                    ns[slot][route] += int(takers[slot].ask("flush"))
+                    ns[slot][route] += takers[slot].turn("flush")[1]
             results = {slot: takers[slot].close() for slot in slots}
         finally:
             for taker in takers.values():
@@ -452,11 +461,11 @@ def bench_inproc(ctx: Ctx) -> Dict[str, Any]:
         for variant in INPROC_VARIANTS:
             mine = [slot for slot in slots if slot[0] == variant]
             res = dict(results[mine[0]])
-            timed = m.inproc_cycles * len(mine)
-            res["ns_per_request"] = {route: sum(ns[slot][route] for slot in mine) / (timed * INPROC_BLOCK[route])
-                                     for route in ROUTES}
-            res["replica_ns"] = {route: [ns[slot][route] / (m.inproc_cycles * INPROC_BLOCK[route]) for slot in mine]
+            res["ns_per_request"] = {route: sum(ns[slot][route] for slot in mine) /
+                                     max(1, sum(made[slot][route] for slot in mine)) for route in ROUTES}
+            res["replica_ns"] = {route: [ns[slot][route] / max(1, made[slot][route]) for slot in mine]
                                  for route in ROUTES}
+            res["timed_requests"] = {route: sum(made[slot][route] for slot in mine) for route in ROUTES}
             res["maxrss_kb"] = max(results[slot]["maxrss_kb"] for slot in mine)
             if ctx.environment_size and res.get("environment_size") != ctx.environment_size:
                 raise RuntimeError("%s saw %s environment variables, not %d" % (
@@ -483,7 +492,7 @@ def bench_inproc(ctx: Ctx) -> Dict[str, Any]:
                 "%s %.1f us" % (p, ns_ / 1e3) for p, ns_ in res["ns_per_request"].items()), res["maxrss_kb"] / 1024,
                 res["export"]["detail"]))
     summary = summarize_inproc(runs)
-    summary["cycles"], summary["blocks"], summary["replicas"] = m.inproc_cycles, INPROC_BLOCK, INPROC_REPLICAS
+    summary["cycles"], summary["turn_s"], summary["replicas"] = m.inproc_cycles, INPROC_TURN_S, INPROC_REPLICAS
     log("[inproc] spans each agent records per request, route by route ...")
     summary["spans_per_request"] = spans_per_request(ctx)
     return summary
@@ -1284,8 +1293,8 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
     if inproc:
         lines += ["## In-process cost per request", "",
                   "The reference app's WSGI callable driven directly, in one process per agent under its launcher "
-                  "(%s), all up at once and taking turns: in its turn a process runs a block of requests to one "
-                  "route (%s), while every other is stopped (SIGSTOP, its agent's threads too); %s turns each per "
+                  "(%s), all up at once and taking turns: in its turn a process runs requests to one route for "
+                  "%s ms, while every other is stopped (SIGSTOP, its agent's threads too); %s turns each per "
                   "route, and after a route's last turn each agent's own flush (autoinstr.flush, ddtrace's "
                   "tracer.flush, OpenTelemetry's force_flush) is timed as part of it, so each route carries its "
                   "own export work. %d rounds, fresh processes each; medians over rounds (spread = min to max). "
@@ -1295,8 +1304,7 @@ def write_report(results: Dict[str, Any], chart_ok: bool) -> str:
                   "two runs of the same code. The app and the stub its `/outgoing` calls run on one CPU, the same "
                   "for every agent (the sink receiving the exports has the other): left to the scheduler, their "
                   "placement changed `/outgoing`'s time by about 100 us from one process to the next."
-                  % (inproc_processes_text(inproc), ", ".join("%s %d requests" % (ROUTE_MD[r], n) for r, n in
-                                                              (inproc.get("blocks") or {}).items()) or "n/a",
+                  % (inproc_processes_text(inproc), fmt(1000 * inproc["turn_s"]) if "turn_s" in inproc else "n/a",
                      inproc.get("cycles", "n/a"), inproc["rounds"]), ""]
         if chart_ok:
             lines += ["![overhead per route per agent](performance-overhead.png)", ""]
