@@ -74,9 +74,9 @@ CHILD_TIMEOUT = 600.0
 
 @dataclass
 class Mode:
-    # in-process rounds: a fresh process per agent each. Processes differ (each its own memory layout): on
-    # /outgoing, two no-agent processes alternating blocks differed by -40 to +76 us over 60 pairs. So more
-    # processes, fewer blocks each.
+    # in-process rounds: fresh processes for every variant each, taking turns (see bench_inproc). Processes differ
+    # (each its own memory layout): on /outgoing, two no-agent processes stood up to 74 us apart in a round. So
+    # several rounds, and no agent twice in each.
     rounds: int
     inproc_cycles: int  # turns of every in-process agent on each route, a round (see bench_inproc)
     inproc_warmup: int
@@ -466,7 +466,7 @@ def bench_inproc(ctx: Ctx) -> Dict[str, Any]:
             res["replica_ns"] = {route: [ns[slot][route] / max(1, made[slot][route]) for slot in mine]
                                  for route in ROUTES}
             res["timed_requests"] = {route: sum(made[slot][route] for slot in mine) for route in ROUTES}
-            res["maxrss_kb"] = max(results[slot]["maxrss_kb"] for slot in mine)
+            res["maxrss_kb"] = statistics.fmean(results[slot]["maxrss_kb"] for slot in mine)
             if ctx.environment_size and res.get("environment_size") != ctx.environment_size:
                 raise RuntimeError("%s saw %s environment variables, not %d" % (
                     variant, res.get("environment_size"), ctx.environment_size))
