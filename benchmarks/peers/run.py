@@ -38,7 +38,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -473,10 +472,7 @@ def bench_inproc(ctx: Ctx) -> Dict[str, Any]:
             requests = sum(res["requests"].values())
             agent = "autoinstr" if variant in (NO_EXPORT, LOCAL) else variant
             paths = ("/%s/v1/spans" % variant,) if variant in (NO_EXPORT, LOCAL) else EXPORT_PATHS.get(agent, ())
-            exported = Received(requests=Counter({k: n for k, n in got.requests.items()
-                                                  if k.split(" ")[-1] in paths}),
-                                spans=sum(n for path, n in got.spans_by_path.items() if path in paths),
-                                errors=got.errors)
+            exported = got.at(paths)
             # at least one span per request: every route has a server span
             res["export"] = export_check("none" if variant in (NO_EXPORT, LOCAL) else agent, exported, requests)
             if variant == LOCAL:
@@ -786,7 +782,7 @@ def gunicorn_turns(ctx: Ctx, workers: int, path: str = "/hello") -> Dict[str, An
     got = ctx.sink.take()
     for agent in AGENTS:  # (one sink for all: told apart by the path each agent posts to)
         paths = EXPORT_PATHS.get(agent, ())
-        out[agent]["exported"] = sum(n for request, n in got.requests.items() if request.split(" ")[-1] in paths)
+        out[agent]["exported"] = got.at(paths).spans
     return out
 
 

@@ -155,6 +155,13 @@ class Received:
     bytes: int = 0
     errors: List[str] = field(default_factory=list)
 
+    def at(self, paths: Tuple[str, ...]) -> Received:
+        """What arrived at these paths only (one sink for several agents, each posting to its own)."""
+        return Received(requests=Counter({k: n for k, n in self.requests.items() if k.split(" ")[-1] in paths}),
+                        spans=sum(n for path, n in self.spans_by_path.items() if path in paths),
+                        spans_by_path=Counter({k: n for k, n in self.spans_by_path.items() if k in paths}),
+                        errors=self.errors)
+
     def describe(self) -> str:
         paths = ", ".join("%s x%d" % (k, v) for k, v in sorted(self.requests.items()))
         return "%d spans in %d requests (%s)%s" % (self.spans, sum(self.requests.values()), paths or "none",
