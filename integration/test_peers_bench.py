@@ -442,3 +442,20 @@ def test_gunicorn_servers_take_turns(tmp_path, servers, monkeypatch):
     assert "| 1 | autoinstr | %s |" % run.fmt(row["autoinstr"]["rps"], 0) in report, report
     item = next(i for i in run.budget(results) if i["item"].startswith("gunicorn 1 worker"))
     assert item["met"] == (row["autoinstr"]["ratio"] >= 0.95) and "taking turns" in item["figure"], item
+
+
+def test_a_turn_taker_outlasts_a_chatty_child_and_reports_its_exit(tmp_path):
+    """An in-process child's stderr goes to a file, not to a pipe read only at its end: a child that writes more
+    than a pipe holds (an agent's warnings) carries on; when it exits mid-run, its stderr's tail is in the error."""
+    child = ("import sys; sys.stderr.write('x' * 200000); sys.stderr.flush(); print('READY', flush=True); "
+             "sys.stdin.readline(); print('1 2', flush=True); sys.stdin.readline(); sys.stderr.write('boom'); "
+             "sys.exit(3)")
+    driver = ("import os, sys, pathlib; sys.path.insert(0, %r); import run\n"
+              "t = run.TurnTaker([sys.executable, '-c', %r], dict(os.environ), pathlib.Path(%r), None)\n"
+              "t.ready(); print(t.turn('flush'))\n"
+              "try:\n    t.ask('flush')\nexcept RuntimeError as e:\n    print('error', str(e)[-40:])\n"
+              "t.kill()\n" % (PEERS, child, str(tmp_path)))
+    out = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0] == "(1, 2)" and lines[1].startswith("error") and lines[1].endswith("xxboom"), lines

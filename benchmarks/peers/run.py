@@ -364,15 +364,17 @@ class TurnTaker:
     """One inproc.py process in its serve mode (env has BENCH_SERVE=1): stopped but for each command it is given."""
 
     def __init__(self, cmd: List[str], env: Dict[str, str], cwd: Path, cpu: Optional[int]) -> None:
-        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     preexec_fn=None if cpu is None else pinned_to(cpu))
+        # (stderr to a file: a pipe nobody reads until the end would block a chatty agent once full)
+        self.errors = tempfile.TemporaryFile(dir=cwd)  # noqa: SIM115 (closed by kill(), after the process)
+        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.errors, text=True, preexec_fn=None if cpu is None else pinned_to(cpu))
 
     def answer(self) -> str:
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line:
             self.proc.wait(30)
-            err = self.proc.stderr.read() if self.proc.stderr else ""
+            self.errors.seek(0)
+            err = self.errors.read().decode("utf-8", "replace")
             raise RuntimeError("inproc.py: exit %s, no answer; stderr: %s" % (self.proc.returncode, tail(err)))
         return line.strip()
 
@@ -419,6 +421,7 @@ class TurnTaker:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()
             self.proc.wait(10)
+        self.errors.close()
 
 
 def bench_inproc(ctx: Ctx) -> Dict[str, Any]:
